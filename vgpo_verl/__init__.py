@@ -1,0 +1,25 @@
+"""vgpo-verl: Visually-Guided Policy Optimization (arXiv 2604.09349) as a plugin for verl 0.9.x.
+
+Importing this package is cheap on purpose (verl imports our entry point in every process,
+rollout servers included): the public API below is resolved lazily.
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "VGPOConfig": "vgpo_verl.algorithm",
+    "VGPOWeights": "vgpo_verl.algorithm",
+    "compute_vgpo_weights": "vgpo_verl.algorithm",
+    "compute_vgpo_weights_detailed": "vgpo_verl.algorithm",
+    "vgpo_metrics": "vgpo_verl.algorithm",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vgpo_verl' has no attribute {name!r}")
