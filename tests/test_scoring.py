@@ -1,0 +1,131 @@
+"""vgpo_verl.scoring against independent plain computations (loops, float64, the model's own outputs)."""
+
+import pytest
+import torch
+
+from _scoring_utils import make_sample, position_ids_4d, reference_scores, tiny_vlm, visual_kwargs
+from vgpo_verl.scoring import (
+    HiddenStateCapture,
+    resolve_layer,
+    visual_mask_of,
+    visual_similarity,
+    visual_token_ids,
+)
+
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+
+
+def loop_similarity(hidden, lengths, visual_mask):
+    """Textbook per-sequence computation in float64: (N,) cosine and (S,) has_visual."""
+    out, has_visual, start = [], [], 0
+    for length in lengths:
+        h = hidden[start : start + length].double()
+        v = visual_mask[start : start + length]
+        if v.any():
+            mu = h[v].mean(0)
+            out.append((h @ mu) / (h.norm(dim=-1) * mu.norm()))
+        else:
+            out.append(torch.zeros(length, dtype=torch.float64))
+        has_visual.append(bool(v.any()))
+        start += length
+    return torch.cat(out), torch.tensor(has_visual)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_tokens", [3, 7, 8192])
+def test_visual_similarity_matches_per_sequence_loop(dtype, chunk_tokens):
+    generator = torch.Generator().manual_seed(0)
+    lengths = [9, 1, 14, 6, 11]
+    hidden = torch.randn(sum(lengths), 32, generator=generator).to(dtype)
+    visual_mask = torch.rand(sum(lengths), generator=generator) < 0.3
+    visual_mask[9] = False  # the one-token sequence has no visual token
+    visual_mask[10:24] = False  # nor the third
+    visual_mask[24] = True
+    cu_seqlens = torch.tensor([0] + lengths).cumsum(0)
+
+    similarity, has_visual = visual_similarity(hidden, cu_seqlens, visual_mask, chunk_tokens=chunk_tokens)
+
+    expected, expected_has_visual = loop_similarity(hidden.float(), lengths, visual_mask)
+    assert similarity.dtype == torch.float32 and similarity.shape == (sum(lengths),)
+    torch.testing.assert_close(similarity.double(), expected, atol=1e-5, rtol=0)
+    assert has_visual.tolist() == expected_has_visual.tolist() == [True, False, False, True, True]
+    assert similarity[9:24].eq(0).all()  # no prototype -> exactly 0
+
+
+def test_visual_similarity_rejects_bad_shapes():
+    hidden = torch.randn(10, 4)
+    with pytest.raises(ValueError, match="visual_mask"):
+        visual_similarity(hidden, torch.tensor([0, 10]), torch.zeros(9, dtype=torch.bool))
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        visual_similarity(hidden, torch.tensor([0, 8]), torch.zeros(10, dtype=torch.bool))
+    with pytest.raises(ValueError, match="hidden"):
+        visual_similarity(hidden[None], torch.tensor([0, 10]), torch.zeros(10, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_visual_token_ids_come_from_the_config(family):
+    config = tiny_vlm(family).config
+    assert visual_token_ids(config) == [config.image_token_id, config.video_token_id]
+    ids = torch.tensor([1, config.image_token_id, 2, config.video_token_id])
+    assert visual_mask_of(ids, visual_token_ids(config)).tolist() == [False, True, False, True]
+
+
+def test_visual_token_ids_of_a_text_only_config_is_empty():
+    import transformers
+
+    assert visual_token_ids(transformers.Qwen2Config()) == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("layer", [-1, 0, -2])
+def test_hooked_layer_scores_match_the_models_own_hidden_states(family, layer):
+    """Several images and a video in one prompt; the hook's scores equal a plain forward's."""
+    model = tiny_vlm(family)
+    sample = make_sample(torch.Generator().manual_seed(1), images=2, videos=1,
+                         split_video_frames=family == "qwen3_vl")
+    inputs = dict(input_ids=sample.input_ids[None], position_ids=position_ids_4d(model, sample)[:, None],
+                  **visual_kwargs(sample))
+    mask = visual_mask_of(sample.input_ids, visual_token_ids(model.config))
+    cu_seqlens = torch.tensor([0, len(sample.input_ids)])
+
+    with torch.no_grad(), HiddenStateCapture(model, layer=layer) as capture:
+        output = model(**inputs)
+    assert output.hidden_states is None  # only one layer was kept, not every layer's
+    similarity, has_visual = visual_similarity(capture.hidden[0], cu_seqlens, mask)
+
+    expected, expected_has_visual = reference_scores(model, sample, layer=layer)
+    torch.testing.assert_close(similarity.double(), expected, atol=1e-5, rtol=0)
+    assert has_visual.tolist() == [expected_has_visual] == [True]
+
+
+def test_on_capture_reduces_inside_the_hook_and_keeps_no_activation():
+    model = tiny_vlm("qwen2_5_vl")
+    sample = make_sample(torch.Generator().manual_seed(2), images=1)
+    mask = visual_mask_of(sample.input_ids, visual_token_ids(model.config))
+    cu_seqlens = torch.tensor([0, len(sample.input_ids)])
+
+    def score(hidden):
+        return visual_similarity(hidden[0], cu_seqlens, mask)
+
+    with torch.no_grad(), HiddenStateCapture(model, on_capture=score) as capture:
+        model(input_ids=sample.input_ids[None], position_ids=position_ids_4d(model, sample)[:, None],
+              **visual_kwargs(sample))
+    assert capture.hidden is None and capture.calls == 1
+    torch.testing.assert_close(capture.result[0].double(), reference_scores(model, sample)[0], atol=1e-5, rtol=0)
+
+
+def test_hook_is_removed_on_exit():
+    model = tiny_vlm("qwen2_5_vl")
+    with HiddenStateCapture(model) as capture:
+        pass
+    assert not capture.module._forward_hooks
+
+
+def test_resolve_layer_default_is_the_final_norm_and_errors_are_clear():
+    model = tiny_vlm("qwen2_5_vl")
+    assert resolve_layer(model) is model.model.language_model.norm
+    assert resolve_layer(model, 1) is model.model.language_model.layers[1]
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_layer(model, 2)
+    with pytest.raises(ValueError, match="no text decoder"):
+        resolve_layer(torch.nn.Linear(2, 2))

@@ -1,0 +1,232 @@
+"""Visual focus scoring from one layer's hidden states: pure torch, no verl import.
+
+For every token n of a packed batch of S sequences, s_n = cos(h_n, mu_seq(n)), where mu is the mean
+hidden state over the visual placeholder positions of n's own sequence (spec section 1). Used by the
+verl engine (vgpo_verl.engine) inside the forward pass verl already runs, and by
+benchmarks/bench_extractor.py on a bare torch + transformers machine.
+
+Memory: the captured layer output is reduced to scores inside the forward hook, before lm_head
+allocates the logits; the cosine runs over chunks of `chunk_tokens` rows, so the extra memory is
+one (chunk_tokens x hidden) float32 buffer plus (S x hidden) prototypes, never a copy of every layer
+(no `output_hidden_states=True`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_CHUNK_TOKENS = 8192
+
+# Module paths that wrap a module without changing what it computes (FSDP1, activation checkpointing,
+# torch.compile); stripped from names when looking for the text decoder.
+_WRAPPER_PARTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
+
+
+def visual_token_ids(model_config) -> list[int]:
+    """Ids of the visual placeholder tokens (`image_token_id`, `video_token_id`) named by an HF config.
+
+    Returns [] for a config without either (a text-only model): no sequence then has a visual token.
+    """
+    ids = []
+    for key in ("image_token_id", "video_token_id"):
+        value = getattr(model_config, key, None)
+        if value is not None:
+            ids.append(int(value))
+    return ids
+
+
+def visual_mask_of(input_ids: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
+    """(same shape as input_ids) bool: True at visual placeholder tokens."""
+    if not token_ids:
+        return torch.zeros_like(input_ids, dtype=torch.bool)
+    return torch.isin(input_ids, torch.tensor(token_ids, device=input_ids.device, dtype=input_ids.dtype))
+
+
+def segment_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(P,) long: the sequence of each packed position; positions at or past cu_seqlens[-1] get S.
+
+    Args:
+        cu_seqlens: (S+1,) long, sequence boundaries (cu_seqlens[0] == 0).
+        positions: (P,) long, global packed positions (e.g. one Ulysses rank's slice, padding included).
+    """
+    return torch.searchsorted(cu_seqlens[1:].to(positions.device), positions, right=True)
+
+
+def visual_prototypes(
+    hidden: torch.Tensor,
+    segment_ids: torch.Tensor,
+    visual_mask: torch.Tensor,
+    num_segments: int,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    group: dist.ProcessGroup | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence mean hidden state over its visual positions.
+
+    Args:
+        hidden: (N, H) any float dtype. Rows may be one shard of the sequences (Ulysses): then `group`
+            is the process group holding the other shards, and sums/counts are all-reduced over it.
+        segment_ids: (N,) long in [0, num_segments]; num_segments marks rows outside every sequence.
+        visual_mask: (N,) bool.
+        num_segments: S.
+
+    Returns:
+        mu: (S, H) float32, zeros for a sequence without visual tokens.
+        has_visual: (S,) bool.
+    """
+    hidden_size = hidden.shape[-1]
+    sums = torch.zeros(num_segments + 1, hidden_size, dtype=torch.float32, device=hidden.device)
+    counts = torch.zeros(num_segments + 1, dtype=torch.float32, device=hidden.device)
+    # Non-visual rows are routed to the spare segment S instead of being gathered out, so every
+    # chunk does one fixed-shape index_add (no data-dependent copy of the visual rows).
+    target = torch.where(visual_mask, segment_ids, torch.full_like(segment_ids, num_segments))
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        rows = slice(start, start + chunk_tokens)
+        sums.index_add_(0, target[rows], hidden[rows].float())
+    counts.index_add_(0, target, torch.ones_like(target, dtype=torch.float32))
+    sums, counts = sums[:num_segments], counts[:num_segments]
+    if group is not None:
+        dist.all_reduce(sums, group=group)
+        dist.all_reduce(counts, group=group)
+    has_visual = counts > 0
+    mu = sums / counts.clamp(min=1).unsqueeze(-1)
+    return mu, has_visual
+
+
+def cosine_to_prototypes(
+    hidden: torch.Tensor,
+    segment_ids: torch.Tensor,
+    prototypes: torch.Tensor,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """(N,) float32: cos(hidden_n, prototypes[segment_ids_n]); 0 for a zero prototype or a row outside
+    every sequence (segment id == S).
+
+    The dot products come from one (chunk, S) matmul per chunk rather than gathering a (chunk, H)
+    copy of the prototypes: S (sequences per micro-batch) is small next to H.
+    """
+    # The spare zero row S absorbs rows outside every sequence.
+    prototypes = torch.cat([prototypes, prototypes.new_zeros(1, prototypes.shape[1])])
+    proto_norm = prototypes.norm(dim=-1)  # (S+1,)
+    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        rows = slice(start, start + chunk_tokens)
+        h = hidden[rows].float()  # (C, H): the one bounded extra buffer
+        seg = segment_ids[rows].unsqueeze(-1)  # (C, 1)
+        dots = (h @ prototypes.T).gather(1, seg).squeeze(-1)  # (C,)
+        norms = h.norm(dim=-1) * proto_norm[seg.squeeze(-1)]
+        out[rows] = dots / norms.clamp(min=eps)
+        del h
+    return out
+
+
+def visual_similarity(
+    hidden: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    visual_mask: torch.Tensor,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos(h_n, mu_seq(n)) for every token of a packed batch.
+
+    Args:
+        hidden: (N, H) hidden states of S packed sequences (any float dtype).
+        cu_seqlens: (S+1,) long, cu_seqlens[0] == 0 and cu_seqlens[-1] == N.
+        visual_mask: (N,) bool, True at visual placeholder tokens.
+        chunk_tokens: rows per chunk of the float32 work buffer.
+
+    Returns:
+        similarity: (N,) float32 (0 for every token of a sequence without visual tokens).
+        has_visual: (S,) bool.
+    """
+    if hidden.dim() != 2:
+        raise ValueError(f"hidden must be (N, H), got shape {tuple(hidden.shape)}")
+    n_tokens = hidden.shape[0]
+    if visual_mask.shape != (n_tokens,):
+        raise ValueError(f"visual_mask must be ({n_tokens},) like hidden's rows, got {tuple(visual_mask.shape)}")
+    if cu_seqlens.dim() != 1 or int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != n_tokens:
+        raise ValueError(
+            f"cu_seqlens must be (S+1,) from 0 to N={n_tokens}, got {cu_seqlens.tolist()[:4]}... "
+            f"ending at {int(cu_seqlens[-1]) if cu_seqlens.numel() else None}"
+        )
+    num_segments = cu_seqlens.numel() - 1
+    positions = torch.arange(n_tokens, device=hidden.device)
+    segment_ids = segment_ids_from_cu_seqlens(cu_seqlens, positions)
+    mu, has_visual = visual_prototypes(hidden, segment_ids, visual_mask.to(hidden.device), num_segments, chunk_tokens)
+    return cosine_to_prototypes(hidden, segment_ids, mu, chunk_tokens), has_visual
+
+
+def resolve_layer(model: torch.nn.Module, layer: int = -1) -> torch.nn.Module:
+    """The module whose output is scored.
+
+    layer = -1: the text decoder's final norm (its output is what lm_head reads);
+    layer = k >= 0: decoder layer k (0-based); layer <= -2: Python indexing into the decoder layers
+    (-2 = the last layer's output before the final norm).
+
+    Works on Qwen2-VL, Qwen2.5-VL, Qwen3-VL (`model.language_model`), text-only causal LMs
+    (`model.model`) and on FSDP1/FSDP2/checkpoint-wrapped copies of them.
+    """
+    decoder = None
+    for name, module in model.named_modules():
+        parts = [p for p in name.split(".") if p not in _WRAPPER_PARTS]
+        has_stack = isinstance(getattr(module, "layers", None), torch.nn.ModuleList) and hasattr(module, "norm")
+        if not has_stack:
+            continue
+        if parts and parts[-1] == "language_model":
+            decoder = module
+            break
+        if decoder is None:  # first decoder-shaped module, e.g. `model` of a text-only LM
+            decoder = module
+    if decoder is None:
+        raise ValueError(
+            f"no text decoder (a module with `layers` and `norm`) found in {type(model).__name__}; "
+            "VGPO scoring supports Qwen2-VL, Qwen2.5-VL, Qwen3-VL and HF causal LMs"
+        )
+    if layer == -1:
+        return decoder.norm
+    layers = decoder.layers
+    if not -len(layers) <= layer < len(layers):
+        raise ValueError(f"VGPO layer={layer} is out of range for a decoder with {len(layers)} layers")
+    return layers[layer]
+
+
+class HiddenStateCapture:
+    """Context manager: a forward hook on one layer for the duration of the block.
+
+    Without `on_capture`, `cap.hidden` holds the (detached) layer output of the last forward.
+    With `on_capture`, the hook calls `on_capture(hidden)` during the forward and keeps only its
+    result in `cap.result`: the activation is not retained past the layer, so e.g. lm_head's
+    logits never coexist with a held copy of it.
+
+    Args:
+        model: an HF model (possibly FSDP-wrapped).
+        layer: see `resolve_layer` (-1: final norm output = lm_head input).
+        on_capture: optional callable (hidden tensor as the layer returned it) -> anything.
+    """
+
+    def __init__(self, model: torch.nn.Module, layer: int = -1, on_capture: Callable | None = None):
+        self.module = resolve_layer(model, layer)
+        self.on_capture = on_capture
+        self.hidden: torch.Tensor | None = None
+        self.result = None
+        self.calls = 0
+        self._handle = None
+
+    def _hook(self, module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = hidden.detach()
+        self.calls += 1
+        if self.on_capture is None:
+            self.hidden = hidden
+        else:
+            self.result = self.on_capture(hidden)
+
+    def __enter__(self) -> "HiddenStateCapture":
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+        self._handle = None
