@@ -173,8 +173,6 @@ def _late_top_k_gate(rho: torch.Tensor, position: torch.Tensor, length: torch.Te
     late_len = length - late_start
     k = torch.clamp(torch.floor(config.kappa * late_len.double()).long(), min=1)  # (B,)
     late = valid & (position >= late_start[:, None])
-    if rho.numel() == 0:
-        return late
     k_max = min(int(k.max()), rho.shape[1])
     top = torch.topk(rho.masked_fill(~late, -math.inf), k_max, dim=1).values  # (B, k_max) descending
     kth = top.gather(1, (k.clamp(max=k_max) - 1)[:, None])  # (B, 1)
@@ -202,9 +200,13 @@ def compute_vgpo_weights_detailed(
     if has_visual.numel() != batch:
         raise ValueError(f"has_visual has {has_visual.numel()} entries but the batch has {batch} rows")
     groups = group_codes(index, batch, device)
-    n_groups = int(groups.max()) + 1 if batch else 0
-
     mask = response_mask.bool()
+    if similarity.numel() == 0:  # empty batch or zero-length responses: nothing to weight
+        none = torch.zeros_like(mask)
+        return VGPOWeights(torch.ones(similarity.shape, device=device), torch.ones(batch, device=device),
+                           torch.zeros(similarity.shape, device=device), none, none)
+    n_groups = int(groups.max()) + 1
+
     scored = mask & has_visual[:, None]  # (B, T)
     s = similarity.float()
     if not bool(torch.isfinite(s[scored]).all()):
@@ -215,7 +217,7 @@ def compute_vgpo_weights_detailed(
     segment = {"group": groups, "trajectory": torch.arange(batch, device=device),
                "batch": torch.zeros(batch, dtype=torch.long, device=device)}[config.rho_norm]
     n_segments = {"group": n_groups, "trajectory": batch, "batch": 1}[config.rho_norm]
-    lo, hi = _segment_min_max(*_row_min_max(s, scored), segment, max(n_segments, 1))
+    lo, hi = _segment_min_max(*_row_min_max(s, scored), segment, n_segments)
     rho = _min_max(s, lo[:, None], hi[:, None], scored)
 
     # 2. compensation of late, visually focused tokens
@@ -239,16 +241,17 @@ def compute_vgpo_weights_detailed(
 
     # 4. trajectory weight alpha, within each uid group
     alpha = torch.ones(batch, dtype=s.dtype, device=device)
-    if config.inter and batch:
+    if config.inter:
         takes_part = n_scored > 0
         phi = w_hat.sum(dim=1) if config.phi == "sum" else w_hat_mean
         phi_lo, phi_hi = _segment_min_max(phi.masked_fill(~takes_part, math.inf),
                                           phi.masked_fill(~takes_part, -math.inf), groups, n_groups)
         phi_hat = _min_max(phi, phi_lo, phi_hi, takes_part)
-        part = takes_part.to(s.dtype)
-        group_sum = torch.zeros(n_groups, dtype=s.dtype, device=device).index_add(0, groups, phi_hat * part)
-        group_n = torch.zeros(n_groups, dtype=s.dtype, device=device).index_add(0, groups, part)
-        group_mean = (group_sum / group_n.clamp(min=1))[groups]
+        # float64 sums: a row's alpha must not depend on the order of the other rows of its group.
+        part = takes_part.double()
+        group_sum = torch.zeros(n_groups, dtype=torch.float64, device=device).index_add(0, groups, phi_hat * part)
+        group_n = torch.zeros(n_groups, dtype=torch.float64, device=device).index_add(0, groups, part)
+        group_mean = (group_sum / group_n.clamp(min=1)).to(s.dtype)[groups]
         alpha = torch.where(takes_part, (1.0 + phi_hat - group_mean).clamp(config.alpha_min, config.alpha_max), alpha)
 
     return VGPOWeights(psi=psi, alpha=alpha, rho=rho, gate=gate & scored, scored=scored)
