@@ -1,0 +1,196 @@
+"""The evaluation harness: planted outputs through the real grading path, resume, comparison, parquet loading."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from vgpo_verl import evaluate as ev
+
+# sample id -> (ground truth, planted response)
+PLANTED = {
+    "0": ("3", "<think>three circles</think> The answer is \\boxed{3}."),
+    "1": ("12", "<think>count</think> \\boxed{12}"),
+    "2": ("5", "<think>hmm</think> \\boxed{4}"),  # wrong
+    "3": ("\\frac{1}{2}", "<think>half</think> \\boxed{0.5}"),  # right, math-verify equivalence
+    "4": ("7", "no boxed answer at all: 7"),  # wrong: only the boxed answer counts
+}
+PLANTED_ACCURACY = 100.0 * 3 / 5
+
+
+def _png_bytes(colour: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_benchmark(path, answers: dict[str, str]) -> None:
+    """A verl-format parquet: one image per prompt, `<image>` placeholder in the user turn."""
+    rows = [{
+        "data_source": "planted",
+        "prompt": [{"role": "user", "content": f"<image>Question {sample_id}? Put the answer in \\boxed{{}}."}],
+        "images": [{"bytes": _png_bytes("white"), "path": None}],
+        "reward_model": {"style": "rule", "ground_truth": truth},
+        "extra_info": {"index": int(sample_id)},
+    } for sample_id, truth in answers.items()]
+    pd.DataFrame(rows).to_parquet(path)
+
+
+class PlantedBackend:
+    """Returns a fixed response per sample id, records what it was asked, can fail after some calls."""
+
+    name = "planted"
+
+    def __init__(self, responses: dict[str, str], fail_after_calls: int | None = None):
+        self.responses = responses
+        self.fail_after_calls = fail_after_calls
+        self.generated: list[str] = []
+        self.calls = 0
+
+    def generate(self, prompts, sampling):
+        if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
+            raise KeyboardInterrupt("simulated interruption")
+        self.calls += 1
+        self.generated += [p.sample_id for p in prompts]
+        return [[ev.Completion(self.responses[p.sample_id], [1, 2, 3])] * sampling.n for p in prompts]
+
+
+@pytest.fixture()
+def benchmark(tmp_path):
+    path = tmp_path / "planted.parquet"
+    write_benchmark(path, {k: truth for k, (truth, _) in PLANTED.items()})
+    return ev.load_benchmark(path)
+
+
+def _run(backend, benchmark, out_dir, label="ckpt", **kwargs):
+    settings = {"checkpoint": label}
+    return ev.evaluate_checkpoint(label, backend, {"planted": benchmark}, out_dir, settings, progress=False, **kwargs)
+
+
+def test_load_benchmark_reads_verl_parquet(benchmark):
+    assert [p.sample_id for p in benchmark] == list(PLANTED)
+    first = benchmark[0]
+    assert first.ground_truth == "3" and first.data_source == "planted"
+    assert first.messages[0]["content"][0] == {"type": "image"}
+    assert first.messages[0]["content"][1]["text"].startswith("Question 0?")
+    assert len(first.images) == 1 and first.images[0].size == (32, 32)
+
+
+def test_load_benchmark_names_bad_rows(tmp_path):
+    path = tmp_path / "bad.parquet"
+    write_benchmark(path, {"0": "1", "1": "2"})
+    frame = pd.read_parquet(path)
+    frame.at[1, "images"] = []  # a placeholder without its image
+    frame.to_parquet(path)
+    with pytest.raises(ValueError, match=r"row 1 \(sample 1\).*1 <image> placeholder.*0 image"):
+        ev.load_benchmark(path)
+
+    write_benchmark(path, {"0": "1", "1": "2"})
+    frame = pd.read_parquet(path)
+    frame["extra_info"] = [{"index": 4}, {"index": 4}]
+    frame.to_parquet(path)
+    with pytest.raises(ValueError, match="not unique"):
+        ev.load_benchmark(path)
+
+
+def test_planted_answers_give_the_right_accuracy(benchmark, tmp_path):
+    backend = PlantedBackend({k: response for k, (_, response) in PLANTED.items()})
+    results = _run(backend, benchmark, tmp_path)
+    greedy = results["benchmarks"]["planted"]["greedy"]
+    assert greedy["n"] == 5
+    assert greedy["accuracy"] == pytest.approx(PLANTED_ACCURACY)
+
+    records = [json.loads(line) for line in (tmp_path / "ckpt/samples/planted.greedy.jsonl").read_text().splitlines()]
+    assert {r["sample_id"]: r["scores"] for r in records} == {"0": [1.0], "1": [1.0], "2": [0.0], "3": [1.0], "4": [0.0]}
+    assert records[2]["predictions"] == ["4"] and records[4]["predictions"] == [None]
+
+    on_disk = json.loads((tmp_path / "ckpt/results.json").read_text())
+    assert on_disk["benchmarks"]["planted"]["greedy"]["accuracy"] == pytest.approx(PLANTED_ACCURACY)
+    table = (tmp_path / "ckpt/results.md").read_text()
+    assert "| planted | 5 | 60.00 |" in table
+
+
+def test_avg_at_k_averages_over_samples(benchmark, tmp_path):
+    responses = {k: response for k, (_, response) in PLANTED.items()}
+
+    class HalfRight(PlantedBackend):  # sample "0": right on even draws only
+        def generate(self, prompts, sampling):
+            out = super().generate(prompts, sampling)
+            if sampling.n > 1:
+                for prompt, options in zip(prompts, out):
+                    if prompt.sample_id == "0":
+                        options[1::2] = [ev.Completion("\\boxed{99}", [1])] * len(options[1::2])
+            return out
+
+    results = _run(HalfRight(responses), benchmark, tmp_path, avg_k=4)
+    assert results["modes"]["avg@4"]["temperature"] == ev.AVG_K_TEMPERATURE
+    assert results["modes"]["greedy"]["temperature"] == 0.0
+    assert results["benchmarks"]["planted"]["greedy"]["accuracy"] == pytest.approx(60.0)
+    assert results["benchmarks"]["planted"]["avg@4"]["accuracy"] == pytest.approx(100.0 * 2.5 / 5)
+
+
+def test_resumed_run_skips_finished_samples(benchmark, tmp_path):
+    responses = {k: response for k, (_, response) in PLANTED.items()}
+    interrupted = PlantedBackend(responses, fail_after_calls=1)
+    with pytest.raises(KeyboardInterrupt):
+        _run(interrupted, benchmark, tmp_path, chunk_size=2)
+    assert interrupted.generated == ["0", "1"]
+    samples = tmp_path / "ckpt/samples/planted.greedy.jsonl"
+    assert len(samples.read_text().splitlines()) == 2  # the finished chunk was saved
+
+    # A write cut in the middle of the next record: that sample is redone, not trusted.
+    with samples.open("a") as sink:
+        sink.write('{"sample_id": "2", "scores": [1.')
+
+    resumed = PlantedBackend(responses)
+    results = _run(resumed, benchmark, tmp_path, chunk_size=2)
+    assert resumed.generated == ["2", "3", "4"]
+    assert results["benchmarks"]["planted"]["greedy"]["accuracy"] == pytest.approx(PLANTED_ACCURACY)
+    assert results["benchmarks"]["planted"]["greedy"]["generated_now"] == 3
+    assert sorted(json.loads(line)["sample_id"] for line in samples.read_text().splitlines()) == list(PLANTED)
+
+    again = PlantedBackend(responses)
+    _run(again, benchmark, tmp_path)
+    assert again.generated == []
+
+
+def test_resume_refuses_other_settings(benchmark, tmp_path):
+    responses = {k: response for k, (_, response) in PLANTED.items()}
+    ev.evaluate_checkpoint("ckpt", PlantedBackend(responses), {"planted": benchmark}, tmp_path,
+                           {"checkpoint": "a", "max_pixels": 1}, progress=False)
+    with pytest.raises(ValueError, match="max_pixels"):
+        ev.evaluate_checkpoint("ckpt", PlantedBackend(responses), {"planted": benchmark}, tmp_path,
+                               {"checkpoint": "a", "max_pixels": 2}, progress=False)
+
+
+def test_comparison_of_two_checkpoints(benchmark, tmp_path):
+    good = PlantedBackend({k: f"\\boxed{{{truth}}}" for k, (truth, _) in PLANTED.items()})
+    planted = PlantedBackend({k: response for k, (_, response) in PLANTED.items()})
+    base = _run(planted, benchmark, tmp_path, label="dapo")
+    better = _run(good, benchmark, tmp_path, label="vgpo")
+    markdown = ev.write_comparison([base, better], tmp_path)
+    assert "| planted | 60.00 | 100.00 | +40.00 |" in markdown
+    table = json.loads((tmp_path / "comparison.json").read_text())
+    assert table["modes"]["greedy"]["planted"]["delta vgpo"] == pytest.approx(40.0)
+    assert table["modes"]["greedy"]["average"]["vgpo"] == pytest.approx(100.0)
+
+    # The command-line form reads two finished result directories.
+    assert ev.main(["--compare", str(tmp_path / "dapo"), str(tmp_path / "vgpo"), "--out", str(tmp_path / "cmp")]) == 0
+    assert "+40.00" in (tmp_path / "cmp/comparison.md").read_text()
+
+
+def test_backend_choice_is_explicit():
+    with pytest.raises(ValueError, match="--backend must be"):
+        ev.make_backend("sglang", "/nonexistent")
+    usable, why_not = ev.vllm_usable(cpu=False)
+    assert usable or why_not  # never an unexplained refusal
+
+
+def test_protocol_defaults_are_the_papers():
+    args = ev.build_parser().parse_args(["--out", "x"])
+    assert (args.max_model_len, args.min_pixels, args.max_pixels) == (8192, 262_144, 1_000_000)
+    assert ev.modes(None)["greedy"].temperature == 0.0
