@@ -6,6 +6,10 @@ rollout servers included): the public API below is resolved lazily.
 
 __version__ = "0.1.0"
 
+# Importing the package installs the verl hooks too, so `actor_rollout_ref.model.external_lib=vgpo_verl`
+# works where entry points are disabled (VERL_USE_EXTERNAL_PLUGINS=none). Stdlib only: cheap.
+from vgpo_verl import plugin as _plugin  # noqa: E402,F401
+
 _LAZY = {
     "VGPOConfig": "vgpo_verl.algorithm",
     "VGPOWeights": "vgpo_verl.algorithm",

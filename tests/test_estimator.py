@@ -1,0 +1,141 @@
+"""The `vgpo` estimator as verl calls it: registry, verl's compute_advantage, config, failures."""
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import verl  # noqa: F401  (the plugin entry point registers vgpo on core_algos import)
+from verl import DataProto
+from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage, get_adv_estimator_fn
+from verl.trainer.ppo.ray_trainer import compute_advantage
+
+from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights
+from vgpo_verl.estimator import compute_vgpo_advantage, pop_metrics, visual_scores
+
+
+def _batch(seed=0, prompts=3, n=4, length=10):
+    gen = torch.Generator().manual_seed(seed)
+    batch = prompts * n
+    lengths = torch.randint(1, length + 1, (batch,), generator=gen)
+    mask = (torch.arange(length)[None] < lengths[:, None]).float()
+    rewards = torch.zeros(batch, length)
+    rewards[torch.arange(batch), lengths - 1] = torch.randint(0, 2, (batch,), generator=gen).float()
+    uid = np.repeat(np.array([f"prompt-{i}" for i in range(prompts)], dtype=object), n)
+    similarity = torch.rand(batch, length, generator=gen) * 2 - 1
+    return rewards, mask, uid, similarity
+
+
+def _algo(**vgpo):
+    return OmegaConf.create({"adv_estimator": "vgpo", "norm_adv_by_std_in_grpo": True, "gamma": 1.0, "lam": 1.0,
+                             "vgpo": vgpo})
+
+
+def _verl_compute_advantage(rewards, mask, uid, estimator, algo):
+    data = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask},
+                               non_tensors={"uid": uid})
+    out = compute_advantage(data, adv_estimator=estimator, config=algo,
+                            norm_adv_by_std_in_grpo=algo.get("norm_adv_by_std_in_grpo", True))
+    return out.batch["advantages"]
+
+
+def test_registered_under_vgpo():
+    assert get_adv_estimator_fn("vgpo") is compute_vgpo_advantage
+
+
+def test_all_switches_off_equals_verl_grpo_exactly():
+    rewards, mask, uid, similarity = _batch()
+    algo = _algo(compensation=False, gate=False, intra=False, inter=False)
+    with visual_scores(similarity, torch.ones(len(uid), dtype=torch.bool)):
+        ours = _verl_compute_advantage(rewards, mask, uid, "vgpo", algo)
+    grpo = _verl_compute_advantage(rewards, mask, uid, "grpo", OmegaConf.create({"adv_estimator": "grpo"}))
+    assert torch.equal(ours, grpo)
+
+
+def test_advantage_is_grpo_times_alpha_times_psi_through_verl():
+    rewards, mask, uid, similarity = _batch(seed=3)
+    has_visual = torch.ones(len(uid), dtype=torch.bool)
+    has_visual[:4] = False  # the first prompt is text-only
+    algo = _algo(beta=0.5, kappa=0.4)
+    with visual_scores(similarity, has_visual):
+        ours = _verl_compute_advantage(rewards, mask, uid, "vgpo", algo)
+    grpo, _ = compute_grpo_outcome_advantage(rewards, mask, uid)
+    psi, alpha = compute_vgpo_weights(similarity, mask, uid, VGPOConfig(beta=0.5, kappa=0.4), has_visual)
+    torch.testing.assert_close(ours, grpo * alpha[:, None] * psi)
+    assert torch.equal(ours[:4], grpo[:4])  # text-only rows: plain DAPO
+    assert (ours[mask == 0] == 0).all()
+    assert not torch.allclose(ours, grpo)
+
+
+def test_knobs_come_from_algorithm_vgpo():
+    rewards, mask, uid, similarity = _batch(seed=5)
+    hv = torch.ones(len(uid), dtype=torch.bool)
+    with visual_scores(similarity, hv):
+        default = compute_vgpo_advantage(rewards, mask, uid, config=_algo())[0]
+        strong = compute_vgpo_advantage(rewards, mask, uid, config=_algo(beta=2.0, gate=False))[0]
+        explicit = compute_vgpo_advantage(rewards, mask, uid, config=_algo(beta=0.3))[0]
+    assert torch.equal(default, explicit)
+    assert not torch.allclose(default, strong)
+    with visual_scores(similarity, hv), pytest.raises(ValueError, match=r"betta"):
+        compute_vgpo_advantage(rewards, mask, uid, config=_algo(betta=0.5))
+    with visual_scores(similarity, hv), pytest.raises(ValueError, match=r"rho_norm='micro'"):
+        compute_vgpo_advantage(rewards, mask, uid, config=_algo(rho_norm="micro"))
+
+
+def test_norm_adv_by_std_is_read_from_the_algorithm_config():
+    rewards, mask, uid, similarity = _batch(seed=7)
+    hv = torch.ones(len(uid), dtype=torch.bool)
+    algo = _algo(intra=False, inter=False)
+    algo.norm_adv_by_std_in_grpo = False
+    with visual_scores(similarity, hv):
+        ours = _verl_compute_advantage(rewards, mask, uid, "vgpo", algo)
+    dr_grpo, _ = compute_grpo_outcome_advantage(rewards, mask, uid, norm_adv_by_std_in_grpo=False)
+    std_grpo, _ = compute_grpo_outcome_advantage(rewards, mask, uid, norm_adv_by_std_in_grpo=True)
+    assert torch.equal(ours, dr_grpo) and not torch.equal(ours, std_grpo)
+
+
+def test_missing_scores_fail_loudly_with_the_fix():
+    rewards, mask, uid, _ = _batch()
+    with pytest.raises(RuntimeError, match="bypass_mode"):
+        _verl_compute_advantage(rewards, mask, uid, "vgpo", _algo())
+
+
+def test_scores_of_another_batch_are_rejected():
+    rewards, mask, uid, similarity = _batch()
+    with visual_scores(similarity[:, :5], torch.ones(len(uid), dtype=torch.bool)):
+        with pytest.raises(ValueError, match="does not match response_mask"):
+            _verl_compute_advantage(rewards, mask, uid, "vgpo", _algo())
+
+
+def test_scores_do_not_leak_out_of_their_context():
+    rewards, mask, uid, similarity = _batch()
+    with visual_scores(similarity, torch.ones(len(uid), dtype=torch.bool)):
+        pass
+    with pytest.raises(RuntimeError):
+        compute_vgpo_advantage(rewards, mask, uid, config=_algo())
+
+
+def test_metrics_are_reported_once():
+    rewards, mask, uid, similarity = _batch()
+    hv = torch.ones(len(uid), dtype=torch.bool)
+    hv[0] = False
+    with visual_scores(similarity, hv):
+        _verl_compute_advantage(rewards, mask, uid, "vgpo", _algo())
+    metrics = pop_metrics()
+    expected = {"similarity_mean", "rho_mean", "gate_pass_rate", "psi_mean", "psi_min", "psi_max", "alpha_mean",
+                "alpha_min", "alpha_max", "no_visual_fraction", "late_early_rho_ratio"}
+    assert set(metrics) == {f"vgpo/{k}" for k in expected}
+    assert metrics["vgpo/no_visual_fraction"] == pytest.approx(1 / len(uid))
+    assert metrics["vgpo/psi_min"] <= metrics["vgpo/psi_mean"] <= metrics["vgpo/psi_max"]
+    assert 0 < metrics["vgpo/gate_pass_rate"] < 1
+    assert pop_metrics() == {}
+
+
+def test_late_early_ratio_sees_visual_forgetting():
+    from vgpo_verl.algorithm import compute_vgpo_weights_detailed, vgpo_metrics
+
+    fading = torch.linspace(1.0, 0.0, 30).repeat(4, 1)  # similarity decays along the response
+    w = compute_vgpo_weights_detailed(fading, torch.ones_like(fading), np.zeros(4), VGPOConfig())
+    assert vgpo_metrics(w, fading)["vgpo/late_early_rho_ratio"] < 0.5
+    w = compute_vgpo_weights_detailed(fading.flip(1), torch.ones_like(fading), np.zeros(4), VGPOConfig())
+    assert vgpo_metrics(w, fading.flip(1))["vgpo/late_early_rho_ratio"] > 2
