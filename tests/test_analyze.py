@@ -1,0 +1,134 @@
+"""The visual-forgetting analysis: binning, rho scopes, ratio, plot and tables; end to end on the tiny VLM."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vgpo_verl import analyze as an
+
+TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+
+
+def _scores(lengths, similarity, group=None, has_visual=None) -> an.ResponseScores:
+    lengths = torch.tensor(lengths)
+    return an.ResponseScores(
+        similarity=torch.tensor(similarity, dtype=torch.float32),
+        offsets=torch.nn.functional.pad(lengths.cumsum(0), (1, 0)),
+        group=torch.tensor(group if group is not None else list(range(len(lengths)))),
+        has_visual=torch.tensor(has_visual if has_visual is not None else [True] * len(lengths)),
+        sample_ids=[str(i) for i in range(len(lengths))],
+        token_ids=[[0] * n for n in lengths.tolist()],
+    )
+
+
+def test_token_layout_positions():
+    response, tau = an.token_layout(torch.tensor([0, 3, 4, 6]))
+    assert response.tolist() == [0, 0, 0, 1, 2, 2]
+    assert tau.tolist() == [0.0, 0.5, 1.0, 0.0, 0.0, 1.0]  # a one-token response sits at 0
+
+
+def test_binned_curve_weighs_each_response_equally():
+    # response 0: 5 tokens (tau 0, .25, .5, .75, 1), response 1: 2 tokens (tau 0, 1); two bins.
+    values = torch.tensor([1.0, 3.0, 5.0, 7.0, 9.0, 10.0, 20.0])
+    offsets = torch.tensor([0, 5, 7])
+    curve = an.binned_curve(values, offsets, torch.tensor([True, True]), n_bins=2)
+    # bin 0 (tau < .5): response 0 mean 2, response 1 mean 10 -> 6; bin 1: 7 and 20 -> 13.5
+    assert curve["mean"] == pytest.approx([6.0, 13.5])
+    assert curve["std"] == pytest.approx([4.0, 6.5])
+    assert curve["responses_per_bin"] == [2, 2]
+    assert curve["tokens_per_bin"] == [3, 4]
+
+    only_first = an.binned_curve(values, offsets, torch.tensor([True, False]), n_bins=2)
+    assert only_first["mean"] == pytest.approx([2.0, 7.0]) and only_first["tokens_per_bin"] == [2, 3]
+
+
+def test_binned_curve_leaves_unreached_bins_empty():
+    curve = an.binned_curve(torch.tensor([1.0, 2.0]), torch.tensor([0, 2]), torch.tensor([True]), n_bins=4)
+    assert curve["mean"][0] == 1.0 and curve["mean"][3] == 2.0
+    assert math.isnan(curve["mean"][1]) and curve["responses_per_bin"] == [1, 0, 0, 1]
+
+
+def test_late_early_ratio_uses_thirds():
+    assert an.late_early_ratio([4.0, 4.0, 4.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0]) == pytest.approx(0.5)
+    # 10 bins: centres .05-.25 are early, .75-.95 late
+    assert an.late_early_ratio([2, 2, 2, 9, 9, 9, 9, 1, 1, 1]) == pytest.approx(0.5)
+
+
+def test_rho_scopes_follow_the_spec():
+    # two responses of one prompt: trajectory min-max is per response, group min-max spans both.
+    scores = _scores([2, 2], [0.0, 1.0, 2.0, 4.0], group=[0, 0])
+    assert an.rho_of(scores, "trajectory").tolist() == pytest.approx([0, 1, 0, 1], abs=1e-6)
+    assert an.rho_of(scores, "group").tolist() == pytest.approx([0, 0.25, 0.5, 1.0], abs=1e-6)
+    separate = _scores([2, 2], [0.0, 1.0, 2.0, 4.0], group=[0, 1])
+    assert an.rho_of(separate, "group").tolist() == pytest.approx([0, 1, 0, 1], abs=1e-6)
+    with pytest.raises(ValueError, match="--rho-norm"):
+        an.rho_of(scores, "batch-of-everything")
+
+
+def _summary(scores: an.ResponseScores, n_bins: int) -> dict:
+    return an.summarise("x", "path", scores, an.rho_of(scores, "trajectory"), n_bins)
+
+
+def test_summary_counts_responses_without_an_image():
+    scores = _scores([3, 3], [0.9, 0.5, 0.1, 0.0, 0.0, 0.0], has_visual=[True, False])
+    summary = _summary(scores, 3)
+    assert (summary["n_responses"], summary["n_without_visual"], summary["n_tokens"]) == (1, 1, 3)
+    assert summary["similarity"]["mean"] == pytest.approx([0.9, 0.5, 0.1])
+    assert summary["late_early_ratio"]["similarity"] == pytest.approx(0.1 / 0.9)
+    with pytest.raises(ValueError, match="no response has an image token"):
+        _summary(_scores([2], [0.1, 0.2], has_visual=[False]), 3)
+
+
+def _pure_colour_pixels(path, hex_colour: str) -> int:
+    pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+    rgb = [int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)]
+    return int((pixels == rgb).all(axis=1).sum())
+
+
+@pytest.mark.parametrize("n_checkpoints", [1, 3])
+def test_plot_has_one_curve_per_checkpoint(tmp_path, n_checkpoints):
+    generator = torch.Generator().manual_seed(0)
+    lengths = [7, 12, 30]
+    summaries = {}
+    for k in range(n_checkpoints):
+        similarity = torch.rand(sum(lengths), generator=generator) * 0.5 + 0.1 * k
+        summaries[f"ckpt{k}"] = _summary(_scores(lengths, similarity.tolist()), 12)
+    path = tmp_path / "plot.png"
+    figure = an.plot_visual_focus(summaries, 12, "trajectory", path)
+
+    with Image.open(path) as image:
+        image.verify()  # a valid PNG
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert json.loads(image.text["Description"]) == {"curves": list(summaries), "bins": 12}
+    for axis in figure.axes:
+        assert len(axis.get_lines()) == n_checkpoints
+        assert axis.get_xlabel().startswith("normalised decoding position") and axis.get_ylabel()
+        assert len(axis.collections) == n_checkpoints  # one spread band per curve
+    # The rendered file itself: each curve's colour is drawn, the next colour of the cycle is not.
+    for k in range(n_checkpoints):
+        assert _pure_colour_pixels(path, TAB10[k]) > 50, f"curve {k} is not in the PNG"
+    assert _pure_colour_pixels(path, TAB10[n_checkpoints]) == 0
+
+
+def test_tables_hold_the_bins(tmp_path):
+    scores = _scores([4, 6], [0.4, 0.3, 0.2, 0.1, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+    summaries = {"a": _summary(scores, 10), "b": _summary(scores, 10)}
+    an.write_tables(summaries, {"bins": 10, "rho_norm": "trajectory"}, tmp_path)
+    document = json.loads((tmp_path / "visual_forgetting.json").read_text())
+    assert document["bins"]["edges"] == pytest.approx([i / 10 for i in range(11)])
+    assert len(document["bins"]["centres"]) == 10
+    for label in ("a", "b"):
+        entry = document["checkpoints"][label]
+        assert len(entry["similarity"]["mean"]) == len(entry["rho"]["std"]) == 10
+        assert entry["late_early_ratio"]["similarity"] == pytest.approx(an.late_early_ratio(entry["similarity"]["mean"]))
+    rows = list(csv.DictReader((tmp_path / "visual_forgetting.csv").open()))
+    assert len(rows) == 20 and rows[0]["checkpoint"] == "a" and rows[-1]["bin"] == "9"
+    assert float(rows[0]["similarity_mean"]) == pytest.approx(0.5)  # bin 0: tokens 0.4 and 0.6

