@@ -1,0 +1,83 @@
+"""Run verl (Ray, FSDP2 actor, vLLM rollouts) on a machine without a GPU, for the demo and tests.
+
+`enable()` turns it on for this process and, through environment variables, for every process it
+starts (Ray workers, vLLM). Nothing here is active otherwise: GPU users never see it.
+
+What it sets up:
+- verl's platform "cpu" (vgpo_verl.cpu.platform: device "cpu", gloo collectives, torch.cpu with the
+  memory/RNG functions verl calls), selected with VERL_PLATFORM=cpu;
+- verl's engines are registered for cuda only: VERL_ENGINE_DEVICE=cuda, VERL_ENGINE_VENDOR=nvidia
+  pick the FSDP engine (and any engine a plugin registers for ("cuda", "nvidia")), which runs on
+  the platform's device, the CPU;
+- Ray: one logical GPU (verl schedules its workers on GPUs) and more logical CPUs than cores
+  (the TaskRunner and TransferQueue controller each hold one; with 2 the run deadlocks);
+- a start-up hook (vgpo_verl/cpu/startup/sitecustomize.py on PYTHONPATH) that installs
+  vgpo_verl.cpu.boot in every process: platform registration, gloo process groups, vLLM's version
+  read as "<version>+cpu", and the torchvision-free vision path when torchvision is broken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+STARTUP_DIR = pathlib.Path(__file__).resolve().parent / "startup"
+RAY_LOGICAL_CPUS = 16
+RAY_LOGICAL_GPUS = 1
+
+
+def torchvision_imports() -> bool:
+    """Whether `import torchvision` works here (checked in a child process: a failed import of the
+    CUDA build leaves half-registered torch operators behind)."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torchvision"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    return probe.returncode == 0
+
+
+def environment(hide_torchvision: bool) -> dict[str, str]:
+    """The environment variables that turn the CPU platform on in a process and its children."""
+    from vgpo_verl.cpu.boot import ENV_ENABLED, ENV_HIDE_TORCHVISION
+
+    python_path = [str(STARTUP_DIR), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    return {
+        ENV_ENABLED: "1",
+        ENV_HIDE_TORCHVISION: "1" if hide_torchvision else "0",
+        "PYTHONPATH": os.pathsep.join(dict.fromkeys(python_path)),
+        "VERL_PLATFORM": "cpu",
+        "VERL_ENGINE_DEVICE": "cuda",
+        "VERL_ENGINE_VENDOR": "nvidia",
+        "RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": RAY_LOGICAL_CPUS, "GPU": RAY_LOGICAL_GPUS}),
+        "VLLM_TARGET_DEVICE": "cpu",
+        # No NUMA binding of vLLM's CPU worker threads: they share two cores with the actor.
+        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+    }
+
+
+def enable() -> dict[str, str]:
+    """Turn the CPU platform on in this process and its future children; returns the variables set.
+
+    Call it before verl picks a platform (before `get_platform()` runs, i.e. before verl's workers
+    or engines are imported); calling it again is harmless.
+    """
+    from vgpo_verl.cpu import boot
+
+    env = environment(hide_torchvision=not torchvision_imports())
+    os.environ.update(env)
+    if str(STARTUP_DIR) not in sys.path:
+        sys.path.insert(0, str(STARTUP_DIR))
+    boot.install()
+    return env
+
+
+def is_enabled() -> bool:
+    from vgpo_verl.cpu.boot import ENV_ENABLED
+
+    return os.environ.get(ENV_ENABLED) == "1"

