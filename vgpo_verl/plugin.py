@@ -18,6 +18,7 @@ logger = logging.getLogger("vgpo_verl")
 # verl module -> glue to run right after that module has been imported ("module:function").
 POST_IMPORT_HOOKS: dict[str, str] = {
     "verl.trainer.ppo.core_algos": "vgpo_verl.estimator:register",
+    "verl.workers.engine.fsdp.transformer_impl": "vgpo_verl.engine:register",
 }
 
 _ran: set[str] = set()

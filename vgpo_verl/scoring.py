@@ -108,6 +108,11 @@ def cosine_to_prototypes(
     The dot products come from one (chunk, S) matmul per chunk rather than gathering a (chunk, H)
     copy of the prototypes: S (sequences per micro-batch) is small next to H.
     """
+    with torch.autocast(device_type=hidden.device.type, enabled=False):  # the hook may run under autocast
+        return _cosine_chunks(hidden, segment_ids, prototypes, chunk_tokens, eps)
+
+
+def _cosine_chunks(hidden, segment_ids, prototypes, chunk_tokens, eps):
     # The spare zero row S absorbs rows outside every sequence.
     prototypes = torch.cat([prototypes, prototypes.new_zeros(1, prototypes.shape[1])])
     proto_norm = prototypes.norm(dim=-1)  # (S+1,)

@@ -1,0 +1,143 @@
+"""verl's real FSDP2 engine (gloo, CPU) with VGPO scoring, against a plain-transformers reference.
+
+The engine runs in spawned ranks (tests/_engine_utils.py); the reference is computed here from the
+same saved weights, one sample at a time, with the textbook cos(h_t, mu).
+"""
+
+import pytest
+import torch
+
+from _engine_utils import run_engine
+from _scoring_utils import make_sample, reference_scores, tiny_vlm
+
+SCORE = {"vgpo_score": True}
+WS1_RUNS = [
+    {"name": "padded", "remove_padding": False, "flags": SCORE},
+    {"name": "padded_plain", "remove_padding": False},
+    {"name": "rmpad", "remove_padding": True, "flags": SCORE},
+    {"name": "rmpad_dynamic_bsz", "remove_padding": True, "dynamic_bsz": True, "max_token_len": 80, "flags": SCORE},
+    {"name": "rmpad_layer0", "remove_padding": True, "flags": {**SCORE, "vgpo_layer": 0}},
+    {"name": "rmpad_plain", "remove_padding": True},
+]
+SCORED_RUNS = ["padded", "rmpad", "rmpad_dynamic_bsz"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Tiny Qwen2.5-VL on disk, and a batch mixing one image, text only, two images, image + video."""
+    model_dir = tmp_path_factory.mktemp("tiny_qwen2_5_vl")
+    model = tiny_vlm("qwen2_5_vl")
+    model.save_pretrained(model_dir)
+    generator = torch.Generator().manual_seed(0)
+    samples = [
+        make_sample(generator, images=1, response_len=9),
+        make_sample(generator, images=0, response_len=5),
+        make_sample(generator, images=2, response_len=12),
+        make_sample(generator, images=1, videos=1, response_len=7),
+    ]
+    return model, str(model_dir), samples
+
+
+@pytest.fixture(scope="module")
+def ws1(setup):
+    model, model_dir, samples = setup
+    return run_engine(model_dir, samples, WS1_RUNS, f"{model_dir}/ws1.pt")
+
+
+@pytest.fixture(scope="module")
+def references(setup):
+    model, _, samples = setup
+    return {layer: [reference_scores(model, s, layer=layer) for s in samples] for layer in (-1, 0)}
+
+
+def response_scores(full_scores, samples):
+    """verl's own response slicing (trainer: `response_from_nested(log_probs, response_mask)`)."""
+    from verl.workers.utils.padding import response_from_nested
+
+    nested = torch.nested.as_nested_tensor(full_scores, layout=torch.jagged)
+    mask = torch.nested.as_nested_tensor([torch.ones(s.response_len) for s in samples], layout=torch.jagged)
+    return list(response_from_nested(nested, mask).unbind())
+
+
+def test_verl_registry_picks_the_scoring_engine_on_nvidia_and_the_cpu_platform_only(monkeypatch):
+    import vgpo_verl.plugin  # noqa: F401
+    from verl.workers.engine import EngineRegistry
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+
+    from vgpo_verl.engine import VGPOFSDPEngineWithLMHead
+
+    monkeypatch.setenv("VERL_ENGINE_DEVICE", "cuda")
+    for backend in ("fsdp", "fsdp2"):
+        monkeypatch.setenv("VERL_ENGINE_VENDOR", "nvidia")  # an NVIDIA GPU, and vgpo_verl.cpu.enable()
+        assert EngineRegistry.get_engine_cls("language_model", backend) is VGPOFSDPEngineWithLMHead
+        monkeypatch.setenv("VERL_ENGINE_VENDOR", "amd")
+        assert EngineRegistry.get_engine_cls("language_model", backend) is FSDPEngineWithLMHead
+    assert EngineRegistry.get_engine_cls("value_model", "fsdp2") is not VGPOFSDPEngineWithLMHead
+
+
+@pytest.mark.parametrize("run", SCORED_RUNS)
+def test_response_scores_equal_plain_transformers_cosine(ws1, setup, references, run):
+    """After verl's response_from_nested, the score of response token y_t is cos(h at y_t, mu)."""
+    _, _, samples = setup
+    result = ws1[run]
+    assert result["engine_class"] == "VGPOFSDPEngineWithLMHead"
+    assert result["scoring_hooks"] > 0
+    got = response_scores(result["outputs"]["vgpo_visual_score"], samples)
+    for i, (sample, scores) in enumerate(zip(samples, got)):
+        expected = references[-1][i][0][-sample.response_len :]
+        torch.testing.assert_close(scores.double(), expected, atol=1e-4, rtol=0, msg=f"sample {i}")
+
+
+@pytest.mark.parametrize("run", SCORED_RUNS)
+def test_full_sequence_slot_j_holds_the_next_tokens_score(ws1, references, run):
+    for i, full in enumerate(ws1[run]["outputs"]["vgpo_visual_score"]):
+        expected = references[-1][i][0]
+        torch.testing.assert_close(full[:-1].double(), expected[1:], atol=1e-4, rtol=0, msg=f"sample {i}")
+        assert torch.isnan(full[-1])  # no token after the last one
+
+
+@pytest.mark.parametrize("run", SCORED_RUNS)
+def test_has_visual_per_sample(ws1, run):
+    has_visual = ws1[run]["outputs"]["vgpo_has_visual"]
+    assert [bool(h[0]) for h in has_visual] == [True, False, True, True]
+    assert all(bool((h == h[0]).all()) for h in has_visual)
+
+
+def test_layer_flag_scores_another_decoder_layer(ws1, references):
+    for i, full in enumerate(ws1["rmpad_layer0"]["outputs"]["vgpo_visual_score"]):
+        torch.testing.assert_close(full[:-1].double(), references[0][i][0][1:], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("plain, scored", [("padded_plain", "padded"), ("rmpad_plain", "rmpad")])
+def test_without_the_flag_it_is_the_stock_engine(ws1, plain, scored):
+    assert ws1[plain]["scoring_hooks"] == 0
+    assert sorted(ws1[plain]["outputs"]) == ["entropy", "log_probs"]
+    for key in ("log_probs", "entropy"):  # scoring leaves verl's own outputs untouched
+        for a, b in zip(ws1[plain]["outputs"][key], ws1[scored]["outputs"][key]):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_ulysses_sp2_gives_the_sp1_scores(setup, ws1, references):
+    model, model_dir, samples = setup
+    runs = [{"name": "sp2", "remove_padding": True, "sp": 2, "flags": SCORE}]
+    sp2 = run_engine(model_dir, samples, runs, f"{model_dir}/sp2.pt", world_size=2)["sp2"]
+    assert sp2["scoring_hooks"] > 0
+    for i, (a, b) in enumerate(zip(sp2["outputs"]["vgpo_visual_score"], ws1["rmpad"]["outputs"]["vgpo_visual_score"])):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, equal_nan=True, msg=f"sample {i}")
+        torch.testing.assert_close(a[:-1].double(), references[-1][i][0][1:], atol=1e-4, rtol=0)
+    assert [bool(h[0]) for h in sp2["outputs"]["vgpo_has_visual"]] == [True, False, True, True]
+
+
+def test_training_forward_is_never_scored_even_with_the_flag(monkeypatch):
+    """forward_only=False (update_actor) goes straight to verl's forward_step: no hook."""
+    import vgpo_verl.engine as engine_module
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+
+    calls = []
+    monkeypatch.setattr(FSDPEngineWithLMHead, "forward_step", lambda self, mb, lf, fo: calls.append(fo) or ("loss", {}))
+    monkeypatch.setattr(engine_module, "HiddenStateCapture", lambda *a, **k: pytest.fail("hook installed"))
+    batch = tu.get_tensordict({"input_ids": torch.zeros(2, 3)}, non_tensor_dict={"vgpo_score": True})
+    engine = object.__new__(engine_module.VGPOFSDPEngineWithLMHead)
+    assert engine.forward_step(batch, loss_function=None, forward_only=False) == ("loss", {})
+    assert calls == [False]

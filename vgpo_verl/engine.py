@@ -1,0 +1,176 @@
+"""verl's FSDP actor engine plus VGPO visual scoring in the old-log-prob forward pass.
+
+`VGPOFSDPEngineWithLMHead` is verl's `FSDPEngineWithLMHead` unchanged, except when a forward-only
+micro-batch carries the non-tensor flag `vgpo_score=True` (set by vgpo_verl.trainer_wiring for the
+old-log-prob pass only). Then a forward hook on one decoder layer (`vgpo_layer`, default -1: the
+final norm, i.e. lm_head's input) turns that layer's output into per-token cosine scores while the
+forward runs, and two nested full-sequence tensors join the model output:
+
+- `vgpo_visual_score` (bsz, seq_len) float32. Like verl's `log_probs`, slot j holds the value for the
+  token at j + 1: cos(h_{j+1}, mu). verl's `response_from_nested` takes slots [end-R-1, end-1), so
+  response token y_t gets cos(h at y_t's own position, mu) (spec section 1). The last slot of each
+  sequence has no next token and holds NaN (never read by response_from_nested).
+- `vgpo_has_visual` (bsz, seq_len) float32: 1.0 on every token of a sample whose sequence contains a
+  visual placeholder token, 0.0 otherwise.
+
+verl concatenates any model-output key over micro-batches, restores the dynamic-batch order and
+writes it to the TransferQueue, so nothing else in verl needs to know about these keys.
+
+Registered (no user flag) for backends fsdp/fsdp2 under the engine key ("cuda", "nvidia"), which
+`EngineRegistry.get_engine_cls` tries before the stock bare "cuda" key. The CPU platform of
+vgpo_verl.cpu resolves to the same key (VERL_ENGINE_DEVICE=cuda, VERL_ENGINE_VENDOR=nvidia). Other
+vendors (AMD ROCm: ("cuda", "amd") falls back to the bare key; NPU) keep verl's stock engine.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import sys
+
+import torch
+
+
+def register() -> None:
+    """Register the engine for fsdp/fsdp2 under ENGINE_KEYS (the plugin runs this once verl's FSDP
+    engine module is imported). Idempotent.
+
+    When this module is the one importing verl's FSDP engine, the plugin's hook fires before the
+    class below exists; it is then a no-op and the call at the end of this module registers.
+    """
+    engine_cls = getattr(sys.modules[__name__], "VGPOFSDPEngineWithLMHead", None)
+    if engine_cls is None:
+        return
+    registry = EngineRegistry._engines.get("language_model", {})
+    for device, vendor in ENGINE_KEYS:
+        backends = [b for b in ("fsdp", "fsdp2") if registry.get(b, {}).get((device, vendor)) is not engine_cls]
+        if backends:
+            EngineRegistry.register(model_type="language_model", backend=backends, device=device, vendor=vendor)(
+                engine_cls
+            )
+
+
+from verl.utils import tensordict_utils as tu  # noqa: E402  (after register: see its docstring)
+from verl.workers.engine.base import EngineRegistry  # noqa: E402
+from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead  # noqa: E402
+
+from vgpo_verl.scoring import (  # noqa: E402
+    DEFAULT_CHUNK_TOKENS,
+    HiddenStateCapture,
+    cosine_to_prototypes,
+    segment_ids_from_cu_seqlens,
+    visual_mask_of,
+    visual_prototypes,
+    visual_token_ids,
+)
+
+logger = logging.getLogger(__name__)
+
+SCORE_FLAG = "vgpo_score"  # non-tensor bool in the micro-batch: score this forward-only pass
+LAYER_KEY = "vgpo_layer"  # non-tensor int: which layer (see vgpo_verl.scoring.resolve_layer)
+CHUNK_KEY = "vgpo_chunk_tokens"  # non-tensor int: rows per float32 work chunk
+SCORE_KEY = "vgpo_visual_score"
+HAS_VISUAL_KEY = "vgpo_has_visual"
+
+ENGINE_KEYS = (("cuda", "nvidia"),)
+
+
+class _MicroBatchScorer:
+    """Called by the forward hook with the scored layer's output; returns the packed scores.
+
+    Handles the three layouts verl's FSDP engine feeds the model:
+    - remove-padding: hidden (1, P, H) over the packed sequences (+ right padding);
+    - remove-padding + Ulysses SP: hidden (1, P, H) is this rank's contiguous slice of the padded
+      packed sequence; prototype sums are all-reduced over the SP group and the scores all-gathered;
+    - padded: hidden (bsz, max_len, H), right padding.
+    """
+
+    def __init__(self, engine: FSDPEngineWithLMHead, micro_batch, chunk_tokens: int):
+        self.engine = engine
+        self.input_ids = micro_batch["input_ids"]  # nested (bsz, j)
+        self.cu_seqlens = self.input_ids.offsets().long()  # (S+1,)
+        self.use_remove_padding = tu.get_non_tensor_data(micro_batch, "use_remove_padding", default=True)
+        self.chunk_tokens = chunk_tokens
+        config = getattr(engine.module, "config", None) or engine.model_config.hf_config
+        self.token_ids = visual_token_ids(config)
+
+    def __call__(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden: the layer output. Returns (similarity (N,) float32 packed, has_visual (S,) bool)."""
+        device = hidden.device
+        cu_seqlens = self.cu_seqlens.to(device)
+        values = self.input_ids.values().to(device)  # (N,)
+        n_tokens, num_seqs = values.shape[0], cu_seqlens.numel() - 1
+        hidden_flat = hidden.reshape(-1, hidden.shape[-1])
+
+        if self.use_remove_padding:
+            if hidden.shape[0] != 1:
+                raise RuntimeError(f"VGPO scoring: packed hidden states must be (1, P, H), got {tuple(hidden.shape)}")
+            local_len = hidden.shape[1]
+            sp_size, sp_rank, group = 1, 0, None
+            if self.engine.use_ulysses_sp:
+                group = self.engine.ulysses_parallel_group
+                sp_size = torch.distributed.get_world_size(group)
+                sp_rank = torch.distributed.get_rank(group)
+            positions = sp_rank * local_len + torch.arange(local_len, device=device)
+            segment_ids = segment_ids_from_cu_seqlens(cu_seqlens, positions)
+            in_sequence = positions < n_tokens
+            visual = visual_mask_of(values, self.token_ids)[positions.clamp(max=n_tokens - 1)] & in_sequence
+            mu, has_visual = visual_prototypes(hidden_flat, segment_ids, visual, num_seqs, self.chunk_tokens, group)
+            similarity = cosine_to_prototypes(hidden_flat, segment_ids, mu, self.chunk_tokens)
+            total_pad = local_len * sp_size - n_tokens  # SP alignment pad + static bucket pad, at the tail
+            if group is not None:
+                similarity = self.engine._gather_and_unpad_packed(similarity, total_pad)
+            elif total_pad:
+                similarity = similarity[:n_tokens]
+            return similarity, has_visual
+
+        batch_size, max_len = hidden.shape[0], hidden.shape[1]
+        lengths = cu_seqlens.diff()
+        valid = torch.arange(max_len, device=device) < lengths.unsqueeze(1)  # (bsz, max_len)
+        row = torch.arange(batch_size, device=device).unsqueeze(1).expand(-1, max_len)
+        segment_ids = torch.where(valid, row, torch.full_like(row, num_seqs)).reshape(-1)
+        visual = torch.zeros_like(valid)
+        visual[valid] = visual_mask_of(values, self.token_ids)
+        mu, has_visual = visual_prototypes(hidden_flat, segment_ids, visual.reshape(-1), num_seqs, self.chunk_tokens)
+        similarity = cosine_to_prototypes(hidden_flat, segment_ids, mu, self.chunk_tokens)
+        return similarity[valid.reshape(-1)], has_visual  # row-major = the nested values' order
+
+    def model_output(self, similarity: torch.Tensor, has_visual: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The two nested full-sequence outputs (see the module docstring for the alignment)."""
+        cu_seqlens = self.cu_seqlens.to(similarity.device)
+        shifted = torch.roll(similarity, shifts=-1)
+        shifted[cu_seqlens[1:] - 1] = float("nan")  # no token after a sequence's last one
+        seq_of_token = torch.repeat_interleave(torch.arange(cu_seqlens.numel() - 1, device=similarity.device),
+                                               cu_seqlens.diff())
+        has_visual_per_token = has_visual.float()[seq_of_token]
+        offsets = self.input_ids.offsets()
+        return {
+            SCORE_KEY: torch.nested.nested_tensor_from_jagged(shifted, offsets.to(shifted.device)),
+            HAS_VISUAL_KEY: torch.nested.nested_tensor_from_jagged(has_visual_per_token, offsets.to(shifted.device)),
+        }
+
+
+class VGPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
+    """verl's FSDP LM engine; scores visual focus in forward-only passes flagged `vgpo_score`."""
+
+    def forward_step(self, micro_batch, loss_function, forward_only):
+        if not (forward_only and tu.get_non_tensor_data(micro_batch, SCORE_FLAG, default=False)):
+            return super().forward_step(micro_batch, loss_function, forward_only)
+
+        layer = int(tu.get_non_tensor_data(micro_batch, LAYER_KEY, default=-1))
+        chunk_tokens = int(tu.get_non_tensor_data(micro_batch, CHUNK_KEY, default=DEFAULT_CHUNK_TOKENS))
+        scorer = _MicroBatchScorer(self, micro_batch, chunk_tokens)
+        if not scorer.token_ids:
+            logger.warning("vgpo: the model config names no image/video token id; every sample counts as text-only")
+        with HiddenStateCapture(self.module, layer=layer, on_capture=scorer) as capture:
+            loss, output = super().forward_step(micro_batch, loss_function, forward_only)
+        if capture.calls != 1:
+            raise RuntimeError(
+                f"vgpo: the scored layer ran {capture.calls} times in one forward pass (expected once); "
+                "cannot tell which output belongs to the batch"
+            )
+        output["model_output"].update(scorer.model_output(*capture.result))
+        return loss, output
+
+
+register()  # importing this module directly (not through the plugin's hook) registers it too
