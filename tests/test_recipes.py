@@ -189,3 +189,51 @@ def test_main_ppo_entry_point_composes_the_recipe():
     printed = OmegaConf.create(result.stdout[result.stdout.index("actor_rollout_ref:"):])
     assert printed.algorithm.adv_estimator == "vgpo" and printed.algorithm.vgpo.kappa == 0.4
     assert printed.trainer.total_epochs == 3 and printed.trainer.experiment_name == "qwen2_5_vl_7b_vgpo"
+
+
+class _TextTokenizer:
+    """Stands in for the model tokenizer: every response decodes to one fixed text."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def decode(self, ids, skip_special_tokens=True):
+        return self.text
+
+
+def _score_one_response(config, text, response_tokens):
+    import numpy as np
+    import torch
+
+    from verl import DataProto
+    from verl.trainer.ppo.reward import load_reward_manager
+
+    manager = load_reward_manager(config, _TextTokenizer(text))
+    prompt_tokens = 4
+    data = DataProto.from_dict(
+        tensors={
+            "prompts": torch.ones(1, prompt_tokens, dtype=torch.long),
+            "responses": torch.ones(1, response_tokens, dtype=torch.long),
+            "attention_mask": torch.ones(1, prompt_tokens + response_tokens, dtype=torch.long),
+        },
+        non_tensors={
+            "data_source": np.array(["geo3k"], dtype=object),
+            "reward_model": np.array([{"style": "rule", "ground_truth": "30"}], dtype=object),
+            "extra_info": np.array([{}], dtype=object),
+        },
+    )
+    return manager.loop.run_until_complete(manager.run_single(data))
+
+
+def test_reward_manager_gives_accuracy_and_no_overlong_penalty():
+    """verl's reward manager built from the recipe: `acc` (the dynamic-sampling metric) and no length penalty."""
+    config = compose_recipe("vgpo_qwen2_5_vl_7b")
+    full_length = config.data.max_response_length
+    right = _score_one_response(config, r"<think>...</think> \boxed{30^\circ}", full_length)
+    assert right["reward_score"] == 1.0 and right["reward_extra_info"]["acc"] == 1.0
+    wrong = _score_one_response(config, r"\boxed{31}", 10)
+    assert wrong["reward_score"] == 0.0 and wrong["reward_extra_info"]["acc"] == 0.0
+    # The overlong penalty is available: switched on, a full-length right answer loses reward.
+    penalised = compose_recipe("vgpo_qwen2_5_vl_7b", ["reward.reward_kwargs.overlong_buffer_cfg.enable=true"])
+    scored = _score_one_response(penalised, r"\boxed{30}", full_length)
+    assert scored["reward_score"] < 1.0 and scored["reward_extra_info"]["acc"] == 1.0
