@@ -132,7 +132,9 @@ def test_save_to_disk_folder_and_subset(tmp_path):
         "problem_version": ["Vision Only", "Text Dominant", "Vision Only"],
         "image": [{"bytes": png_bytes(), "path": None}, {"bytes": png_bytes(), "path": None}, None],
     }
-    datasets.DatasetDict({"testmini": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(
+    # A selection (indices mapping) on top of the table must be honoured: drop nothing, reverse the order.
+    testmini = datasets.Dataset.from_dict(rows, features=features).select([2, 1, 0])
+    datasets.DatasetDict({"testmini": testmini}).save_to_disk(
         str(tmp_path / "MathVerse")
     )
     report = data.convert(
@@ -140,6 +142,7 @@ def test_save_to_disk_folder_and_subset(tmp_path):
     )
     assert report.written == 1 and report.outside_subset == 1
     assert [(b.id, b.reason) for b in report.bad_rows] == [("3", "no image")]
+    assert report.bad_rows and report.written + report.outside_subset + len(report.bad_rows) == 3
     (row,) = read_output(report.output)
     assert row["images"][0]["bytes"] == png_bytes()  # saved bytes, not a re-encode
     assert row["extra_info"]["id"] == "1"

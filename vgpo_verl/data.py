@@ -201,8 +201,13 @@ def _read_saved_dataset(directory: Path, split: str, batch_size: int) -> Iterato
         if split not in loaded:
             raise KeyError(f"{directory}: no split {split!r}; splits: {list(loaded)}")
         loaded = loaded[split]
-    # The arrow table holds images as {"bytes", "path"} structs: no decode, original bytes kept.
-    for batch in loaded.data.table.to_batches(max_chunksize=batch_size):
+    yield from _undecoded_rows(loaded, batch_size)
+
+
+def _undecoded_rows(dataset, batch_size: int) -> Iterator[dict]:
+    """Rows of a `datasets.Dataset` in arrow form: images stay {"bytes", "path"} structs (original
+    bytes, no decode), and any row selection the dataset carries (an indices mapping) is honoured."""
+    for batch in dataset.with_format("arrow").iter(batch_size=batch_size):
         yield from batch.to_pylist()
 
 
@@ -210,9 +215,7 @@ def read_hub(hf_name: str, hf_config: str | None, split: str, batch_size: int = 
     """Rows from the hub (needs network access); images undecoded like the local path."""
     import datasets
 
-    loaded = datasets.load_dataset(hf_name, hf_config, split=split)
-    for batch in loaded.data.table.to_batches(max_chunksize=batch_size):
-        yield from batch.to_pylist()
+    yield from _undecoded_rows(datasets.load_dataset(hf_name, hf_config, split=split), batch_size)
 
 
 # ---------------------------------------------------------------------------------------------
