@@ -55,7 +55,12 @@ from verl.workers.engine.base import EngineRegistry  # noqa: E402
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead  # noqa: E402
 
 from vgpo_verl.scoring import (  # noqa: E402
+    CHUNK_KEY,
     DEFAULT_CHUNK_TOKENS,
+    HAS_VISUAL_KEY,
+    LAYER_KEY,
+    SCORE_FLAG,
+    SCORE_KEY,
     HiddenStateCapture,
     cosine_to_prototypes,
     segment_ids_from_cu_seqlens,
@@ -65,12 +70,6 @@ from vgpo_verl.scoring import (  # noqa: E402
 )
 
 logger = logging.getLogger(__name__)
-
-SCORE_FLAG = "vgpo_score"  # non-tensor bool in the micro-batch: score this forward-only pass
-LAYER_KEY = "vgpo_layer"  # non-tensor int: which layer (see vgpo_verl.scoring.resolve_layer)
-CHUNK_KEY = "vgpo_chunk_tokens"  # non-tensor int: rows per float32 work chunk
-SCORE_KEY = "vgpo_visual_score"
-HAS_VISUAL_KEY = "vgpo_has_visual"
 
 ENGINE_KEYS = (("cuda", "nvidia"),)
 

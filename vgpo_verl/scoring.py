@@ -20,6 +20,14 @@ import torch.distributed as dist
 
 DEFAULT_CHUNK_TOKENS = 8192
 
+# Names under which scoring is requested and its results travel in verl's batches (shared by
+# vgpo_verl.engine and vgpo_verl.trainer_wiring; plain strings, so the driver need not import the engine).
+SCORE_FLAG = "vgpo_score"  # non-tensor bool: score this forward-only pass
+LAYER_KEY = "vgpo_layer"  # non-tensor int: which layer (see resolve_layer)
+CHUNK_KEY = "vgpo_chunk_tokens"  # non-tensor int: rows per float32 work chunk
+SCORE_KEY = "vgpo_visual_score"  # model output, nested full sequence (see vgpo_verl.engine)
+HAS_VISUAL_KEY = "vgpo_has_visual"  # model output, nested full sequence, 1.0 / 0.0 per sample
+
 # Module paths that wrap a module without changing what it computes (FSDP1, activation checkpointing,
 # torch.compile); stripped from names when looking for the text decoder.
 _WRAPPER_PARTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")

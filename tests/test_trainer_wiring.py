@@ -1,0 +1,309 @@
+"""vgpo_verl.trainer_wiring: verl's own trainer methods (wrapped) carry the scores to the estimator.
+
+The v1 trainer's methods run unmodified against an in-memory stand-in for the TransferQueue
+(same kv_batch_get / kv_batch_put contract: absent fields are skipped) and a stand-in actor worker
+group that answers like the scoring engine (tested for real in test_engine.py): full-sequence
+outputs, slot j holding the value of token j + 1, vgpo keys only when the flag is set.
+"""
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tensordict import NonTensorData, NonTensorStack, TensorDict
+
+import vgpo_verl.plugin  # noqa: F401  (installs the wiring when verl's trainer modules are imported)
+from vgpo_verl.scoring import HAS_VISUAL_KEY, LAYER_KEY, SCORE_FLAG, SCORE_KEY
+
+PROMPT_LENS = [5, 7, 4, 6]
+RESPONSE_LENS = [6, 3, 8, 5]
+UIDS = ["a", "a", "b", "b"]
+HAS_VISUAL = [True, True, False, True]
+REWARDS = [1.0, 0.0, 1.0, 0.0]
+
+
+def token_score(sample: int, position: int) -> float:
+    """The engine's cos(h, mu) at `position` of `sample`, in this fake world."""
+    return round(0.01 * position + 0.1 * sample, 6) if HAS_VISUAL[sample] else 0.0
+
+
+class FakeTransferQueue:
+    """kv_batch_get / kv_batch_put over a dict: {key: {field: per-sample value}}."""
+
+    def __init__(self):
+        self.store = {}
+
+    def kv_batch_put(self, keys, partition_id, fields=None, tags=None):
+        from transfer_queue import KVBatchMeta
+
+        if fields is not None:
+            for name in fields.keys():
+                value = fields[name]
+                items = list(value.unbind()) if isinstance(value, torch.Tensor) else list(value)
+                for key, item in zip(keys, items):
+                    self.store.setdefault(key, {})[name] = item
+        return KVBatchMeta(keys=list(keys), tags=tags or [{} for _ in keys], partition_id=partition_id)
+
+    def kv_batch_get(self, keys, partition_id, select_fields=None):
+        names = select_fields or list(self.store[keys[0]])
+        out = {}
+        for name in names:
+            if not all(name in self.store[k] for k in keys):
+                continue  # TransferQueue skips fields that are absent
+            items = [self.store[k][name] for k in keys]
+            if isinstance(items[0], str):
+                out[name] = NonTensorStack(*[NonTensorData(i) for i in items])
+            else:
+                out[name] = torch.nested.as_nested_tensor(items, layout=torch.jagged)
+        return TensorDict(out, batch_size=len(keys))
+
+
+class FakeActorWorkerGroup:
+    """compute_log_prob like verl's worker + the VGPO engine: writes full-sequence outputs to the store."""
+
+    def __init__(self, tq):
+        self.tq, self.calls = tq, []
+
+    def compute_log_prob(self, batch):
+        self.calls.append(dict(batch.extra_info))
+        fields = {"log_probs": [], "entropy": []}
+        scored = batch.extra_info.get(SCORE_FLAG, False)
+        if scored:
+            fields[SCORE_KEY], fields[HAS_VISUAL_KEY] = [], []
+        for key in batch.keys:
+            sample = int(key.rsplit("_", 1)[1])
+            length = PROMPT_LENS[sample] + RESPONSE_LENS[sample]
+            fields["log_probs"].append(-0.1 * torch.arange(1, length + 1, dtype=torch.float32))
+            fields["entropy"].append(torch.full((length,), 0.5))
+            if scored:
+                nxt = torch.tensor([token_score(sample, j + 1) for j in range(length - 1)] + [float("nan")])
+                fields[SCORE_KEY].append(nxt.float())
+                fields[HAS_VISUAL_KEY].append(torch.full((length,), float(HAS_VISUAL[sample])))
+        nested = {k: torch.nested.as_nested_tensor(v, layout=torch.jagged) for k, v in fields.items()}
+        self.tq.kv_batch_put(batch.keys, batch.partition_id, TensorDict(nested, batch_size=len(batch.keys)))
+        return batch
+
+
+def make_config(estimator: str):
+    return OmegaConf.create({
+        "algorithm": {"adv_estimator": estimator, "gamma": 1.0, "lam": 1.0, "use_kl_in_reward": False,
+                      "norm_adv_by_std_in_grpo": True, "rollout_correction": None},
+        "actor_rollout_ref": {
+            "rollout": {"temperature": 1.0, "n": 2, "calculate_log_probs": False},
+            "actor": {"loss_agg_mode": "token-mean", "loss_scale_factor": None},
+        },
+    })
+
+
+@pytest.fixture
+def v1(monkeypatch):
+    """A v1 PPOTrainer (verl's class, wrapped methods) over the fake store, with 4 samples stored."""
+    import verl.trainer.ppo.v1.trainer_base as trainer_base
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    tq = FakeTransferQueue()
+    monkeypatch.setattr(trainer_base.tq, "kv_batch_get", tq.kv_batch_get)
+    monkeypatch.setattr(trainer_base.tq, "kv_batch_put", tq.kv_batch_put)
+    keys = [f"{uid}_0_{i}" for i, uid in enumerate(UIDS)]
+    fields = {
+        "input_ids": [torch.arange(p + r) for p, r in zip(PROMPT_LENS, RESPONSE_LENS)],
+        "response_mask": [torch.ones(r, dtype=torch.long) for r in RESPONSE_LENS],
+        "rm_scores": [torch.nn.functional.pad(torch.tensor([x]), (r - 1, 0)) for x, r in zip(REWARDS, RESPONSE_LENS)],
+    }
+    td = TensorDict({k: torch.nested.as_nested_tensor(v, layout=torch.jagged) for k, v in fields.items()},
+                    batch_size=4)
+    td["uid"] = NonTensorStack(*[NonTensorData(u) for u in UIDS])
+    batch = tq.kv_batch_put(keys, "train", td)
+
+    def trainer(estimator):
+        t = object.__new__(PPOTrainerSync)
+        t.config = make_config(estimator)
+        t.actor_rollout_wg = t.ref_policy_wg = FakeActorWorkerGroup(tq)
+        t.ref_in_actor = True
+        return t
+
+    return trainer, batch, tq
+
+
+def run_steps(trainer, batch):
+    """Old log-prob, reference, advantage: the order of verl's _step_once."""
+    metrics = {}
+    batch = trainer._compute_old_log_prob(batch, metrics)
+    batch = trainer._compute_ref_log_prob(batch, metrics)
+    batch = trainer._compute_advantage(batch, metrics)
+    return batch, metrics
+
+
+def test_v1_estimator_receives_own_position_scores_and_metrics_reach_the_trainer(v1, monkeypatch):
+    import vgpo_verl.estimator as estimator
+
+    make_trainer, batch, tq = v1
+    trainer = make_trainer("vgpo")
+    received = {}
+    real_weights = estimator.compute_vgpo_weights_detailed
+
+    def spy(similarity, response_mask, index, config, has_visual):
+        received.update(similarity=similarity.clone(), has_visual=has_visual.clone(), mask=response_mask.clone())
+        return real_weights(similarity, response_mask, index, config, has_visual)
+
+    monkeypatch.setattr(estimator, "compute_vgpo_weights_detailed", spy)
+    _, metrics = run_steps(trainer, batch)
+
+    # the flag reached the old-log-prob pass only, never the reference pass
+    old_call, ref_call = trainer.actor_rollout_wg.calls
+    assert old_call[SCORE_FLAG] is True and old_call[LAYER_KEY] == -1
+    assert SCORE_FLAG not in ref_call and LAYER_KEY not in ref_call
+    assert SCORE_FLAG not in batch.extra_info
+
+    # response token t of sample i is scored at its own position prompt_len + t
+    width = max(RESPONSE_LENS)
+    assert received["similarity"].shape == received["mask"].shape == (4, width)
+    for i, (p, r) in enumerate(zip(PROMPT_LENS, RESPONSE_LENS)):
+        expected = torch.tensor([token_score(i, p + t) for t in range(r)])
+        torch.testing.assert_close(received["similarity"][i, :r], expected)
+        assert received["similarity"][i, r:].eq(0).all()  # padded like verl's own response fields
+    assert received["has_visual"].tolist() == HAS_VISUAL
+    assert any(k.startswith("vgpo/") for k in metrics), metrics
+
+    # advantages written back are the estimator's on exactly these scores
+    adv = torch.nested.to_padded_tensor(tq.kv_batch_get(batch.keys, "train", ["advantages"])["advantages"], 0.0)
+    mask = received["mask"]
+    rewards = torch.zeros(4, width)
+    rewards[torch.arange(4), torch.tensor(RESPONSE_LENS) - 1] = torch.tensor(REWARDS)
+    expected_adv, _ = estimator.compute_vgpo_advantage(
+        rewards, mask, np.array(UIDS, dtype=object), config=make_config("vgpo").algorithm,
+        visual_similarity=received["similarity"], has_visual=received["has_visual"],
+    )
+    torch.testing.assert_close(adv, expected_adv)
+
+
+def test_v1_grpo_is_untouched(v1, monkeypatch):
+    import vgpo_verl.trainer_wiring as wiring
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    monkeypatch.setattr(wiring, "fetch_v1_scores", lambda batch: pytest.fail("scores fetched for grpo"))
+    make_trainer, batch, tq = v1
+    trainer = make_trainer("grpo")
+    assert getattr(PPOTrainer._compute_advantage, "_vgpo_wrapped", False)
+    _, metrics = run_steps(trainer, batch)
+    assert all(SCORE_FLAG not in call for call in trainer.actor_rollout_wg.calls)
+    assert all(SCORE_KEY not in fields for fields in tq.store.values())
+    assert not any(k.startswith("vgpo/") for k in metrics)
+    wrapped_adv = tq.kv_batch_get(batch.keys, "train", ["advantages"])["advantages"]
+
+    # verl's unwrapped methods on the same inputs give the same advantages
+    for fields in tq.store.values():
+        for name in ("advantages", "returns", "old_log_probs", "entropy", "ref_log_prob", "log_probs"):
+            fields.pop(name, None)
+    metrics = {}
+    batch = PPOTrainer._compute_old_log_prob.__wrapped__(trainer, batch, metrics)
+    batch = PPOTrainer._compute_ref_log_prob(trainer, batch, metrics)
+    batch = PPOTrainer._compute_advantage.__wrapped__(trainer, batch, metrics)
+    plain_adv = tq.kv_batch_get(batch.keys, "train", ["advantages"])["advantages"]
+    for a, b in zip(wrapped_adv.unbind(), plain_adv.unbind()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_v1_missing_scores_raise_a_clear_error(v1):
+    make_trainer, batch, _ = v1
+    trainer = make_trainer("vgpo")
+    with pytest.raises(RuntimeError, match="vgpo_visual_score.*not in the batch"):
+        trainer._compute_advantage(batch, {})  # the old-log-prob pass never ran
+
+
+# ------------------------------------------------------------------ legacy trainer (use_v1=false)
+
+
+class FakeLegacyWorkerGroup:
+    """compute_log_prob on the worker's TensorDict (no-padding layout), answering like the engine."""
+
+    def __init__(self):
+        self.calls = []
+
+    def compute_log_prob(self, batch_td):
+        from verl.utils import tensordict_utils as tu
+
+        flag = tu.get_non_tensor_data(batch_td, SCORE_FLAG, default=False)
+        self.calls.append(flag)
+        lengths = batch_td["input_ids"].offsets().diff().tolist()
+        outputs = {
+            "log_probs": [-0.1 * torch.arange(1, n + 1, dtype=torch.float32) for n in lengths],
+            "entropy": [torch.full((n,), 0.5) for n in lengths],
+        }
+        if flag:
+            outputs[SCORE_KEY] = [torch.tensor([token_score(i, j + 1) for j in range(n - 1)] + [float("nan")])
+                                  for i, n in enumerate(lengths)]
+            outputs[HAS_VISUAL_KEY] = [torch.full((n,), float(HAS_VISUAL[i])) for i, n in enumerate(lengths)]
+        nested = {k: torch.nested.as_nested_tensor(v, layout=torch.jagged) for k, v in outputs.items()}
+        return tu.get_tensordict(nested, non_tensor_dict={"metrics": {"mfu": 0.0}})
+
+
+def legacy_batch():
+    """Legacy DataProto: prompts left-padded, responses right-padded."""
+    from verl import DataProto
+
+    max_p, max_r = max(PROMPT_LENS), max(RESPONSE_LENS)
+    prompts = torch.zeros(4, max_p, dtype=torch.long)
+    responses = torch.zeros(4, max_r, dtype=torch.long)
+    attention = torch.zeros(4, max_p + max_r, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(PROMPT_LENS, RESPONSE_LENS)):
+        prompts[i, max_p - p :] = torch.arange(1, p + 1)
+        responses[i, :r] = torch.arange(1, r + 1)
+        attention[i, max_p - p : max_p + r] = 1
+    input_ids = torch.cat([prompts, responses], dim=1)
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    rewards = torch.zeros(4, max_r)
+    rewards[torch.arange(4), torch.tensor(RESPONSE_LENS) - 1] = torch.tensor(REWARDS)
+    return DataProto.from_dict(
+        tensors={"prompts": prompts, "responses": responses, "input_ids": input_ids, "attention_mask": attention,
+                 "position_ids": position_ids, "response_mask": attention[:, max_p:],
+                 "token_level_scores": rewards, "token_level_rewards": rewards},
+        non_tensors={"uid": np.array(UIDS, dtype=object)},
+    )
+
+
+def test_legacy_trainer_carries_scores_to_the_estimator_and_metrics(monkeypatch):
+    import vgpo_verl.estimator as estimator
+    from verl.trainer.ppo import ray_trainer
+
+    trainer = object.__new__(ray_trainer.RayPPOTrainer)
+    trainer.config = make_config("vgpo")
+    trainer.actor_rollout_wg = FakeLegacyWorkerGroup()
+    received = {}
+    real_weights = estimator.compute_vgpo_weights_detailed
+
+    def spy(similarity, response_mask, index, config, has_visual):
+        received.update(similarity=similarity.clone(), has_visual=has_visual.clone())
+        return real_weights(similarity, response_mask, index, config, has_visual)
+
+    monkeypatch.setattr(estimator, "compute_vgpo_weights_detailed", spy)
+    batch = legacy_batch()
+    old_log_prob, _ = trainer._compute_old_log_prob(batch)
+    assert trainer.actor_rollout_wg.calls == [True] and SCORE_FLAG not in batch.meta_info
+    batch = batch.union(old_log_prob)
+    batch = ray_trainer.compute_advantage(batch, adv_estimator="vgpo", num_repeat=2, config=trainer.config.algorithm)
+
+    for i, (p, r) in enumerate(zip(PROMPT_LENS, RESPONSE_LENS)):
+        expected = torch.tensor([token_score(i, p + t) for t in range(r)])
+        torch.testing.assert_close(received["similarity"][i, :r], expected)
+    assert received["has_visual"].tolist() == HAS_VISUAL
+    assert SCORE_KEY not in batch.batch.keys()
+    metrics = ray_trainer.compute_data_metrics(batch=batch, use_critic=False)
+    assert any(k.startswith("vgpo/") for k in metrics), metrics
+    assert not any(k.startswith("vgpo/") for k in ray_trainer.compute_data_metrics(batch=batch, use_critic=False))
+
+
+def test_legacy_grpo_is_untouched():
+    from verl.trainer.ppo import ray_trainer
+
+    trainer = object.__new__(ray_trainer.RayPPOTrainer)
+    trainer.config = make_config("grpo")
+    trainer.actor_rollout_wg = FakeLegacyWorkerGroup()
+    batch = legacy_batch()
+    old_log_prob, _ = trainer._compute_old_log_prob(batch)
+    assert trainer.actor_rollout_wg.calls == [False]
+    assert sorted(old_log_prob.batch.keys()) == ["entropys", "old_log_probs"]
+    wrapped = ray_trainer.compute_advantage(batch, adv_estimator="grpo", config=trainer.config.algorithm)
+    plain = ray_trainer.compute_advantage.__wrapped__(legacy_batch(), adv_estimator="grpo",
+                                                      config=trainer.config.algorithm)
+    torch.testing.assert_close(wrapped.batch["advantages"], plain.batch["advantages"], atol=0, rtol=0)

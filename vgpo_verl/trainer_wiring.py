@@ -1,0 +1,220 @@
+"""Carry the actor's visual scores from verl's old-log-prob pass to the `vgpo` estimator.
+
+verl gives registered estimators only (rewards, response_mask, uid, config), so this module wraps
+verl's trainer methods (their code is not copied), and only when `algorithm.adv_estimator == "vgpo"`;
+for every other estimator each wrapper calls the original and nothing else.
+
+v1 trainer (`trainer.use_v1=true`, default; verl/trainer/ppo/v1/trainer_base.py, PPOTrainer):
+- `_compute_old_log_prob`: sets the engine's flag (vgpo_verl.engine.SCORE_FLAG, + the layer) in the
+  batch's extra_info for the duration of the call, then removes it again, so the reference pass
+  that follows (same batch object) is not scored. The engine's two extra outputs land in the
+  TransferQueue next to `log_probs`.
+- `_compute_advantage`: fetches them for the same keys, slices the response like verl's own fields
+  (`response_from_nested`, then padded like `to_padded_tensor`), and runs the original inside
+  `vgpo_verl.estimator.visual_scores(similarity, has_visual)`; the estimator's `vgpo/...` metrics
+  are merged into the trainer's `metrics`.
+
+Legacy trainer (`trainer.use_v1=false`; verl/trainer/ppo/ray_trainer.py, RayPPOTrainer, still
+present in verl 0.9.1 but deprecated):
+- `RayPPOTrainer._compute_old_log_prob`: the flag rides in `batch.meta_info` (verl turns meta_info
+  into the worker batch's non-tensor data); the worker output is observed on its way back, and
+  the response-sliced scores are added to the returned DataProto, so they join the batch.
+- `ray_trainer.compute_advantage` (module function the fit loop calls): takes the scores out of
+  the batch and calls the original inside `visual_scores(...)`; the metrics wait in a thread-local
+  for the wrapped `ray_trainer.compute_data_metrics` of the same step, which merges them.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import torch
+
+from vgpo_verl.scoring import HAS_VISUAL_KEY, LAYER_KEY, SCORE_FLAG, SCORE_KEY
+
+ESTIMATOR = "vgpo"
+# The legacy fit loop computes advantages and, later in the same step, its data metrics on the driver.
+_legacy_pending = threading.local()
+_WRAPPED = "_vgpo_wrapped"
+
+
+def _uses_vgpo(config) -> bool:
+    return str(config.algorithm.adv_estimator) == ESTIMATOR
+
+
+def _scored_layer(config) -> int:
+    from vgpo_verl.estimator import vgpo_config_from
+
+    return vgpo_config_from(config.algorithm).layer
+
+
+def _first_token_flags(has_visual_nested: torch.Tensor) -> torch.Tensor:
+    """(B,) bool from the engine's per-token has_visual (constant within each sample)."""
+    return has_visual_nested.values()[has_visual_nested.offsets()[:-1].long()] > 0.5
+
+
+def _missing_scores_error(cause: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"adv_estimator=vgpo: the actor's visual scores ({SCORE_KEY!r}) are not in the batch ({cause}). "
+        "The scoring engine must run on every actor worker: install vgpo-verl in the workers' environment "
+        "(its verl.plugins entry point registers it) or pass actor_rollout_ref.model.external_lib=vgpo_verl; "
+        "scores are computed in the old-log-prob pass, which algorithm.rollout_correction.bypass_mode=true skips."
+    )
+
+
+def _clear_flags(info: dict | None) -> None:
+    if info is not None:
+        info.pop(SCORE_FLAG, None)
+        info.pop(LAYER_KEY, None)
+
+
+# ---------------------------------------------------------------- v1 trainer (TransferQueue)
+
+
+def _wrap_v1_old_log_prob(original):
+    @functools.wraps(original)
+    def _compute_old_log_prob(self, batch, metrics):
+        if not _uses_vgpo(self.config):
+            return original(self, batch, metrics)
+        batch.extra_info.update({SCORE_FLAG: True, LAYER_KEY: _scored_layer(self.config)})
+        try:
+            result = original(self, batch, metrics)
+        finally:
+            _clear_flags(batch.extra_info)
+        _clear_flags(result.extra_info)  # the batch the reference pass receives next
+        return result
+
+    return _compute_old_log_prob
+
+
+def fetch_v1_scores(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarity (B, T) float32, has_visual (B,) bool) for a KVBatchMeta, in its key order, T and
+    padding as verl's `_compute_advantage` pads `response_mask` (to_padded_tensor, 0 at padding)."""
+    import transfer_queue as tq
+    from tensordict import TensorDict
+    from verl.workers.utils.padding import response_from_nested
+
+    try:
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=[SCORE_KEY, HAS_VISUAL_KEY, "response_mask"]
+        )
+    except Exception as error:
+        raise _missing_scores_error(error) from error
+    if SCORE_KEY not in data.keys() or HAS_VISUAL_KEY not in data.keys():  # TransferQueue skips absent fields
+        raise _missing_scores_error(KeyError(SCORE_KEY))
+    response_mask = data["response_mask"]
+    similarity = response_from_nested(data[SCORE_KEY], response_mask)
+    padded = TensorDict({SCORE_KEY: similarity, "response_mask": response_mask}, batch_size=len(batch)).to_padded_tensor()
+    return padded[SCORE_KEY].float(), _first_token_flags(data[HAS_VISUAL_KEY])
+
+
+def _wrap_v1_advantage(original):
+    @functools.wraps(original)
+    def _compute_advantage(self, batch, metrics):
+        if not _uses_vgpo(self.config):
+            return original(self, batch, metrics)
+        from vgpo_verl.estimator import pop_metrics, visual_scores
+
+        similarity, has_visual = fetch_v1_scores(batch)
+        with visual_scores(similarity, has_visual):
+            result = original(self, batch, metrics)
+        metrics.update(pop_metrics())
+        return result
+
+    return _compute_advantage
+
+
+# ---------------------------------------------------------------- legacy trainer (DataProto)
+
+
+def _wrap_legacy_old_log_prob(original):
+    @functools.wraps(original)
+    def _compute_old_log_prob(self, batch):
+        if not _uses_vgpo(self.config):
+            return original(self, batch)
+        from verl.utils import tensordict_utils as tu
+        from verl.workers.utils.padding import no_padding_2_padding
+
+        worker_group = self.actor_rollout_wg
+        compute_log_prob = worker_group.compute_log_prob
+        seen = {}
+
+        def observed_compute_log_prob(batch_td, *args, **kwargs):
+            seen["input"], seen["output"] = batch_td, compute_log_prob(batch_td, *args, **kwargs)
+            return seen["output"]
+
+        batch.meta_info.update({SCORE_FLAG: True, LAYER_KEY: _scored_layer(self.config)})
+        worker_group.compute_log_prob = observed_compute_log_prob
+        try:
+            old_log_prob, mfu = original(self, batch)
+        finally:
+            worker_group.compute_log_prob = compute_log_prob
+            _clear_flags(batch.meta_info)
+        scores = tu.get(seen["output"], SCORE_KEY)
+        if scores is None:
+            raise _missing_scores_error(KeyError(SCORE_KEY))
+        old_log_prob.batch[SCORE_KEY] = no_padding_2_padding(scores, seen["input"]).float()
+        old_log_prob.batch[HAS_VISUAL_KEY] = _first_token_flags(tu.get(seen["output"], HAS_VISUAL_KEY))
+        return old_log_prob, mfu
+
+    return _compute_old_log_prob
+
+
+def _wrap_legacy_compute_advantage(original):
+    @functools.wraps(original)
+    def compute_advantage(data, adv_estimator, *args, **kwargs):
+        # The v1 trainer calls this same function (v1/utils.py imports it from ray_trainer) with
+        # its scores already in the visual_scores context and none in the batch: pass through.
+        # Legacy without scores (bypass mode) passes through too, and the estimator says what is missing.
+        if str(adv_estimator) != ESTIMATOR or SCORE_KEY not in data.batch.keys():
+            return original(data, adv_estimator, *args, **kwargs)
+        from vgpo_verl.estimator import pop_metrics, visual_scores
+
+        similarity, has_visual = data.batch.pop(SCORE_KEY), data.batch.pop(HAS_VISUAL_KEY)
+        with visual_scores(similarity, has_visual):
+            result = original(data, adv_estimator, *args, **kwargs)
+        _legacy_pending.metrics = pop_metrics()
+        return result
+
+    return compute_advantage
+
+
+def _wrap_legacy_data_metrics(original):
+    @functools.wraps(original)
+    def compute_data_metrics(batch, *args, **kwargs):
+        metrics = original(batch, *args, **kwargs)
+        metrics.update(getattr(_legacy_pending, "metrics", None) or {})
+        _legacy_pending.metrics = None
+        return metrics
+
+    return compute_data_metrics
+
+
+# ---------------------------------------------------------------- installation
+
+
+def _wrap(owner, name: str, wrapper) -> None:
+    current = getattr(owner, name)
+    if getattr(current, _WRAPPED, False):
+        return
+    wrapped = wrapper(current)
+    setattr(wrapped, _WRAPPED, True)
+    setattr(owner, name, wrapped)
+
+
+def install_v1() -> None:
+    """Wrap the v1 PPOTrainer (run when verl.trainer.ppo.v1.trainer_base is imported). Idempotent."""
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    _wrap(PPOTrainer, "_compute_old_log_prob", _wrap_v1_old_log_prob)
+    _wrap(PPOTrainer, "_compute_advantage", _wrap_v1_advantage)
+
+
+def install_legacy() -> None:
+    """Wrap the legacy RayPPOTrainer path (run when verl.trainer.ppo.ray_trainer is imported). Idempotent."""
+    from verl.trainer.ppo import ray_trainer
+
+    _wrap(ray_trainer.RayPPOTrainer, "_compute_old_log_prob", _wrap_legacy_old_log_prob)
+    _wrap(ray_trainer, "compute_advantage", _wrap_legacy_compute_advantage)
+    _wrap(ray_trainer, "compute_data_metrics", _wrap_legacy_data_metrics)
