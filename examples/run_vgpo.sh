@@ -36,7 +36,11 @@ shift
 
 # The plugin normally loads through its verl.plugins entry point; VERL_USE_EXTERNAL_MODULES is verl's
 # documented fallback (imported by `import verl` in the driver and in every Ray worker it starts).
-export VERL_USE_EXTERNAL_MODULES="${VERL_USE_EXTERNAL_MODULES:-vgpo_verl.plugin}"
+# Modules the user lists already are kept.
+case ",${VERL_USE_EXTERNAL_MODULES:-}," in
+    *,vgpo_verl.plugin,*) ;;
+    *) export VERL_USE_EXTERNAL_MODULES="${VERL_USE_EXTERNAL_MODULES:+$VERL_USE_EXTERNAL_MODULES,}vgpo_verl.plugin" ;;
+esac
 
 COMMAND=("$PYTHON" -m verl.trainer.main_ppo --config-path "$RECIPES_DIR" --config-name "$RECIPE" "$@")
 

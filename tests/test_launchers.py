@@ -63,11 +63,11 @@ def target_node(words):
     return words[words.index("-w") + 1] if "-w" in words else None
 
 
-def slurm_dry_run(nodes, *extra, head_ip="10.0.0.1"):
+def slurm_dry_run(nodes, *extra, head_ip="10.0.0.1", env=None):
     args = [SLURM, "--dry-run", "--nodes", ",".join(nodes)]
     if head_ip:
         args += ["--head-ip", head_ip]
-    result = run([*args, *extra], env={"SLURM_JOB_NODELIST": ""})
+    result = run([*args, *extra], env={"SLURM_JOB_NODELIST": "", "VERL_USE_EXTERNAL_MODULES": "", **(env or {})})
     assert result.returncode == 0, result.stderr
     return commands(result.stdout), result.stdout
 
@@ -117,6 +117,20 @@ def test_every_node_imports_the_plugin_and_ray_stops_on_every_node():
             assert "VERL_USE_EXTERNAL_MODULES=vgpo_verl.plugin" in words
     (stop,) = [w for w, _ in cmds if "stop" in w]
     assert "--nodes=4" in stop and "--force" in stop
+
+
+def test_users_external_modules_are_kept():
+    cmds, _ = slurm_dry_run(["a", "b"], "vgpo_qwen2_5_vl_7b", env={"VERL_USE_EXTERNAL_MODULES": "my_pkg"})
+    (train,) = [w for w, _ in cmds if "verl.trainer.main_ppo" in w]
+    assert "VERL_USE_EXTERNAL_MODULES=my_pkg,vgpo_verl.plugin" in train
+    override = "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES='my_pkg,vgpo_verl.plugin'"
+    assert override in train
+    # Quoted, the comma-separated list survives Hydra's override parser as one string.
+    with initialize_config_dir(config_dir=str(REPO / "recipes"), version_base=None):
+        config = compose(config_name="vgpo_qwen2_5_vl_7b", overrides=[override])
+    assert config.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == "my_pkg,vgpo_verl.plugin"
+    single = run([SINGLE, "--dry-run", "vgpo_qwen2_5_vl_7b"], env={"VERL_USE_EXTERNAL_MODULES": "my_pkg"})
+    assert "VERL_USE_EXTERNAL_MODULES=my_pkg,vgpo_verl.plugin" in single.stdout
 
 
 @pytest.mark.parametrize("nodes, workers", [(["solo"], 0), (["a", "b"], 1), ([f"n{i}" for i in range(8)], 7)])
@@ -207,3 +221,31 @@ def test_real_path_gives_up_when_gpus_are_missing(tmp_path):
     assert result.returncode == 1 and "did not reach 16 GPUs" in result.stderr
     calls = log.read_text().splitlines()
     assert not any("main_ppo" in c for c in calls) and "stop --force" in calls[-1]
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+echo "python $* | VERL_USE_EXTERNAL_MODULES=$VERL_USE_EXTERNAL_MODULES" >> "$FAKE_LOG"
+if [[ "$1" == "-c" && -n "${NO_PLUGIN:-}" ]]; then exit 1; fi
+exit 0
+"""
+
+
+@pytest.mark.parametrize("plugin_importable", [True, False])
+def test_single_node_real_path_checks_the_plugin_then_trains(tmp_path, plugin_importable):
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {"PYTHON": str(fake), "FAKE_LOG": str(log), "VERL_USE_EXTERNAL_MODULES": ""}
+    if not plugin_importable:
+        env["NO_PLUGIN"] = "1"
+    result = run([SINGLE, "dapo_qwen3_vl_8b", "trainer.total_epochs=1"], env=env)
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("python -c import vgpo_verl.plugin")
+    if plugin_importable:
+        assert result.returncode == 0, result.stderr
+        (train,) = calls[1:]
+        assert "-m verl.trainer.main_ppo" in train and "--config-name dapo_qwen3_vl_8b trainer.total_epochs=1" in train
+        assert train.endswith("VERL_USE_EXTERNAL_MODULES=vgpo_verl.plugin")
+    else:
+        assert result.returncode == 1 and "not importable" in result.stderr and len(calls) == 1
