@@ -129,3 +129,25 @@ def test_resolve_layer_default_is_the_final_norm_and_errors_are_clear():
         resolve_layer(model, 2)
     with pytest.raises(ValueError, match="no text decoder"):
         resolve_layer(torch.nn.Linear(2, 2))
+
+
+def test_padded_layout_gives_the_packed_scores():
+    """Right-padded (S, max_len) rows scored through padded_segment_ids equal the packed computation."""
+    from vgpo_verl.scoring import cosine_to_prototypes, padded_segment_ids, visual_prototypes
+
+    generator = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([5, 2, 7])
+    packed = torch.randn(int(lengths.sum()), 8, generator=generator)
+    visual = torch.rand(len(packed), generator=generator) < 0.5
+    segment_ids, valid = padded_segment_ids(lengths, 7)
+    assert segment_ids.tolist()[:7] == [0] * 5 + [3] * 2 and valid.sum() == lengths.sum()
+    padded = torch.full((3 * 7, 8), 1e3)  # padding rows must not leak into any prototype
+    padded[valid.reshape(-1)] = packed
+    padded_visual = torch.ones(3 * 7, dtype=torch.bool)
+    padded_visual[valid.reshape(-1)] = visual
+    mu, has_visual = visual_prototypes(padded, segment_ids, padded_visual, 3, chunk_tokens=4)
+    similarity = cosine_to_prototypes(padded, segment_ids, mu, chunk_tokens=4)[valid.reshape(-1)]
+
+    expected, expected_has_visual = visual_similarity(packed, torch.tensor([0, 5, 7, 14]), visual)
+    torch.testing.assert_close(similarity, expected)
+    assert has_visual.tolist() == expected_has_visual.tolist()

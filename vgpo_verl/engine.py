@@ -63,6 +63,7 @@ from vgpo_verl.scoring import (  # noqa: E402
     SCORE_KEY,
     HiddenStateCapture,
     cosine_to_prototypes,
+    padded_segment_ids,
     segment_ids_from_cu_seqlens,
     visual_mask_of,
     visual_prototypes,
@@ -95,43 +96,41 @@ class _MicroBatchScorer:
 
     def __call__(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden: the layer output. Returns (similarity (N,) float32 packed, has_visual (S,) bool)."""
-        device = hidden.device
-        cu_seqlens = self.cu_seqlens.to(device)
-        values = self.input_ids.values().to(device)  # (N,)
-        n_tokens, num_seqs = values.shape[0], cu_seqlens.numel() - 1
-        hidden_flat = hidden.reshape(-1, hidden.shape[-1])
-
+        cu_seqlens = self.cu_seqlens.to(hidden.device)
+        input_ids = self.input_ids.values().to(hidden.device)  # (N,)
         if self.use_remove_padding:
-            if hidden.shape[0] != 1:
-                raise RuntimeError(f"VGPO scoring: packed hidden states must be (1, P, H), got {tuple(hidden.shape)}")
-            local_len = hidden.shape[1]
-            sp_size, sp_rank, group = 1, 0, None
-            if self.engine.use_ulysses_sp:
-                group = self.engine.ulysses_parallel_group
-                sp_size = torch.distributed.get_world_size(group)
-                sp_rank = torch.distributed.get_rank(group)
-            positions = sp_rank * local_len + torch.arange(local_len, device=device)
-            segment_ids = segment_ids_from_cu_seqlens(cu_seqlens, positions)
-            in_sequence = positions < n_tokens
-            visual = visual_mask_of(values, self.token_ids)[positions.clamp(max=n_tokens - 1)] & in_sequence
-            mu, has_visual = visual_prototypes(hidden_flat, segment_ids, visual, num_seqs, self.chunk_tokens, group)
-            similarity = cosine_to_prototypes(hidden_flat, segment_ids, mu, self.chunk_tokens)
-            total_pad = local_len * sp_size - n_tokens  # SP alignment pad + static bucket pad, at the tail
-            if group is not None:
-                similarity = self.engine._gather_and_unpad_packed(similarity, total_pad)
-            elif total_pad:
-                similarity = similarity[:n_tokens]
-            return similarity, has_visual
+            return self._score_packed(hidden, cu_seqlens, input_ids)
+        return self._score_padded(hidden, cu_seqlens, input_ids)
 
-        batch_size, max_len = hidden.shape[0], hidden.shape[1]
-        lengths = cu_seqlens.diff()
-        valid = torch.arange(max_len, device=device) < lengths.unsqueeze(1)  # (bsz, max_len)
-        row = torch.arange(batch_size, device=device).unsqueeze(1).expand(-1, max_len)
-        segment_ids = torch.where(valid, row, torch.full_like(row, num_seqs)).reshape(-1)
+    def _score_packed(self, hidden, cu_seqlens, input_ids):
+        """hidden (1, P, H): the packed sequences, or this Ulysses rank's contiguous slice of them."""
+        if hidden.shape[0] != 1:
+            raise RuntimeError(f"VGPO scoring: packed hidden states must be (1, P, H), got {tuple(hidden.shape)}")
+        n_tokens, num_seqs, local_len = input_ids.shape[0], cu_seqlens.numel() - 1, hidden.shape[1]
+        sp_size, sp_rank, group = 1, 0, None
+        if self.engine.use_ulysses_sp:
+            group = self.engine.ulysses_parallel_group
+            sp_size, sp_rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
+        positions = sp_rank * local_len + torch.arange(local_len, device=hidden.device)
+        segment_ids = segment_ids_from_cu_seqlens(cu_seqlens, positions)  # S past the real tokens
+        visual = visual_mask_of(input_ids, self.token_ids)[positions.clamp(max=n_tokens - 1)] & (positions < n_tokens)
+        hidden = hidden[0]
+        mu, has_visual = visual_prototypes(hidden, segment_ids, visual, num_seqs, self.chunk_tokens, group)
+        similarity = cosine_to_prototypes(hidden, segment_ids, mu, self.chunk_tokens)
+        total_pad = local_len * sp_size - n_tokens  # SP alignment pad + static bucket pad, at the tail
+        if group is not None:
+            return self.engine._gather_and_unpad_packed(similarity, total_pad), has_visual
+        return similarity[:n_tokens], has_visual
+
+    def _score_padded(self, hidden, cu_seqlens, input_ids):
+        """hidden (bsz, max_len, H), right padding."""
+        segment_ids, valid = padded_segment_ids(cu_seqlens.diff(), hidden.shape[1])
         visual = torch.zeros_like(valid)
-        visual[valid] = visual_mask_of(values, self.token_ids)
-        mu, has_visual = visual_prototypes(hidden_flat, segment_ids, visual.reshape(-1), num_seqs, self.chunk_tokens)
-        similarity = cosine_to_prototypes(hidden_flat, segment_ids, mu, self.chunk_tokens)
+        visual[valid] = visual_mask_of(input_ids, self.token_ids)
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        num_seqs = cu_seqlens.numel() - 1
+        mu, has_visual = visual_prototypes(hidden, segment_ids, visual.reshape(-1), num_seqs, self.chunk_tokens)
+        similarity = cosine_to_prototypes(hidden, segment_ids, mu, self.chunk_tokens)
         return similarity[valid.reshape(-1)], has_visual  # row-major = the nested values' order
 
     def model_output(self, similarity: torch.Tensor, has_visual: torch.Tensor) -> dict[str, torch.Tensor]:

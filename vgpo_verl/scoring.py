@@ -63,6 +63,19 @@ def segment_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, positions: torch.Tenso
     return torch.searchsorted(cu_seqlens[1:].to(positions.device), positions, right=True)
 
 
+def padded_segment_ids(lengths: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segments of a right-padded (S, max_len) batch flattened row-major.
+
+    Returns:
+        segment_ids: (S * max_len,) long, the row of each valid position and S for padding.
+        valid: (S, max_len) bool.
+    """
+    num_seqs = lengths.shape[0]
+    valid = torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(1)
+    rows = torch.arange(num_seqs, device=lengths.device).unsqueeze(1).expand(-1, max_len)
+    return torch.where(valid, rows, torch.full_like(rows, num_seqs)).reshape(-1), valid
+
+
 def visual_prototypes(
     hidden: torch.Tensor,
     segment_ids: torch.Tensor,
