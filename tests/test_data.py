@@ -148,6 +148,26 @@ def test_save_to_disk_folder_and_subset(tmp_path):
     assert row["extra_info"]["id"] == "1"
 
 
+def test_image_path_missing_but_bytes_present(tmp_path):
+    """MathVista ships `image` (a path into an images/ folder) and `decoded_image` (bytes): either will do."""
+    row = {"pid": "7", "question": "How many?", "answer": "2", "image": "images/7.jpg",
+           "decoded_image": {"bytes": png_bytes(), "path": None}}
+    report = data.convert(DATASETS["mathvista"], [row], tmp_path / "out", "testmini", image_root=tmp_path)
+    assert report.written == 1 and not report.bad_rows
+    assert read_output(report.output)[0]["images"][0]["bytes"] == png_bytes()
+
+
+def test_question_shown_only_in_the_image(tmp_path):
+    vision_only = {"sample_index": "9", "question": "", "answer": "B", "problem_version": "Vision Only",
+                   "image": {"bytes": png_bytes(), "path": None}}
+    report = data.convert(DATASETS["mathverse_vision"], [vision_only], tmp_path / "out", "testmini")
+    (row,) = read_output(report.output)
+    assert row["prompt"][0]["content"].startswith("<image>" + data.QUESTION_IN_IMAGE)
+    # Training sets have no such rows: an empty question there is a bad row.
+    report = data.convert(DATASETS["geo3k"], [{**vision_only, "images": vision_only["image"]}], tmp_path / "o2", "test")
+    assert [(b.id, b.reason) for b in report.bad_rows] == [("9", "no question")]
+
+
 def test_parse_choices_formats():
     assert parse_choices(["1", " 2 "]) == ["1", "2"]
     assert parse_choices("['x', 'y']") == ["x", "y"]

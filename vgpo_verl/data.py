@@ -55,6 +55,7 @@ TRAIN_PIXELS = (262_144, 4_194_304)
 EVAL_PIXELS = (262_144, 1_000_000)
 
 IMAGE_MARKER = "<image>"
+QUESTION_IN_IMAGE = "Answer the question shown in the image."
 _NUMBERED_MARKER = re.compile(r"<image[ _]?(\d+)>")
 _LETTERED_OPTIONS = re.compile(r"(?:^|[;\n])\s*\(?([A-H])[.:)：]\s*")
 
@@ -75,6 +76,9 @@ class DatasetSpec:
     # Columns that are ALL images of one row, in order (MMMU's image_1..image_7); used when present.
     all_image_cols: tuple[str, ...] = ()
     hf_config: str | None = None
+    # Benchmarks whose question may be printed in the image only (MathVerse's vision-only version,
+    # MMMU-Pro's vision setting): an empty question becomes QUESTION_IN_IMAGE instead of a bad row.
+    question_may_be_in_image: bool = False
     # Benchmark subsets (rows outside are counted as `outside_subset`, not as bad rows).
     subset: Callable[[dict], bool] | None = None
     subset_doc: str = ""
@@ -92,9 +96,13 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("mmk12", "FanqingM/MMK12", "train", TRAIN_PIXELS),
         DatasetSpec("geo3k", "hiyouga/geometry3k", "train", TRAIN_PIXELS),
         DatasetSpec("mathvista", "AI4Math/MathVista", "testmini", EVAL_PIXELS, question_cols=("question", "query")),
-        DatasetSpec("mathverse", "AI4Math/MathVerse", "testmini", EVAL_PIXELS, hf_config="testmini"),
+        DatasetSpec(
+            "mathverse", "AI4Math/MathVerse", "testmini", EVAL_PIXELS, hf_config="testmini",
+            question_may_be_in_image=True,
+        ),
         DatasetSpec(
             "mathverse_vision", "AI4Math/MathVerse", "testmini", EVAL_PIXELS, hf_config="testmini",
+            question_may_be_in_image=True,
             subset=_mathverse_vision_only, subset_doc="problem_version == 'Vision Only'",
         ),
         DatasetSpec("wemath", "We-Math/We-Math", "testmini", EVAL_PIXELS),
@@ -102,7 +110,7 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("superclevr", None, "test", EVAL_PIXELS),
         DatasetSpec(
             "mmmu_pro", "MMMU/MMMU_Pro", "test", EVAL_PIXELS, hf_config="standard (10 options)",
-            all_image_cols=tuple(f"image_{i}" for i in range(1, 8)),
+            all_image_cols=tuple(f"image_{i}" for i in range(1, 8)), question_may_be_in_image=True,
         ),
     ]
 }
@@ -263,6 +271,26 @@ def _image_bytes(value: Any, image_root: Path | None, row_id: str) -> list[bytes
     raise BadRowError(f"unreadable image: unsupported cell type {type(value).__name__}")
 
 
+def _row_images(spec: DatasetSpec, row: dict, row_id: str, image_root: Path | None, columns: Columns) -> list[bytes]:
+    """Raw bytes of the row's images. One column holds them, except MMMU's image_1..image_7. Of several
+    candidate columns (MathVista's `image` path and `decoded_image` bytes: the same picture), the first
+    that yields images wins; when none does, the first column's error is the row's reason."""
+    spread = [row[c] for c in spec.all_image_cols if row.get(c) is not None]
+    if spread and not columns.image:
+        return [b for cell in spread for b in _image_bytes(cell, image_root, row_id)]
+    candidates = [columns.image] if columns.image else [c for c in spec.image_cols if row.get(c) is not None]
+    first_error = None
+    for column in candidates:
+        try:
+            images = _image_bytes(row.get(column), image_root, row_id)
+        except BadRowError as error:
+            first_error = first_error or error
+            continue
+        if images:
+            return images
+    raise first_error or BadRowError("no image")
+
+
 def _check_decodes(data: bytes, position: int) -> None:
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -359,21 +387,17 @@ def convert_row(
     _, row_id = _first(row, spec.id_cols, columns.id)
     row_id = str(index if row_id is None else row_id)
     _, question = _first(row, spec.question_cols, columns.question)
-    if question is None or not str(question).strip():
-        raise BadRowError("no question")
-    question = str(question)
+    question = "" if question is None else str(question)
+    if not question.strip():
+        if not spec.question_may_be_in_image:
+            raise BadRowError("no question")
+        question = QUESTION_IN_IMAGE
     _, choices_cell = _first(row, spec.choices_cols, columns.choices)
     choices = parse_choices(choices_cell)
     _, answer = _first(row, spec.answer_cols, columns.answer)
     ground_truth = _ground_truth(answer, choices)
 
-    image_cells = [row[c] for c in spec.all_image_cols if row.get(c) is not None]
-    if columns.image or not image_cells:
-        # One column holds the row's image(s); `image` and `decoded_image` are the same picture.
-        image_cells = [_first(row, spec.image_cols, columns.image)[1]]
-    images = [b for cell in image_cells for b in _image_bytes(cell, image_root, row_id)]
-    if not images:
-        raise BadRowError("no image")
+    images = _row_images(spec, row, row_id, image_root, columns)
     for position, data in enumerate(images):
         _check_decodes(data, position)
     images = _ordered_images(question, images)
