@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ import torch
 from PIL import Image
 
 from vgpo_verl import analyze as an
+
+from _analysis_utils import PYTHON, TINY_PIXELS, build_tiny_setup, run_module
 
 TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
 
@@ -132,3 +135,79 @@ def test_tables_hold_the_bins(tmp_path):
     rows = list(csv.DictReader((tmp_path / "visual_forgetting.csv").open()))
     assert len(rows) == 20 and rows[0]["checkpoint"] == "a" and rows[-1]["bin"] == "9"
     assert float(rows[0]["similarity_mean"]) == pytest.approx(0.5)  # bin 0: tokens 0.4 and 0.6
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end on the demo's tiny Qwen2.5-VL. Model runs happen in child processes: the CPU vision
+# path (vgpo_verl.cpu.enable) changes the environment of the process that turns it on.
+# ----------------------------------------------------------------------------------------------
+# Recomputes every response's similarity without the analysis code: one unpadded sequence at a time,
+# the base model's last_hidden_state (post-norm), cosine to the mean over <|image_pad|> positions.
+REFERENCE = r"""
+import json, sys, torch
+import vgpo_verl.cpu; vgpo_verl.cpu.enable()
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from vgpo_verl.evaluate import load_benchmark, chat_text
+checkpoint, data, responses = sys.argv[1:4]
+processor = AutoProcessor.from_pretrained(checkpoint, min_pixels=56 * 56, max_pixels=112 * 112)
+model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
+prompts = {p.sample_id: p for p in load_benchmark(data, require_answer=False)}
+worst = 0.0
+for line in open(responses):
+    record = json.loads(line)
+    prompt = prompts[record["sample_id"]]
+    enc = processor(text=[chat_text(processor, prompt)], images=prompt.images, return_tensors="pt")
+    response = torch.tensor([record["token_ids"]])
+    ids = torch.cat([enc["input_ids"], response], dim=1)
+    types = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(response)], dim=1)
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=enc["pixel_values"],
+                             image_grid_thw=enc["image_grid_thw"], mm_token_type_ids=types).last_hidden_state[0]
+    mu = hidden[ids[0] == model.config.image_token_id].mean(dim=0)
+    expected = torch.nn.functional.cosine_similarity(hidden[-response.shape[1]:], mu[None], dim=-1)
+    worst = max(worst, (expected - torch.tensor(record["similarity"])).abs().max().item())
+print(json.dumps({"worst": worst}))
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    return build_tiny_setup(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.mark.slow  # two model processes, about a minute on two shared cores
+def test_analyze_end_to_end_on_the_tiny_model(tiny_setup, tmp_path):
+    checkpoint, data = tiny_setup
+    out = tmp_path / "analysis"
+    run_module("vgpo_verl.analyze", "--cpu", "--backend", "transformers", "--checkpoint", f"first={checkpoint}",
+                "--checkpoint", f"again={checkpoint}", "--data", str(data), "--out", str(out), "--bins", "10",
+                "--max-new-tokens", "12", "--batch-size", "2", "--dtype", "float32", "--html", "1", *TINY_PIXELS)
+
+    with Image.open(out / "visual_forgetting.png") as image:
+        image.verify()
+    with Image.open(out / "visual_forgetting.png") as image:
+        assert json.loads(image.text["Description"]) == {"curves": ["first", "again"], "bins": 10}
+
+    document = json.loads((out / "visual_forgetting.json").read_text())
+    assert len(document["bins"]["edges"]) == 11
+    assert list(document["checkpoints"]) == ["first", "again"]
+    first, again = document["checkpoints"]["first"], document["checkpoints"]["again"]
+    assert first["n_responses"] == 3 and first["n_without_visual"] == 0
+    assert len(first["similarity"]["mean"]) == len(first["rho"]["mean"]) == 10
+    assert all(-1.0 <= v <= 1.0 for v in first["similarity"]["mean"])
+    assert all(0.0 <= v <= 1.0 for v in first["rho"]["mean"])
+    assert math.isfinite(first["late_early_ratio"]["similarity"]) and math.isfinite(first["late_early_ratio"]["rho"])
+    # the same checkpoint twice: greedy decoding and scoring are deterministic
+    assert again["similarity"]["mean"] == pytest.approx(first["similarity"]["mean"], abs=1e-6)
+    assert len(list(csv.DictReader((out / "visual_forgetting.csv").open()))) == 20
+
+    records = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
+    assert len(records) == 6
+    assert all(len(r["similarity"]) == len(r["rho"]) == len(r["token_ids"]) > 0 for r in records)
+    assert (out / "tokens.html").read_text().count("<h3>") == 2  # --html 1 per checkpoint
+
+    # The batched, padded scoring equals a plain per-sample recomputation from the model itself.
+    reference = subprocess.run([PYTHON, "-c", REFERENCE, str(checkpoint), str(data), str(out / "responses.jsonl")],
+                               capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-4000:]
+    assert json.loads(reference.stdout.strip().splitlines()[-1])["worst"] < 1e-4

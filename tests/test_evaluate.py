@@ -11,6 +11,8 @@ from PIL import Image
 
 from vgpo_verl import evaluate as ev
 
+from _analysis_utils import TINY_PIXELS, build_tiny_setup, run_module
+
 # sample id -> (ground truth, planted response)
 PLANTED = {
     "0": ("3", "<think>three circles</think> The answer is \\boxed{3}."),
@@ -194,3 +196,25 @@ def test_protocol_defaults_are_the_papers():
     args = ev.build_parser().parse_args(["--out", "x"])
     assert (args.max_model_len, args.min_pixels, args.max_pixels) == (8192, 262_144, 1_000_000)
     assert ev.modes(None)["greedy"].temperature == 0.0
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    return build_tiny_setup(tmp_path_factory.mktemp("tiny"))
+
+
+def test_end_to_end_on_the_tiny_model(tiny_setup, tmp_path):
+    """The real transformers generation path feeds the grader; results and samples agree."""
+    checkpoint, data = tiny_setup
+    run_module("vgpo_verl.evaluate", "--cpu", "--backend", "transformers", "--checkpoint", f"tiny={checkpoint}",
+               "--benchmark", f"shapes={data}", "--out", str(tmp_path), "--max-new-tokens", "6",
+               "--batch-size", "2", *TINY_PIXELS)
+    results = json.loads((tmp_path / "tiny/results.json").read_text())
+    assert results["backend"] == "transformers"
+    greedy = results["benchmarks"]["shapes"]["greedy"]
+    records = [json.loads(line) for line in (tmp_path / "tiny/samples/shapes.greedy.jsonl").read_text().splitlines()]
+    assert greedy["n"] == len(records) == 3 and greedy["generated_now"] == 3
+    assert [r["ground_truth"] for r in records] == [p.ground_truth for p in ev.load_benchmark(data)]
+    assert greedy["accuracy"] == pytest.approx(100.0 * sum(r["accuracy"] for r in records) / 3)
+    assert all(0 < r["response_tokens"][0] <= 6 for r in records)
+    assert f"| shapes | 3 | {greedy['accuracy']:.2f} |" in (tmp_path / "tiny/results.md").read_text()

@@ -41,6 +41,7 @@ from vgpo_verl.evaluate import (PAPER_MAX_PIXELS, PAPER_MIN_PIXELS, Completion, 
 logger = logging.getLogger("vgpo_verl.analyze")
 
 RHO_SCOPES = ("trajectory", "group")
+GENERATION_CHUNK = 64  # prompts per generate call: the progress bar's step
 
 
 @dataclasses.dataclass
@@ -287,17 +288,25 @@ def html_section(label: str, scores: ResponseScores, rho: torch.Tensor, tokenize
 # ----------------------------------------------------------------------------------------------
 # Driver
 # ----------------------------------------------------------------------------------------------
-def analyze_checkpoint(label: str, checkpoint: str, prompts: Sequence[Prompt], args) -> tuple[dict, ResponseScores, torch.Tensor, list[str], object]:
+def analyze_checkpoint(label: str, checkpoint: str, prompts: Sequence[Prompt], args):
+    """Generate, score and summarise one checkpoint: (summary, scores, rho, response texts, tokenizer)."""
+    from tqdm import tqdm
+
     backend = make_backend(args.backend, checkpoint, cpu=args.cpu, min_pixels=args.min_pixels,
                            max_pixels=args.max_pixels, max_model_len=args.max_model_len,
                            batch_size=args.batch_size, dtype=args.dtype,
-                           max_images=max(1, max(len(p.images) for p in prompts)))
+                           max_images=max(1, max(len(p.images) for p in prompts)),
+                           # the scoring model is loaded on the same GPU once vLLM is gone
+                           vllm_kwargs={"gpu_memory_utilization": args.gpu_memory_utilization})
     sampling = Sampling(temperature=args.temperature, n=args.n, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    completions = backend.generate(prompts, sampling)
+    completions = []
+    for start in tqdm(range(0, len(prompts), GENERATION_CHUNK), desc=f"generating ({label})"):
+        completions += backend.generate(prompts[start:start + GENERATION_CHUNK], sampling)
     if not isinstance(backend, TransformersBackend):  # vLLM gives no hidden states: score with transformers
         del backend
         gc.collect()
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         backend = TransformersBackend(checkpoint, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
                                       max_model_len=args.max_model_len, batch_size=args.batch_size, dtype=args.dtype)
     scores = score_responses(backend.model, backend.processor, prompts, completions, layer=args.layer,
@@ -336,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-key", default="images")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="vLLM's share of the GPU")
     parser.add_argument("--html", type=int, default=0, metavar="N", help="write tokens.html with N responses per checkpoint")
     return parser
 

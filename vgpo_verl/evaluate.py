@@ -300,8 +300,12 @@ def vllm_usable(cpu: bool) -> tuple[bool, str]:
 
 
 def make_backend(kind: str, checkpoint: str, *, cpu: bool = False, batch_size: int = 8, max_images: int = 1,
-                 **kwargs) -> GenerationBackend:
-    """kind: 'vllm', 'transformers' or 'auto' (vLLM when usable; the choice is logged, never silent)."""
+                 vllm_kwargs: dict | None = None, **kwargs) -> GenerationBackend:
+    """kind: 'vllm', 'transformers' or 'auto' (vLLM when usable; the choice is logged, never silent).
+
+    kwargs go to both backends (min_pixels, max_pixels, max_model_len, dtype); vllm_kwargs only to
+    vLLM's engine (e.g. gpu_memory_utilization, tensor_parallel_size).
+    """
     if cpu:
         import vgpo_verl.cpu
 
@@ -312,7 +316,7 @@ def make_backend(kind: str, checkpoint: str, *, cpu: bool = False, batch_size: i
         if not usable:
             logger.warning("vLLM is not used: %s. Generating with transformers instead.", why_not)
     if kind == "vllm":
-        return VLLMBackend(checkpoint, max_images=max_images, **kwargs)
+        return VLLMBackend(checkpoint, max_images=max_images, **kwargs, **(vllm_kwargs or {}))
     if kind == "transformers":
         return TransformersBackend(checkpoint, batch_size=batch_size, **kwargs)
     raise ValueError(f"--backend must be auto, vllm or transformers, not {kind!r}")
@@ -521,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="transformers backend batch")
     parser.add_argument("--chunk-size", type=int, default=64, help="samples generated between two saves")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM")
     return parser
 
 
@@ -540,7 +546,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     for label, checkpoint in map(parse_named, args.checkpoint):
         backend = make_backend(args.backend, checkpoint, cpu=args.cpu, min_pixels=args.min_pixels,
                                max_pixels=args.max_pixels, max_model_len=args.max_model_len,
-                               batch_size=args.batch_size, max_images=max(max_images, 1), dtype=args.dtype)
+                               batch_size=args.batch_size, max_images=max(max_images, 1), dtype=args.dtype,
+                               vllm_kwargs={"tensor_parallel_size": args.tensor_parallel_size,
+                                            "gpu_memory_utilization": args.gpu_memory_utilization})
         results = evaluate_checkpoint(label, backend, benchmarks, args.out, protocol_settings(args, checkpoint),
                                       max_new_tokens=args.max_new_tokens, avg_k=args.avg_k,
                                       chunk_size=args.chunk_size)
