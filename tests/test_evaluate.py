@@ -218,3 +218,25 @@ def test_end_to_end_on_the_tiny_model(tiny_setup, tmp_path):
     assert greedy["accuracy"] == pytest.approx(100.0 * sum(r["accuracy"] for r in records) / 3)
     assert all(0 < r["response_tokens"][0] <= 6 for r in records)
     assert f"| shapes | 3 | {greedy['accuracy']:.2f} |" in (tmp_path / "tiny/results.md").read_text()
+
+
+def test_benchmark_prepared_by_the_data_tool(tmp_path):
+    """vgpo_verl.data's parquet -> load_benchmark -> grading, multiple choice included."""
+    from vgpo_verl import data
+
+    Image.new("RGB", (40, 30), "white").save(tmp_path / "a.png")
+    rows = [
+        {"pid": "p1", "question": "What is 2 + 2?", "answer": "4", "image": "a.png"},
+        {"pid": "p2", "question": "Which is larger?", "answer": "7", "choices": ["3", "7"], "image": "a.png"},
+        {"pid": "p3", "question": "Angle?", "answer": "30", "image": "a.png"},
+    ]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert data.main(["mathvista", "--input", str(tmp_path / "in.jsonl"), "--split", "testmini",
+                      "--out", str(tmp_path / "data")]) == 0
+    prompts = ev.load_benchmark(tmp_path / "data/mathvista/testmini.parquet")
+    assert [len(p.images) for p in prompts] == [1, 1, 1]
+    responses = {prompts[0].sample_id: "\\boxed{4}",
+                 prompts[1].sample_id: "the larger one is \\boxed{B}",  # the letter of the right choice
+                 prompts[2].sample_id: "\\boxed{60}"}
+    results = _run(PlantedBackend(responses), prompts, tmp_path / "eval")
+    assert results["benchmarks"]["planted"]["greedy"]["accuracy"] == pytest.approx(100.0 * 2 / 3)
