@@ -302,6 +302,7 @@ def analyze_checkpoint(label: str, checkpoint: str, prompts: Sequence[Prompt], a
     completions = []
     for start in tqdm(range(0, len(prompts), GENERATION_CHUNK), desc=f"generating ({label})"):
         completions += backend.generate(prompts[start:start + GENERATION_CHUNK], sampling)
+    generated_by = backend.name
     if not isinstance(backend, TransformersBackend):  # vLLM gives no hidden states: score with transformers
         del backend
         gc.collect()
@@ -313,7 +314,7 @@ def analyze_checkpoint(label: str, checkpoint: str, prompts: Sequence[Prompt], a
                              batch_size=args.batch_size)
     rho = rho_of(scores, args.rho_norm)
     texts = [c.text for options in completions for c in options if c.token_ids]
-    summary = summarise(label, checkpoint, scores, rho, args.bins)
+    summary = {**summarise(label, checkpoint, scores, rho, args.bins), "generated_by": generated_by}
     tokenizer = backend.processor.tokenizer
     del backend
     gc.collect()
