@@ -19,6 +19,9 @@ setup(
         "pandas",
         "pyarrow",
         "math-verify>=0.8",
+        "datasets",
+        "hydra-core",
+        "tqdm",
         "matplotlib",
     ],
     extras_require={
