@@ -124,14 +124,17 @@ def test_plot_has_one_curve_per_checkpoint(tmp_path, n_checkpoints):
 def test_tables_hold_the_bins(tmp_path):
     scores = _scores([4, 6], [0.4, 0.3, 0.2, 0.1, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
     summaries = {"a": _summary(scores, 10), "b": _summary(scores, 10)}
+    assert math.isnan(summaries["a"]["similarity"]["mean"][1])  # no response of 4 or 6 tokens reaches bin 1
     an.write_tables(summaries, {"bins": 10, "rho_norm": "trajectory"}, tmp_path)
     document = json.loads((tmp_path / "visual_forgetting.json").read_text())
     assert document["bins"]["edges"] == pytest.approx([i / 10 for i in range(11)])
     assert len(document["bins"]["centres"]) == 10
+    assert document["checkpoints"]["a"]["similarity"]["mean"][1] is None
     for label in ("a", "b"):
         entry = document["checkpoints"][label]
         assert len(entry["similarity"]["mean"]) == len(entry["rho"]["std"]) == 10
         assert entry["late_early_ratio"]["similarity"] == pytest.approx(an.late_early_ratio(entry["similarity"]["mean"]))
+    assert "NaN" not in (tmp_path / "visual_forgetting.json").read_text()
     rows = list(csv.DictReader((tmp_path / "visual_forgetting.csv").open()))
     assert len(rows) == 20 and rows[0]["checkpoint"] == "a" and rows[-1]["bin"] == "9"
     assert float(rows[0]["similarity_mean"]) == pytest.approx(0.5)  # bin 0: tokens 0.4 and 0.6

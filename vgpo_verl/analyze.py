@@ -29,6 +29,7 @@ import gc
 import html
 import json
 import logging
+import math
 import pathlib
 import sys
 from typing import Iterable, Sequence
@@ -182,8 +183,11 @@ def binned_curve(values: torch.Tensor, offsets: torch.Tensor, keep: torch.Tensor
 
 
 def late_early_ratio(mean: Sequence[float]) -> float:
-    """Mean of the curve over bins centred in the last third / over bins centred in the first third."""
-    curve = torch.tensor(mean, dtype=torch.float64)
+    """Mean of the curve over bins centred in the last third / over bins centred in the first third.
+
+    Empty bins (NaN, or None as read back from the JSON) are skipped.
+    """
+    curve = torch.tensor([math.nan if v is None else v for v in mean], dtype=torch.float64)
     centres = (torch.arange(len(curve), dtype=torch.float64) + 0.5) / len(curve)
     early, late = curve[centres < 1 / 3].nanmean(), curve[centres > 2 / 3].nanmean()
     return float(late / early)
@@ -243,12 +247,23 @@ def plot_visual_focus(summaries: dict[str, dict], n_bins: int, rho_norm: str, pa
     return figure
 
 
+def _strict_json(value):
+    """NaN/inf (a bin no response reaches, a ratio over an empty third) become null: valid JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(item) for item in value]
+    return value
+
+
 def write_tables(summaries: dict[str, dict], settings: dict, out_dir: pathlib.Path) -> None:
     n_bins = settings["bins"]
     edges = bin_edges(n_bins)
     document = {"settings": settings, "bins": {"edges": edges, "centres": [(a + b) / 2 for a, b in zip(edges, edges[1:])]},
                 "checkpoints": summaries}
-    (out_dir / "visual_forgetting.json").write_text(json.dumps(document, indent=1, allow_nan=True))
+    (out_dir / "visual_forgetting.json").write_text(json.dumps(_strict_json(document), indent=1, allow_nan=False))
     with (out_dir / "visual_forgetting.csv").open("w", newline="") as sink:
         writer = csv.writer(sink)
         writer.writerow(["checkpoint", "bin", "tau_low", "tau_high", "similarity_mean", "similarity_std",

@@ -316,7 +316,11 @@ def make_backend(kind: str, checkpoint: str, *, cpu: bool = False, batch_size: i
         if not usable:
             logger.warning("vLLM is not used: %s. Generating with transformers instead.", why_not)
     if kind == "vllm":
-        return VLLMBackend(checkpoint, max_images=max_images, **kwargs, **(vllm_kwargs or {}))
+        vllm_kwargs = dict(vllm_kwargs or {})
+        if cpu:  # vLLM's CPU backend: no graph capture, and no GPU memory share to ask for
+            vllm_kwargs.setdefault("enforce_eager", True)
+            vllm_kwargs.pop("gpu_memory_utilization", None)
+        return VLLMBackend(checkpoint, max_images=max_images, **kwargs, **vllm_kwargs)
     if kind == "transformers":
         return TransformersBackend(checkpoint, batch_size=batch_size, **kwargs)
     raise ValueError(f"--backend must be auto, vllm or transformers, not {kind!r}")
