@@ -29,10 +29,6 @@ def enable_cpu_platform() -> None:
 
     platform = get_platform()
     assert platform.device_name == "cpu", f"expected verl's cpu platform, got {platform.device_name!r}"
-    if platform.current_device() != "cpu":
-        # FSDP2 loads weights with model.to(get_device_id()); an int index means an accelerator,
-        # which does not exist here. Reported to the CPU platform's owner; remove once it says "cpu".
-        type(platform).current_device = lambda self: "cpu"
 
 
 def install_torch_varlen_attention() -> None:

@@ -117,6 +117,7 @@ def test_without_the_flag_it_is_the_stock_engine(ws1, plain, scored):
             torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+@pytest.mark.slow  # two ranks each import verl and build an engine: 1-2 minutes on 2 shared cores
 def test_ulysses_sp2_gives_the_sp1_scores(setup, ws1, references):
     model, model_dir, samples = setup
     runs = [{"name": "sp2", "remove_padding": True, "sp": 2, "flags": SCORE}]

@@ -151,3 +151,19 @@ def test_padded_layout_gives_the_packed_scores():
     expected, expected_has_visual = visual_similarity(packed, torch.tensor([0, 5, 7, 14]), visual)
     torch.testing.assert_close(similarity, expected)
     assert has_visual.tolist() == expected_has_visual.tolist()
+
+
+def test_resolve_layer_sees_through_fsdp1_style_wrappers():
+    """FSDP1 and activation checkpointing insert `_fsdp_wrapped_module` / `_checkpoint_wrapped_module`."""
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner, attribute):
+            super().__init__()
+            setattr(self, attribute, inner)
+
+    model = tiny_vlm("qwen2_5_vl")
+    text_model = model.model.language_model
+    model.model.language_model = Wrapper(text_model, "_checkpoint_wrapped_module")
+    root = Wrapper(model, "_fsdp_wrapped_module")
+    assert resolve_layer(root) is text_model.norm
+    assert resolve_layer(root, 0) is text_model.layers[0]

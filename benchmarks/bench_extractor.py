@@ -1,0 +1,303 @@
+"""Cost of VGPO's visual scoring in the old-log-prob forward: scored vs plain, same model and batch.
+
+Two modes, both timing the two arms interleaved (plain, scored, scored, plain, ...) so machine noise
+hits both alike; the ratio (median scored / median plain) is printed last.
+
+- `--mode verl` (default on CPU): verl's real FSDP2 engine (gloo, world size 1, the CPU platform of
+  vgpo_verl.cpu) resolved through verl's EngineRegistry, i.e. vgpo_verl.engine's subclass;
+  `engine.infer_batch` on the same batch with and without the `vgpo_score` flag.
+- `--mode hf` (verl-free: torch + transformers only): a random Qwen2.5-VL forward plus verl's
+  log-prob computation (log_softmax + gather), with and without vgpo_verl.scoring's hook.
+  On CUDA it also reports the extra peak memory (torch.cuda.max_memory_allocated).
+  `--preset 7b --device cuda --dtype bf16` is the Qwen2.5-VL-7B shape (random weights, no download).
+
+    python benchmarks/bench_extractor.py                                   # CPU, verl engine
+    python benchmarks/bench_extractor.py --mode hf                         # CPU, verl-free
+    python benchmarks/bench_extractor.py --mode hf --preset 7b --device cuda --dtype bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+IMAGE_TOKEN_OFFSET = 10  # visual/special token ids sit just below the vocabulary's end
+
+PRESETS = {
+    # hidden >= 256, >= 4 layers; with --samples 8 and the default lengths: > 2k tokens per batch
+    "small": dict(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=704, vocab=32768,
+                  vision_depth=2, vision_hidden=128, vision_heads=4, patch=14, grid=16),
+    # Qwen2.5-VL-7B-Instruct's shape
+    "7b": dict(hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944, vocab=152064,
+               vision_depth=32, vision_hidden=1280, vision_heads=16, patch=14, grid=28),
+}
+
+
+def build_config(preset: dict):
+    import transformers
+
+    vocab = preset["vocab"]
+    head_dim = preset["hidden"] // preset["heads"]
+    half = head_dim // 2
+    text = dict(vocab_size=vocab, hidden_size=preset["hidden"], intermediate_size=preset["intermediate"],
+                num_hidden_layers=preset["layers"], num_attention_heads=preset["heads"],
+                num_key_value_heads=preset["kv_heads"], max_position_embeddings=32768, tie_word_embeddings=False,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                 "mrope_section": [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]})
+    vision = dict(depth=preset["vision_depth"], hidden_size=preset["vision_hidden"], num_heads=preset["vision_heads"],
+                  intermediate_size=preset["vision_hidden"] * 27 // 10, out_hidden_size=preset["hidden"],
+                  patch_size=preset["patch"], temporal_patch_size=2, spatial_merge_size=2,
+                  fullatt_block_indexes=[preset["vision_depth"] - 1], window_size=preset["patch"] * 8)
+    return transformers.Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, image_token_id=vocab - IMAGE_TOKEN_OFFSET,
+        video_token_id=vocab - IMAGE_TOKEN_OFFSET + 1, vision_start_token_id=vocab - IMAGE_TOKEN_OFFSET + 2,
+        vision_end_token_id=vocab - IMAGE_TOKEN_OFFSET + 3,
+    )
+
+
+def make_samples(config, preset: dict, count: int, text_len: int, seed: int = 0):
+    """`count` samples: text, one image (grid x grid patches), text (sample i: text_len + i tokens)."""
+    generator = torch.Generator().manual_seed(seed)
+    grid = preset["grid"]
+    image_tokens = grid * grid // 4
+    patch_dim = 3 * 2 * preset["patch"] ** 2
+    samples = []
+    for index in range(count):  # lengths differ by a few tokens: verl's batches are ragged
+        def text(n):
+            return torch.randint(0, config.vision_start_token_id - 1, (n,), generator=generator)
+
+        ids = torch.cat([text(text_len // 4), torch.tensor([config.vision_start_token_id]),
+                         torch.full((image_tokens,), config.image_token_id), torch.tensor([config.vision_end_token_id]),
+                         text(text_len - text_len // 4 + index)])
+        samples.append({"input_ids": ids, "pixel_values": torch.randn(grid * grid, patch_dim, generator=generator),
+                        "image_grid_thw": torch.tensor([[1, grid, grid]])})
+    return samples
+
+
+@torch.no_grad()
+def position_ids_4d(model, sample):
+    """(4, L): [text positions; mRoPE t, h, w], as verl's agent loop stores them."""
+    ids = sample["input_ids"][None].to(model.device)
+    token_types = (ids == model.config.image_token_id).int()
+    mrope, _ = model.model.get_rope_index(ids, token_types, image_grid_thw=sample["image_grid_thw"].to(model.device))
+    return torch.cat([torch.arange(ids.shape[1], device=ids.device)[None], mrope[:, 0]], dim=0)
+
+
+def interleaved(arms: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each arm, alternating the order each round (after one warm-up round)."""
+    names = list(arms)
+    for name in names:
+        arms[name]()
+    times = {name: [] for name in names}
+    for round_index in range(repeats):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            arms[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+class HookTimer:
+    """Wall time spent inside the scoring hook (the part scoring adds), per scored forward."""
+
+    def __init__(self):
+        self.seconds = []
+
+    def wrap(self, fn):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            result = fn(*args, **kwargs)
+            self.seconds.append(time.perf_counter() - start)
+            return result
+        return timed
+
+
+def report(times: dict[str, list[float]], hook_seconds: list[float], extra: str = "") -> None:
+    """Medians of each arm, the hook's own time, and the ratio: median over rounds of the ratio of
+    the two calls made back to back in that round (robust to load drifting on a shared machine)."""
+    plain, scored = statistics.median(times["plain"]), statistics.median(times["scored"])
+    print(f"plain  forward: median {plain * 1e3:9.1f} ms over {len(times['plain'])} runs")
+    print(f"scored forward: median {scored * 1e3:9.1f} ms over {len(times['scored'])} runs")
+    hook = statistics.median(hook_seconds)
+    print(f"scoring inside the hook: median {hook * 1e3:.2f} ms per forward ({100 * hook / plain:.3f}% of plain)")
+    if extra:
+        print(extra)
+    print(f"ratio of medians: {scored / plain:.4f}x")
+    paired = statistics.median(s / p for s, p in zip(times["scored"], times["plain"]))
+    print(f"overhead ratio scored/plain (median of paired rounds): {paired:.4f}x")
+
+
+# ---------------------------------------------------------------- verl-free mode
+
+
+def run_hf(args, preset: dict) -> None:
+    """transformers forward + verl's log-prob math, with and without the scoring hook."""
+    import transformers
+
+    from vgpo_verl.scoring import (
+        HiddenStateCapture,
+        cosine_to_prototypes,
+        padded_segment_ids,
+        visual_prototypes,
+        visual_token_ids,
+    )
+
+    device, dtype = torch.device(args.device), {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    config = build_config(preset)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = transformers.AutoModelForImageTextToText.from_config(config, dtype=dtype).eval()
+    samples = make_samples(config, preset, args.samples, args.text_len)
+    lengths = torch.tensor([len(s["input_ids"]) for s in samples], device=device)
+    max_len = int(lengths.max())
+    input_ids = torch.zeros(len(samples), max_len, dtype=torch.long, device=device)
+    position_ids = torch.zeros(4, len(samples), max_len, dtype=torch.long, device=device)
+    for row, sample in enumerate(samples):
+        input_ids[row, : lengths[row]] = sample["input_ids"].to(device)
+        position_ids[:, row, : lengths[row]] = position_ids_4d(model, sample)
+    segment_ids, valid = padded_segment_ids(lengths, max_len)
+    visual = torch.isin(input_ids, torch.tensor(visual_token_ids(config), device=device)).reshape(-1)
+    inputs = dict(input_ids=input_ids, attention_mask=valid.long(), position_ids=position_ids,
+                  pixel_values=torch.cat([s["pixel_values"] for s in samples]).to(device, dtype),
+                  image_grid_thw=torch.cat([s["image_grid_thw"] for s in samples]).to(device))
+    print(f"verl-free: Qwen2.5-VL {args.preset} shape, {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B params, "
+          f"{args.dtype} on {device}, batch {len(samples)} x {max_len} ({int(lengths.sum())} tokens)")
+
+    hook_timer = HookTimer()
+
+    @hook_timer.wrap
+    def score(hidden):
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        mu, has_visual = visual_prototypes(flat, segment_ids, visual, len(samples), args.chunk_tokens)
+        return cosine_to_prototypes(flat, segment_ids, mu, args.chunk_tokens)[valid.reshape(-1)], has_visual
+
+    def log_prob_forward():
+        logits = model(**inputs, use_cache=False).logits
+        labels = torch.roll(input_ids, -1, dims=1)
+        log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        return log_probs[valid]
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def plain():
+        with torch.no_grad():
+            log_prob_forward()
+        sync()
+
+    def scored():
+        with torch.no_grad(), HiddenStateCapture(model, on_capture=score) as capture:
+            log_prob_forward()
+        assert capture.result[0].shape == (int(lengths.sum()),)
+        sync()
+
+    times = interleaved({"plain": plain, "scored": scored}, args.repeats)
+    hook_seconds = hook_timer.seconds[1:]  # without the warm-up call
+    extra = ""
+    if device.type == "cuda":
+        peaks = {}
+        for name, arm in (("plain", plain), ("scored", scored)):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            arm()
+            peaks[name] = torch.cuda.max_memory_allocated()
+        extra = (f"peak memory: plain {peaks['plain'] / 2**30:.3f} GiB, scored {peaks['scored'] / 2**30:.3f} GiB, "
+                 f"extra {(peaks['scored'] - peaks['plain']) / 2**20:.1f} MiB")
+    report(times, hook_seconds, extra)
+
+
+# ---------------------------------------------------------------- verl engine mode
+
+
+def run_verl(args, preset: dict) -> None:
+    """verl's real FSDP2 engine (vgpo_verl.engine's subclass) on CPU, infer_batch with/without the flag."""
+    import vgpo_verl.cpu
+
+    vgpo_verl.cpu.enable()
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29533"),
+                      RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    import transformers
+    import vgpo_verl.plugin  # noqa: F401  (verl's entry point does this on `import verl`)
+    from verl.plugin.platform import get_platform
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
+    from verl.workers.config.checkpoint import CheckpointConfig
+    from verl.workers.engine import EngineRegistry
+
+    import vgpo_verl.engine
+
+    hook_timer = HookTimer()
+    vgpo_verl.engine._MicroBatchScorer.__call__ = hook_timer.wrap(vgpo_verl.engine._MicroBatchScorer.__call__)
+    assert get_platform().device_name == "cpu", "vgpo_verl.cpu.enable() did not select the CPU platform"
+
+    config = build_config(preset)
+    with tempfile.TemporaryDirectory() as model_dir:
+        torch.manual_seed(0)
+        model = transformers.AutoModelForImageTextToText.from_config(config).eval()
+        model.save_pretrained(model_dir)
+        samples = make_samples(config, preset, args.samples, args.text_len)
+        engine = EngineRegistry.new(
+            model_type="language_model", backend="fsdp2",
+            model_config=HFModelConfig(path=model_dir, load_tokenizer=False, use_remove_padding=False,
+                                       override_config={"attn_implementation": "sdpa"}),
+            engine_config=FSDPEngineConfig(strategy="fsdp2", forward_only=False, model_dtype="fp32",
+                                           mixed_precision={"param_dtype": "fp32", "reduce_dtype": "fp32",
+                                                            "buffer_dtype": "fp32"}, use_torch_compile=False),
+            optimizer_config=FSDPOptimizerConfig(lr=1e-6), checkpoint_config=CheckpointConfig(),
+        )
+        engine.initialize()
+        rows = [{"input_ids": s["input_ids"], "position_ids": position_ids_4d(model, s),
+                 "loss_mask": torch.ones(len(s["input_ids"]), dtype=torch.long),
+                 "multi_modal_inputs": {"pixel_values": s["pixel_values"], "image_grid_thw": s["image_grid_thw"]}}
+                for s in samples]
+        n_tokens = sum(len(s["input_ids"]) for s in samples)
+        print(f"verl engine {type(engine).__name__} (fsdp2, gloo, CPU), Qwen2.5-VL {args.preset} shape, "
+              f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {len(samples)} samples, "
+              f"{n_tokens} tokens, one micro-batch, padded inputs (sdpa)")
+
+        def arm(flag: bool):
+            def run():
+                batch = tu.list_of_dict_to_tensordict(rows)
+                tu.assign_non_tensor(batch, temperature=1.0, compute_loss=False, calculate_entropy=True,
+                                     use_remove_padding=False, use_dynamic_bsz=False, micro_batch_size_per_gpu=len(rows),
+                                     use_fused_kernels=False, vgpo_score=flag)
+                with engine.eval_mode():
+                    output = engine.infer_batch(batch)["model_output"]
+                assert ("vgpo_visual_score" in output) == flag
+            return run
+
+        times = interleaved({"plain": arm(False), "scored": arm(True)}, args.repeats)
+    torch.distributed.destroy_process_group()
+    report(times, hook_timer.seconds[1:])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=["verl", "hf"], default="verl")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--text-len", type=int, default=200, help="text tokens per sample (plus the image's)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--chunk-tokens", type=int, default=8192)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.mode == "verl" and args.device != "cpu":
+        sys.exit("--mode verl runs verl's engine on the CPU platform; on a GPU use --mode hf (verl-free)")
+    (run_verl if args.mode == "verl" else run_hf)(args, PRESETS[args.preset])
+
+
+if __name__ == "__main__":
+    main()
