@@ -101,9 +101,9 @@ def enabled_facts(tiny_model):
 @pytest.fixture(scope="module")
 def child_facts(tiny_model):
     """A process started from an enabled environment, as Ray and vLLM start theirs: no enable() call."""
-    from vgpo_verl.cpu import environment, torchvision_imports
+    from vgpo_verl.cpu import broken_companions, environment
 
-    env = {**_base_env(tiny_model, 29612), **environment(hide_torchvision=not torchvision_imports())}
+    env = {**_base_env(tiny_model, 29612), **environment(hidden_modules=broken_companions())}
     return _run_probe(env)
 
 
@@ -164,3 +164,71 @@ def test_nothing_changes_without_enable(tiny_model):
     env = _base_env(tiny_model, 29613)
     proc = subprocess.run([PYTHON, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "CLEAN" in proc.stdout, proc.stderr[-3000:]
+
+
+# --- verl's nested mrope position ids in equal-length batches (vgpo_verl.cpu.position_ids_fix) ---
+
+
+def _position_ids(lengths: list[int]) -> list:
+    import torch
+
+    # (4, L) per sample like verl's agent loop (text, t, h, w rows); distinct values per sample and row
+    return [torch.arange(4 * n).view(4, n) + 1000 * i for i, n in enumerate(lengths)]
+
+
+def _batch(components):
+    import torch
+    from tensordict import TensorDict
+
+    # how verl stacks per-sample tensors of different or equal shapes into a nested batch
+    stacked = torch.nested.as_nested_tensor(components, layout=torch.jagged)
+    return TensorDict({"position_ids": stacked}, batch_size=[len(components)])
+
+
+def _samples_after(fix_fn, lengths):
+    import torch
+    from verl.utils import tensordict_utils as tu
+
+    components = _position_ids(lengths)
+    data = _batch(components)
+    fix_fn(data)
+    whole = data["position_ids"].unbind()
+    picked = tu.index_select_tensor_dict(data, torch.tensor([0, len(lengths) - 1]))["position_ids"].unbind()
+    return (
+        all(torch.equal(a, b) for a, b in zip(whole, components))
+        and torch.equal(picked[0], components[0])
+        and torch.equal(picked[1], components[-1])
+    )
+
+
+def test_verl_alone_breaks_equal_length_mrope_batches():
+    """The bug the workaround exists for (if this starts passing, verl or torch fixed it)."""
+    from verl.utils.tensordict_utils import maybe_fix_3d_position_ids
+
+    original = getattr(maybe_fix_3d_position_ids, "__wrapped__", maybe_fix_3d_position_ids)
+    try:
+        intact = _samples_after(original, [6, 6, 6])
+    except RuntimeError:
+        intact = False
+    assert not intact
+    assert _samples_after(original, [5, 7, 6])  # different lengths were always fine
+
+
+@pytest.mark.parametrize("lengths", [[6, 6, 6], [5, 7, 6], [9], [75] * 16])
+def test_equal_length_mrope_batches_survive_the_wrapped_fix(lengths):
+    from verl.utils.tensordict_utils import maybe_fix_3d_position_ids
+
+    from vgpo_verl.cpu.position_ids_fix import wrap
+
+    original = getattr(maybe_fix_3d_position_ids, "__wrapped__", maybe_fix_3d_position_ids)
+    assert _samples_after(wrap(original), lengths)
+
+
+def test_rows_ragged_detection_leaves_correct_tensors_alone():
+    import torch
+
+    from vgpo_verl.cpu.position_ids_fix import rows_are_ragged
+
+    assert rows_are_ragged(_batch(_position_ids([6, 6]))["position_ids"])
+    assert not rows_are_ragged(_batch(_position_ids([5, 7]))["position_ids"])
+    assert not rows_are_ragged(torch.zeros(2, 4, 6))  # dense: nothing to do

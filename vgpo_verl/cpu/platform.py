@@ -98,8 +98,10 @@ class PlatformCPU(PlatformBase):
         # Never auto-detected: a GPU machine must not end up here by probing. Only VERL_PLATFORM=cpu.
         return False
 
-    def current_device(self) -> int:
-        return 0
+    def current_device(self) -> str:
+        # verl passes this straight to `.to(...)` / `device=`: an index would mean "accelerator 0",
+        # which torch refuses on a machine without one. "cpu" is what those calls need.
+        return "cpu"
 
     def device_count(self) -> int:
         return 1

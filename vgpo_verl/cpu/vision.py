@@ -18,7 +18,8 @@ torchvision (transformers has a PIL image processor for Qwen2-VL); what breaks i
    top for its video reader. Fix: during that one import, `torchvision` is a stand-in whose every
    use raises; afterwards it is hidden again.
 
-Nothing here runs unless `vgpo_verl.cpu.enable()` found torchvision broken (VGPO_CPU_HIDE_TORCHVISION=1).
+Nothing here runs unless `vgpo_verl.cpu.enable()` found torchvision broken or absent (it is then
+listed in VGPO_CPU_HIDDEN_MODULES and vgpo_verl.cpu.boot has hidden it).
 """
 
 from __future__ import annotations
@@ -43,11 +44,6 @@ _UNAVAILABLE = (
     "torchvision cannot be imported in this environment (a CUDA build next to a CPU torch), so "
     "vgpo_verl.cpu hid it: images are processed with PIL, but {what} needs torchvision."
 )
-
-
-def hide_torchvision() -> None:
-    """Make `import torchvision` fail cleanly and `find_spec("torchvision")` return None."""
-    sys.modules["torchvision"] = None
 
 
 class _Unavailable:
@@ -121,8 +117,7 @@ def _expose_real_video_classes(_video_processing_auto) -> None:
 
 
 def install() -> None:
-    """Apply the four fixes above to this process (lazily, as the modules load)."""
-    hide_torchvision()
+    """Apply fixes 2-4 above to this process (lazily, as the modules load); boot did fix 1."""
     if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _AliasFinder())
     # Both real classes are loaded once this module is (it imports video_processing_utils); the
