@@ -160,6 +160,20 @@ def test_resumed_run_skips_finished_samples(benchmark, tmp_path):
     assert again.generated == []
 
 
+def test_regrade_fixes_stored_scores_without_generating(benchmark, tmp_path):
+    responses = {k: response for k, (_, response) in PLANTED.items()}
+    _run(PlantedBackend(responses), benchmark, tmp_path)
+    samples = tmp_path / "ckpt/samples/planted.greedy.jsonl"
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    records[3].update(scores=[0.0], accuracy=0.0)  # as an older grader that missed 0.5 == 1/2 stored it
+    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    never_called = PlantedBackend(responses, fail_after_calls=0)
+    assert _run(never_called, benchmark, tmp_path)["benchmarks"]["planted"]["greedy"]["accuracy"] == pytest.approx(40.0)
+    results = _run(never_called, benchmark, tmp_path, regrade_stored=True)
+    assert results["benchmarks"]["planted"]["greedy"]["accuracy"] == pytest.approx(PLANTED_ACCURACY)
+    assert json.loads(samples.read_text().splitlines()[3])["scores"] == [1.0]
+
+
 def test_resume_refuses_other_settings(benchmark, tmp_path):
     responses = {k: response for k, (_, response) in PLANTED.items()}
     ev.evaluate_checkpoint("ckpt", PlantedBackend(responses), {"planted": benchmark}, tmp_path,

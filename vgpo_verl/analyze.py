@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import gc
 import html
 import json
 import logging
@@ -319,10 +318,7 @@ def analyze_checkpoint(label: str, checkpoint: str, prompts: Sequence[Prompt], a
         completions += backend.generate(prompts[start:start + GENERATION_CHUNK], sampling)
     generated_by = backend.name
     if not isinstance(backend, TransformersBackend):  # vLLM gives no hidden states: score with transformers
-        del backend
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        backend.close()
         backend = TransformersBackend(checkpoint, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
                                       max_model_len=args.max_model_len, batch_size=args.batch_size, dtype=args.dtype)
     scores = score_responses(backend.model, backend.processor, prompts, completions, layer=args.layer,
@@ -331,8 +327,7 @@ def analyze_checkpoint(label: str, checkpoint: str, prompts: Sequence[Prompt], a
     texts = [c.text for options in completions for c in options if c.token_ids]
     summary = {**summarise(label, checkpoint, scores, rho, args.bins), "generated_by": generated_by}
     tokenizer = backend.processor.tokenizer
-    del backend
-    gc.collect()
+    backend.close()
     return summary, scores, rho, texts, tokenizer
 
 

@@ -82,6 +82,9 @@ class GenerationBackend(Protocol):
     def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[list[Completion]]:
         """Returns ``sampling.n`` completions per prompt, in the order of ``prompts``."""
 
+    def close(self) -> None:
+        """Frees the model (the next checkpoint may need the memory)."""
+
 
 def _split_image_placeholders(content: str) -> list[dict]:
     """'see <image> and answer' -> [text 'see ', image, text ' and answer'] (chat-template parts)."""
@@ -243,6 +246,10 @@ class TransformersBackend:
             results.extend(completions[i * sampling.n:(i + 1) * sampling.n] for i in range(len(batch)))
         return results
 
+    def close(self) -> None:
+        del self.model
+        _release_memory()
+
     def _completion(self, ids: list[int]) -> Completion:
         # generate pads finished rows; keep the stop token (verl's response_mask keeps it too).
         end = next((i + 1 for i, t in enumerate(ids) if t in self.stop_ids), len(ids))
@@ -278,6 +285,22 @@ class VLLMBackend:
                      **({"multi_modal_data": {"image": p.images}} if p.images else {})} for p in prompts]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         return [[Completion(o.text, list(o.token_ids)) for o in out.outputs] for out in outputs]
+
+    def close(self) -> None:
+        """Stop the engine process now: dropping the LLM object keeps it (and its GPU memory) until exit."""
+        self.llm.llm_engine.engine_core.shutdown()
+        del self.llm
+        _release_memory()
+
+
+def _release_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _as_list(value) -> list:
@@ -329,21 +352,32 @@ def make_backend(kind: str, checkpoint: str, *, cpu: bool = False, batch_size: i
 # ----------------------------------------------------------------------------------------------
 # Grading, resume and tables
 # ----------------------------------------------------------------------------------------------
-def grade(prompt: Prompt, completions: Sequence[Completion]) -> dict:
+def grade(prompt: Prompt, responses: Sequence[str], response_tokens: Sequence[int]) -> dict:
     """One JSONL record: every response of the sample, its extracted answer and its score."""
     from vgpo_verl.reward import compute_score, extract_boxed
 
-    scores = [float(compute_score(prompt.data_source, c.text, prompt.ground_truth, prompt.extra_info))
-              for c in completions]
+    scores = [float(compute_score(prompt.data_source, text, prompt.ground_truth, prompt.extra_info))
+              for text in responses]
     return {
         "sample_id": prompt.sample_id,
         "ground_truth": prompt.ground_truth,
-        "predictions": [extract_boxed(c.text) for c in completions],
+        "predictions": [extract_boxed(text) for text in responses],
         "scores": scores,
         "accuracy": sum(scores) / len(scores),
-        "response_tokens": [len(c.token_ids) for c in completions],
-        "responses": [c.text for c in completions],
+        "response_tokens": list(response_tokens),
+        "responses": list(responses),
     }
+
+
+def regrade(prompts: Sequence[Prompt], samples_path: pathlib.Path) -> int:
+    """Grades the stored responses again (after a grader fix) without generating; returns how many changed."""
+    finished = read_finished(samples_path)
+    by_id = {p.sample_id: p for p in prompts}
+    records = [grade(by_id[sid], r["responses"], r["response_tokens"]) if sid in by_id else r
+               for sid, r in finished.items()]
+    changed = sum(new["scores"] != old["scores"] for new, old in zip(records, finished.values()))
+    samples_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return changed
 
 
 def read_finished(path: pathlib.Path) -> dict[str, dict]:
@@ -401,7 +435,7 @@ def evaluate_benchmark(backend: GenerationBackend, prompts: Sequence[Prompt], sa
                 if len(completions) != sampling.n:
                     raise RuntimeError(f"sample {prompt.sample_id}: backend returned {len(completions)} "
                                        f"completions, expected {sampling.n}")
-                record = grade(prompt, completions)
+                record = grade(prompt, [c.text for c in completions], [len(c.token_ids) for c in completions])
                 finished[prompt.sample_id] = record
                 sink.write(json.dumps(record) + "\n")
             sink.flush()
@@ -466,14 +500,19 @@ def parse_named(value: str) -> tuple[str, str]:
 
 
 def protocol_settings(args, checkpoint: str) -> dict:
+    """What the stored samples depend on (--avg-k is not here: each mode has its own samples file)."""
     return {"checkpoint": checkpoint, "min_pixels": args.min_pixels, "max_pixels": args.max_pixels,
-            "max_model_len": args.max_model_len, "max_new_tokens": args.max_new_tokens, "avg_k": args.avg_k}
+            "max_model_len": args.max_model_len, "max_new_tokens": args.max_new_tokens}
 
 
 def evaluate_checkpoint(label: str, backend: GenerationBackend, benchmarks: dict[str, list[Prompt]],
                         out_dir: pathlib.Path, settings: dict, max_new_tokens: int | None = None,
-                        avg_k: int | None = None, chunk_size: int = 32, progress: bool = True) -> dict:
-    """Runs every benchmark and mode for one checkpoint; writes results.{json,md}; returns the results."""
+                        avg_k: int | None = None, chunk_size: int = 32, progress: bool = True,
+                        regrade_stored: bool = False) -> dict:
+    """Runs every benchmark and mode for one checkpoint; writes results.{json,md}; returns the results.
+
+    regrade_stored: grade the responses already stored again first (they are not generated again).
+    """
     run_dir = out_dir / label
     run_dir.mkdir(parents=True, exist_ok=True)
     settings_path = run_dir / "settings.json"
@@ -491,8 +530,11 @@ def evaluate_checkpoint(label: str, backend: GenerationBackend, benchmarks: dict
         sampling = dataclasses.replace(sampling, max_new_tokens=max_new_tokens)
         results["modes"][mode] = dataclasses.asdict(sampling)
         for bench, prompts in benchmarks.items():
-            outcome = evaluate_benchmark(backend, prompts, run_dir / "samples" / f"{bench}.{mode}.jsonl",
-                                         sampling, chunk_size=chunk_size, progress=progress)
+            samples_path = run_dir / "samples" / f"{bench}.{mode}.jsonl"
+            if regrade_stored and samples_path.exists():
+                logger.info("%s: %d stored samples changed score on regrading", samples_path.name,
+                            regrade(prompts, samples_path))
+            outcome = evaluate_benchmark(backend, prompts, samples_path, sampling, chunk_size=chunk_size, progress=progress)
             results["benchmarks"].setdefault(bench, {})[mode] = outcome
         results["average"][mode] = sum(b[mode]["accuracy"] for b in results["benchmarks"].values()) / len(benchmarks)
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))
@@ -525,6 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-pixels", type=int, default=PAPER_MAX_PIXELS)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: up to --max-model-len")
     parser.add_argument("--max-samples", type=int, default=None, help="first N samples of each benchmark")
+    parser.add_argument("--regrade", action="store_true",
+                        help="grade the stored responses again (after a grader change) before resuming")
     parser.add_argument("--image-key", default="images")
     parser.add_argument("--batch-size", type=int, default=8, help="transformers backend batch")
     parser.add_argument("--chunk-size", type=int, default=64, help="samples generated between two saves")
@@ -555,10 +599,10 @@ def main(argv: Iterable[str] | None = None) -> int:
                                             "gpu_memory_utilization": args.gpu_memory_utilization})
         results = evaluate_checkpoint(label, backend, benchmarks, args.out, protocol_settings(args, checkpoint),
                                       max_new_tokens=args.max_new_tokens, avg_k=args.avg_k,
-                                      chunk_size=args.chunk_size)
+                                      chunk_size=args.chunk_size, regrade_stored=args.regrade)
         print((args.out / label / "results.md").read_text())
         all_results.append(results)
-        del backend
+        backend.close()
     if len(all_results) >= 2:
         print(write_comparison(all_results, args.out))
     return 0
