@@ -25,7 +25,6 @@ vendors (AMD ROCm: ("cuda", "amd") falls back to the bare key; NPU) keep verl's 
 from __future__ import annotations
 
 import logging
-
 import sys
 
 import torch
