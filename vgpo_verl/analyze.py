@@ -93,9 +93,9 @@ def score_responses(model, processor, prompts: Sequence[Prompt], completions: Se
     """Raw similarity of every response token, from the hidden state at that token's own position."""
     from tqdm import tqdm
 
-    from vgpo_verl.scoring import HiddenStateCapture, visual_similarity, visual_token_ids
+    from vgpo_verl.scoring import HiddenStateCapture, visual_mask_of, visual_similarity, visual_token_ids
 
-    visual_ids = torch.tensor(visual_token_ids(model.config), dtype=torch.long)
+    visual_ids = visual_token_ids(model.config)
     device = next(model.parameters()).device
     pairs = [(group, prompt, completion) for group, (prompt, options) in enumerate(zip(prompts, completions))
              for completion in options if completion.token_ids]
@@ -110,10 +110,10 @@ def score_responses(model, processor, prompts: Sequence[Prompt], completions: Se
         with HiddenStateCapture(model, layer=layer) as capture:
             model(**inputs, use_cache=False, logits_to_keep=1)
         valid = batch["inputs"]["attention_mask"].bool()
-        hidden = capture.hidden.reshape(*valid.shape, -1)[valid.to(device)].float()
+        hidden = capture.hidden.reshape(*valid.shape, -1)[valid.to(device)]  # (N, H) packed
         cu_seqlens = torch.nn.functional.pad(valid.sum(dim=1).cumsum(0), (1, 0)).to(device)
-        token_ids = batch["inputs"]["input_ids"][valid]
-        similarity, visual = visual_similarity(hidden, cu_seqlens, torch.isin(token_ids, visual_ids).to(device))
+        visual_mask = visual_mask_of(batch["inputs"]["input_ids"][valid], visual_ids)
+        similarity, visual = visual_similarity(hidden, cu_seqlens, visual_mask.to(device))
         similarities.append(similarity.cpu()[batch["is_response"][valid]])
         has_visual.append(visual.cpu())
     lengths = torch.tensor([len(c.token_ids) for _, _, c in pairs], dtype=torch.long)
