@@ -114,8 +114,8 @@ def build_engine(model_dir: str, remove_padding: bool, sp: int):
 
 def engine_worker(rank: int, world_size: int, port: int, model_dir: str, samples: list, runs: list,
                   out_path: str) -> None:
-    """One rank: for each run (remove_padding, sp, dynamic_bsz, flags), verl's engine.infer_batch on
-    the samples; rank 0 saves {run name: {key: [per-sample tensors]}}.
+    """One rank: for each run (remove_padding, sp, dynamic_bsz, flags, optionally its own model_dir and
+    samples), verl's engine.infer_batch; rank 0 saves {run name: {key: [per-sample tensors]}}.
 
     Engines are built in the order the runs first ask for them (the padded one first: building a
     remove-padding engine patches the model classes' attention for the whole process).
@@ -141,14 +141,16 @@ def engine_worker(rank: int, world_size: int, port: int, model_dir: str, samples
             return original_capture(*args, **kwargs)
 
         vgpo_verl.engine.HiddenStateCapture = counting_capture
-        plain = transformers.AutoModelForImageTextToText.from_pretrained(model_dir)  # for position ids only
-        engines, results = {}, {}
+        plain_models, engines, results = {}, {}, {}
         for run in runs:
-            key = (run["remove_padding"], run.get("sp", 1))
+            run_dir, run_samples = run.get("model_dir", model_dir), run.get("samples", samples)
+            if run_dir not in plain_models:  # for position ids only
+                plain_models[run_dir] = transformers.AutoModelForImageTextToText.from_pretrained(run_dir)
+            key = (run_dir, run["remove_padding"], run.get("sp", 1))
             if key not in engines:
-                engines[key] = build_engine(model_dir, *key)
+                engines[key] = build_engine(*key)
             engine = engines[key]
-            batch = build_batch(plain, samples, **run.get("flags", {}))
+            batch = build_batch(plain_models[run_dir], run_samples, **run.get("flags", {}))
             tu.assign_non_tensor(
                 batch, use_remove_padding=run["remove_padding"], use_dynamic_bsz=run.get("dynamic_bsz", False),
                 max_token_len_per_gpu=run.get("max_token_len", 4096), micro_batch_size_per_gpu=2,

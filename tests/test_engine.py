@@ -39,15 +39,45 @@ def setup(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ws1(setup):
+def qwen3(tmp_path_factory):
+    """Tiny Qwen3-VL (verl patches its forward differently), image / text / images / frame-split video."""
+    model_dir = tmp_path_factory.mktemp("tiny_qwen3_vl")
+    model = tiny_vlm("qwen3_vl")
+    model.save_pretrained(model_dir)
+    generator = torch.Generator().manual_seed(5)
+    samples = [
+        make_sample(generator, images=1, response_len=6),
+        make_sample(generator, images=0, response_len=4),
+        make_sample(generator, images=2, response_len=5),
+        make_sample(generator, images=1, videos=1, split_video_frames=True, response_len=7),
+    ]
+    return model, str(model_dir), samples
+
+
+@pytest.fixture(scope="module")
+def ws1(setup, qwen3):
+    """All world-size-1 runs in one spawned rank (importing verl there dominates the cost)."""
     model, model_dir, samples = setup
-    return run_engine(model_dir, samples, WS1_RUNS, f"{model_dir}/ws1.pt")
+    _, qwen3_dir, qwen3_samples = qwen3
+    runs = WS1_RUNS + [{"name": "qwen3_padded", "remove_padding": False, "flags": SCORE,
+                        "model_dir": qwen3_dir, "samples": qwen3_samples}]
+    return run_engine(model_dir, samples, runs, f"{model_dir}/ws1.pt")
 
 
 @pytest.fixture(scope="module")
 def references(setup):
     model, _, samples = setup
     return {layer: [reference_scores(model, s, layer=layer) for s in samples] for layer in (-1, 0)}
+
+
+def test_qwen3_vl_scores_through_verls_engine(ws1, qwen3):
+    model, _, samples = qwen3
+    result = ws1["qwen3_padded"]
+    got = response_scores(result["outputs"]["vgpo_visual_score"], samples)
+    for i, (sample, scores) in enumerate(zip(samples, got)):
+        expected, has_visual = reference_scores(model, sample)
+        torch.testing.assert_close(scores.double(), expected[-sample.response_len :], atol=1e-4, rtol=0)
+        assert bool(result["outputs"]["vgpo_has_visual"][i][0]) == has_visual
 
 
 def response_scores(full_scores, samples):
