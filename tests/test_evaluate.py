@@ -94,6 +94,14 @@ def test_load_benchmark_names_bad_rows(tmp_path):
 
     write_benchmark(path, {"0": "1", "1": "2"})
     frame = pd.read_parquet(path)
+    frame.at[1, "images"] = [{"bytes": b"not an image", "path": None}]
+    frame.to_parquet(path)
+    broken = ev.load_benchmark(path)[1]  # images are decoded when a batch needs them
+    with pytest.raises(ValueError, match="planted sample 1: the image bytes do not decode"):
+        broken.images
+
+    write_benchmark(path, {"0": "1", "1": "2"})
+    frame = pd.read_parquet(path)
     frame["extra_info"] = [{"index": 4}, {"index": 4}]
     frame.to_parquet(path)
     with pytest.raises(ValueError, match="not unique"):

@@ -309,7 +309,7 @@ def analyze_checkpoint(label: str, checkpoint: str, prompts: Sequence[Prompt], a
     backend = make_backend(args.backend, checkpoint, cpu=args.cpu, min_pixels=args.min_pixels,
                            max_pixels=args.max_pixels, max_model_len=args.max_model_len,
                            batch_size=args.batch_size, dtype=args.dtype,
-                           max_images=max(1, max(len(p.images) for p in prompts)),
+                           max_images=max(1, max(len(p.image_sources) for p in prompts)),
                            # the scoring model is loaded on the same GPU once vLLM is gone
                            vllm_kwargs={"gpu_memory_utilization": args.gpu_memory_utilization})
     sampling = Sampling(temperature=args.temperature, n=args.n, max_new_tokens=args.max_new_tokens, seed=args.seed)

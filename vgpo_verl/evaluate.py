@@ -48,14 +48,25 @@ IMAGE_PLACEHOLDER = "<image>"
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Prompt:
-    """One benchmark question: chat messages (content as lists of typed parts) plus its images."""
+    """One benchmark question: chat messages (content as lists of typed parts) plus its images.
+
+    Images stay encoded (parquet cells: bytes, path or PIL image) until a batch needs them, so a
+    benchmark of thousands of megapixel images does not sit decoded in memory.
+    """
 
     sample_id: str
     messages: list[dict]
-    images: list  # PIL images, in the order of the image parts of ``messages``
+    image_sources: list  # in the order of the image parts of ``messages``
     ground_truth: str | None  # None only when loaded with require_answer=False (analysis prompts)
     data_source: str
     extra_info: dict
+    source_dir: pathlib.Path = pathlib.Path(".")  # relative image paths start here
+
+    @property
+    def images(self) -> list:
+        """The images decoded to RGB PIL images (a fresh decode on every access)."""
+        where = f"{self.data_source} sample {self.sample_id}"
+        return [_load_image(entry, self.source_dir, where) for entry in self.image_sources]
 
 
 @dataclasses.dataclass
@@ -103,7 +114,10 @@ def _load_image(entry: Any, base_dir: pathlib.Path, where: str):
     if isinstance(entry, Image.Image):
         return entry.convert("RGB")
     if isinstance(entry, dict) and entry.get("bytes") is not None:
-        return Image.open(io.BytesIO(entry["bytes"])).convert("RGB")
+        try:
+            return Image.open(io.BytesIO(entry["bytes"])).convert("RGB")
+        except Exception as error:  # PIL's message does not say which sample
+            raise ValueError(f"{where}: the image bytes do not decode ({error})") from error
     path = entry.get("path") if isinstance(entry, dict) else entry
     if isinstance(path, str) and path:
         resolved = pathlib.Path(path) if pathlib.Path(path).is_absolute() else base_dir / path
@@ -135,7 +149,7 @@ def load_benchmark(path: str | pathlib.Path, image_key: str = "images", max_samp
         if require_answer and "ground_truth" not in reward_model:
             raise KeyError(f"{where}: reward_model has no 'ground_truth'")
         images_raw = row.get(image_key)
-        images = [_load_image(entry, path.parent, where) for entry in (images_raw if images_raw is not None else [])]
+        image_sources = list(images_raw) if images_raw is not None else []
 
         messages = []
         for message in row["prompt"]:
@@ -144,19 +158,20 @@ def load_benchmark(path: str | pathlib.Path, image_key: str = "images", max_samp
                 content = _split_image_placeholders(content)
             messages.append({"role": message["role"], "content": list(content)})
         n_image_parts = sum(part.get("type") == "image" for m in messages for part in m["content"])
-        if n_image_parts != len(images):
+        if n_image_parts != len(image_sources):
             raise ValueError(
                 f"{where}: the prompt has {n_image_parts} {IMAGE_PLACEHOLDER} placeholder(s) but column "
-                f"{image_key!r} holds {len(images)} image(s)"
+                f"{image_key!r} holds {len(image_sources)} image(s)"
             )
         prompts.append(
             Prompt(
                 sample_id=sample_id,
                 messages=messages,
-                images=images,
+                image_sources=image_sources,
                 ground_truth=str(reward_model["ground_truth"]) if "ground_truth" in reward_model else None,
                 data_source=str(row.get("data_source") or path.stem),
                 extra_info=extra_info,
+                source_dir=path.parent,
             )
         )
     ids = [p.sample_id for p in prompts]
@@ -282,7 +297,7 @@ class VLLMBackend:
         params = SamplingParams(temperature=sampling.temperature, n=sampling.n, seed=sampling.seed,
                                 max_tokens=sampling.max_new_tokens)  # None: up to max_model_len
         requests = [{"prompt": chat_text(self.processor, p),
-                     **({"multi_modal_data": {"image": p.images}} if p.images else {})} for p in prompts]
+                     **({"multi_modal_data": {"image": p.images}} if p.image_sources else {})} for p in prompts]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         return [[Completion(o.text, list(o.token_ids)) for o in out.outputs] for out in outputs]
 
@@ -589,7 +604,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         raise SystemExit("give at least one --checkpoint and one --benchmark (or --compare DIR_A DIR_B)")
     benchmarks = {name: load_benchmark(path, args.image_key, args.max_samples)
                   for name, path in map(parse_named, args.benchmark)}
-    max_images = max((len(p.images) for prompts in benchmarks.values() for p in prompts), default=0)
+    max_images = max((len(p.image_sources) for prompts in benchmarks.values() for p in prompts), default=0)
     all_results = []
     for label, checkpoint in map(parse_named, args.checkpoint):
         backend = make_backend(args.backend, checkpoint, cpu=args.cpu, min_pixels=args.min_pixels,
