@@ -121,6 +121,24 @@ def test_plot_has_one_curve_per_checkpoint(tmp_path, n_checkpoints):
     assert _pure_colour_pixels(path, TAB10[n_checkpoints]) == 0
 
 
+def test_replot_from_responses_jsonl(tmp_path):
+    # two prompts, the first with two responses: the group scope spans them
+    scores = _scores([3, 5, 4], [0.1, 0.5, 0.3, 0.9, 0.7, 0.5, 0.3, 0.1, 0.2, 0.2, 0.6, 0.4], group=[0, 0, 1])
+    with (tmp_path / "responses.jsonl").open("w") as sink:
+        an.write_responses("ckpt", "/path/ckpt", scores, an.rho_of(scores, "group"), ["a", "b", "c"], sink)
+    (label, (checkpoint, back)), = an.read_responses(tmp_path / "responses.jsonl").items()
+    assert (label, checkpoint) == ("ckpt", "/path/ckpt")
+    assert back.group.tolist() == [0, 0, 1] and back.offsets.tolist() == [0, 3, 8, 12]
+    assert back.similarity.tolist() == pytest.approx(scores.similarity.tolist())
+
+    assert an.main(["--replot", str(tmp_path / "responses.jsonl"), "--out", str(tmp_path / "re"),
+                    "--bins", "4", "--rho-norm", "trajectory"]) == 0
+    document = json.loads((tmp_path / "re/visual_forgetting.json").read_text())
+    assert document["checkpoints"]["ckpt"]["rho"]["mean"] == pytest.approx(
+        _summary(scores, 4)["rho"]["mean"], abs=1e-5)  # _summary uses the trajectory scope
+    assert (tmp_path / "re/visual_forgetting.png").exists()
+
+
 def test_tables_hold_the_bins(tmp_path):
     scores = _scores([4, 6], [0.4, 0.3, 0.2, 0.1, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
     summaries = {"a": _summary(scores, 10), "b": _summary(scores, 10)}
@@ -208,6 +226,12 @@ def test_analyze_end_to_end_on_the_tiny_model(tiny_setup, tmp_path):
     assert len(records) == 6
     assert all(len(r["similarity"]) == len(r["rho"]) == len(r["token_ids"]) > 0 for r in records)
     assert (out / "tokens.html").read_text().count("<h3>") == 2  # --html 1 per checkpoint
+
+    # --replot needs no model: the same numbers again from responses.jsonl
+    assert an.main(["--replot", str(out / "responses.jsonl"), "--out", str(tmp_path / "replot"), "--bins", "10"]) == 0
+    replotted = json.loads((tmp_path / "replot/visual_forgetting.json").read_text())["checkpoints"]["first"]
+    assert replotted["similarity"]["mean"] == pytest.approx(first["similarity"]["mean"], abs=1e-4)
+    assert replotted["rho"]["mean"] == pytest.approx(first["rho"]["mean"], abs=1e-3)
 
     # The batched, padded scoring equals a plain per-sample recomputation from the model itself.
     reference = subprocess.run([PYTHON, "-c", REFERENCE, str(checkpoint), str(data), str(out / "responses.jsonl")],

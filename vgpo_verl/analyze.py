@@ -13,7 +13,8 @@ the mean hidden state of the image tokens), and writes into ``--out``:
   curve per checkpoint with a +-1 std band (spread over responses);
 - ``visual_forgetting.json`` / ``.csv``: the binned numbers, and per checkpoint the late/early ratio
   (curve mean over the last third of the positions / over the first third);
-- ``responses.jsonl``: every response with its per-token scores;
+- ``responses.jsonl``: every response with its per-token scores (``--replot`` redoes the plot and
+  tables from it, without a model, e.g. with other ``--bins`` or ``--rho-norm``);
 - ``tokens.html`` (``--html N``): the first N responses per checkpoint, tokens shaded by rho.
 
 Each response weighs the same in a bin (its own mean in the bin first), so long responses do not
@@ -276,13 +277,39 @@ def write_tables(summaries: dict[str, dict], settings: dict, out_dir: pathlib.Pa
                                  summary["late_early_ratio"]["similarity"], summary["late_early_ratio"]["rho"]])
 
 
-def write_responses(label: str, scores: ResponseScores, rho: torch.Tensor, texts: Sequence[str], sink) -> None:
+def write_responses(label: str, checkpoint: str, scores: ResponseScores, rho: torch.Tensor, texts: Sequence[str],
+                    sink) -> None:
+    """One JSON line per response: enough to re-plot with other bins or another rho scope (--replot)."""
     for r, sample_id in enumerate(scores.sample_ids):
         lo, hi = int(scores.offsets[r]), int(scores.offsets[r + 1])
-        sink.write(json.dumps({"checkpoint": label, "sample_id": sample_id, "has_visual": bool(scores.has_visual[r]),
+        sink.write(json.dumps({"checkpoint": label, "checkpoint_path": checkpoint, "sample_id": sample_id,
+                               "group": int(scores.group[r]), "has_visual": bool(scores.has_visual[r]),
                                "response": texts[r], "token_ids": scores.token_ids[r],
                                "similarity": [round(v, 5) for v in scores.similarity[lo:hi].tolist()],
                                "rho": [round(v, 5) for v in rho[lo:hi].tolist()]}) + "\n")
+
+
+def read_responses(path: pathlib.Path) -> dict[str, tuple[str, ResponseScores]]:
+    """Per checkpoint label, in file order: (checkpoint path, scores) read back from responses.jsonl."""
+    records: dict[str, list[dict]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        record = json.loads(line)
+        missing = {"checkpoint", "checkpoint_path", "sample_id", "group", "has_visual", "token_ids", "similarity"} - set(record)
+        if missing:
+            raise KeyError(f"{path} line {number}: missing {sorted(missing)}")
+        records.setdefault(record["checkpoint"], []).append(record)
+    out = {}
+    for label, rows in records.items():
+        lengths = torch.tensor([len(r["similarity"]) for r in rows])
+        out[label] = (rows[0]["checkpoint_path"], ResponseScores(
+            similarity=torch.tensor([v for r in rows for v in r["similarity"]], dtype=torch.float32),
+            offsets=torch.nn.functional.pad(lengths.cumsum(0), (1, 0)),
+            group=torch.tensor([r["group"] for r in rows], dtype=torch.long),
+            has_visual=torch.tensor([r["has_visual"] for r in rows], dtype=torch.bool),
+            sample_ids=[r["sample_id"] for r in rows],
+            token_ids=[r["token_ids"] for r in rows],
+        ))
+    return out
 
 
 def html_section(label: str, scores: ResponseScores, rho: torch.Tensor, tokenizer, n_responses: int) -> str:
@@ -336,9 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m vgpo_verl.analyze", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", action="append", required=True, metavar="[LABEL=]PATH",
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="[LABEL=]PATH",
                         help="Hugging Face checkpoint directory; repeat for one curve per checkpoint")
-    parser.add_argument("--data", type=pathlib.Path, required=True, help="verl-format parquet with images")
+    parser.add_argument("--data", type=pathlib.Path, help="verl-format parquet with images")
+    parser.add_argument("--replot", type=pathlib.Path, metavar="RESPONSES_JSONL",
+                        help="no model: redo the plot and tables from a previous run's responses.jsonl "
+                             "(e.g. with other --bins or --rho-norm)")
     parser.add_argument("--out", type=pathlib.Path, required=True)
     parser.add_argument("--max-samples", type=int, default=64)
     parser.add_argument("--bins", type=int, default=15)
@@ -361,15 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Iterable[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    if not 2 <= args.bins <= 100:
-        raise SystemExit(f"--bins must be between 2 and 100 (10-20 reads best), not {args.bins}")
+def analyze_all(args) -> tuple[dict[str, dict], list[str]]:
+    """Every --checkpoint in turn; writes responses.jsonl; returns the summaries and HTML sections."""
     prompts = load_benchmark(args.data, args.image_key, args.max_samples, require_answer=False)
     if not prompts:
         raise SystemExit(f"{args.data} holds no prompts")
-    args.out.mkdir(parents=True, exist_ok=True)
     summaries, html_parts = {}, []
     with (args.out / "responses.jsonl").open("w", encoding="utf-8") as responses_sink:
         for label, checkpoint in map(parse_named, args.checkpoint):
@@ -377,12 +403,29 @@ def main(argv: Iterable[str] | None = None) -> int:
                 raise SystemExit(f"checkpoint label {label!r} is given twice; write label=path")
             summary, scores, rho, texts, tokenizer = analyze_checkpoint(label, checkpoint, prompts, args)
             summaries[label] = summary
-            write_responses(label, scores, rho, texts, responses_sink)
+            write_responses(label, checkpoint, scores, rho, texts, responses_sink)
             if args.html:
                 html_parts.append(html_section(label, scores, rho, tokenizer, args.html))
             logger.info("%s: late/early ratio similarity %.3f, rho %.3f over %d responses", label,
                         summary["late_early_ratio"]["similarity"], summary["late_early_ratio"]["rho"],
                         summary["n_responses"])
+    return summaries, html_parts
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if not 2 <= args.bins <= 100:
+        raise SystemExit(f"--bins must be between 2 and 100 (10-20 reads best), not {args.bins}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    summaries, html_parts = {}, []
+    if args.replot:
+        for label, (checkpoint, scores) in read_responses(args.replot).items():
+            summaries[label] = summarise(label, checkpoint, scores, rho_of(scores, args.rho_norm), args.bins)
+    elif not args.checkpoint or args.data is None:
+        raise SystemExit("give --checkpoint (one or more) and --data, or --replot RESPONSES_JSONL")
+    else:
+        summaries, html_parts = analyze_all(args)
     settings = {key: (str(value) if isinstance(value, pathlib.Path) else value) for key, value in vars(args).items()}
     write_tables(summaries, settings, args.out)
     plot_visual_focus(summaries, args.bins, args.rho_norm, args.out / "visual_forgetting.png")
