@@ -1,0 +1,85 @@
+"""`python -m vgpo_verl.demo` (`make demo`): VGPO trains a tiny vision-language model on this CPU.
+
+Builds the tiny Qwen2.5-VL and the shapes task if missing (under .cache/demo in the repo), runs
+verl's `main_ppo` with `algorithm.adv_estimator=vgpo` for 2 steps plus one validation, shows its
+progress, and ends with a summary: steps, reward, the `vgpo/` metrics, wall time, peak memory and
+where the logs are. Exit code: verl's, or 1 if the run did not produce what the summary needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import re
+import signal
+import sys
+import time
+
+from vgpo_verl.demo import run as demo_run
+from vgpo_verl.demo.memory import PeakMemory
+from vgpo_verl.demo.summary import read_metrics, render_summary
+
+# Lines of verl's output worth showing live (the full log goes to train.log).
+PROGRESS = re.compile(
+    r"Training Progress|step:\d|val-core|Error|Traceback|Exception|Started a local Ray|vllm_async_server"
+)
+NOISE = re.compile(r"Warning|warnings.warn|'truncation'")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vgpo_verl.demo", description=__doc__.splitlines()[0])
+    p.add_argument("--cache-dir", type=pathlib.Path, default=demo_run.DEFAULT_CACHE,
+                   help="where the tiny model, the data and the run directories go (default: %(default)s)")
+    p.add_argument("--estimator", default="vgpo", help="algorithm.adv_estimator (default: %(default)s)")
+    p.add_argument("--verbose", action="store_true", help="echo all of verl's output, not just progress")
+    p.add_argument("extra", nargs="*", help="extra Hydra overrides passed to main_ppo")
+    return p
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through run_verl, which ends the run's processes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    started = time.monotonic()
+    cache = args.cache_dir.resolve()
+
+    print(f"[demo] preparing the tiny Qwen2.5-VL and the shapes task under {cache}", flush=True)
+    from vgpo_verl.demo.shapes_data import make_dataset
+    from vgpo_verl.demo.tiny_model import build_tiny_vlm
+
+    model_dir = build_tiny_vlm(cache / "tiny_qwen2_5_vl")
+    data_dir = cache / "shapes"
+    train, val = data_dir / "train.parquet", data_dir / "val.parquet"
+    if not (train.exists() and val.exists()):
+        train, val = make_dataset(data_dir, demo_run.TRAIN_PROMPTS, demo_run.VAL_PROMPTS, seed=0)
+
+    run_dir = cache / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overrides = demo_run.overrides(model_dir, train, val, args.estimator) + list(args.extra)
+    print(f"[demo] running verl main_ppo (adv_estimator={args.estimator}, {demo_run.STEPS} steps + validation); "
+          f"full log: {run_dir / 'train.log'}", flush=True)
+
+    def echo(line: str) -> None:
+        if args.verbose or (PROGRESS.search(line) and not NOISE.search(line)):
+            print("  | " + line.rstrip()[:300], flush=True)
+
+    with PeakMemory(demo_run.RUN_ID_VAR) as memory:
+        code, _run_id = demo_run.run_verl(run_dir, overrides, echo=echo, on_start=memory.watch)
+    wall_s = time.monotonic() - started
+
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    text, complete = render_summary(
+        metrics, steps=demo_run.STEPS, estimator=args.estimator, exit_code=code, wall_s=wall_s,
+        peak_memory_bytes=memory.peak_bytes, run_dir=run_dir,
+    )
+    print(text, flush=True)
+    if code != 0:
+        return code
+    return 0 if complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

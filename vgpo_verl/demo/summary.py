@@ -1,0 +1,78 @@
+"""The demo's closing summary, read from verl's file logger (one JSON line per step: {"step", "data"})."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+REWARD_KEY = "critic/score/mean"
+STEP_TIME_KEY = "timing_s/step"
+VGPO_PREFIX = "vgpo/"
+NO_VISUAL_KEY = "vgpo/no_visual_fraction"
+VAL_PREFIX = "val-core/"
+
+
+def read_metrics(path: pathlib.Path) -> dict[int, dict[str, float]]:
+    """step -> metrics (lines logged for the same step are merged); empty if the file is missing."""
+    by_step: dict[int, dict[str, float]] = {}
+    if not path.exists():
+        return by_step
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_step.setdefault(int(record["step"]), {}).update(record["data"])
+    return by_step
+
+
+def training_steps(metrics: dict[int, dict[str, float]]) -> list[int]:
+    return sorted(step for step, values in metrics.items() if REWARD_KEY in values)
+
+
+def render_summary(metrics, steps: int, estimator: str, exit_code: int, wall_s: float,
+                   peak_memory_bytes: int, run_dir: pathlib.Path) -> tuple[str, bool]:
+    """The summary text, and whether the run shows everything the demo promises.
+
+    Complete means: verl exited 0, `steps` training steps were logged with a reward, a validation
+    ran, and for vgpo every step has `vgpo/` metrics with no response lacking a visual token.
+    """
+    done = training_steps(metrics)
+    val = {k: v for values in metrics.values() for k, v in values.items() if k.startswith(VAL_PREFIX)}
+    lines = ["", "=" * 72, f"VGPO demo summary (adv_estimator={estimator})", "=" * 72]
+    lines.append(f"verl exit code      {exit_code}")
+    lines.append(f"training steps      {len(done)} of {steps}")
+    for step in done:
+        values = metrics[step]
+        step_time = values.get(STEP_TIME_KEY)
+        timing = f", step time {step_time:.1f} s" if step_time is not None else ""
+        lines.append(f"  step {step}: reward (accuracy) {values[REWARD_KEY]:.3f}{timing}")
+    for key, value in sorted(val.items()):
+        lines.append(f"validation          {key} = {value:.3f}")
+    if not val:
+        lines.append("validation          (none logged)")
+
+    problems = []
+    if exit_code != 0:
+        problems.append(f"verl exited with code {exit_code}")
+    if len(done) != steps:
+        problems.append(f"{len(done)} training steps logged, expected {steps}")
+    if not val:
+        problems.append("no validation metrics logged")
+    if estimator == "vgpo":
+        for step in done:
+            vgpo = {k: v for k, v in metrics[step].items() if k.startswith(VGPO_PREFIX)}
+            if not vgpo:
+                problems.append(f"step {step} has no vgpo/ metrics")
+                continue
+            lines.append(f"  step {step} vgpo/ metrics:")
+            lines.extend(f"    {k:<34} {v:.4f}" for k, v in sorted(vgpo.items()))
+            if vgpo.get(NO_VISUAL_KEY) != 0:
+                problems.append(f"step {step}: {NO_VISUAL_KEY} = {vgpo.get(NO_VISUAL_KEY)} (expected 0)")
+
+    lines.append(f"wall time           {wall_s / 60:.1f} min ({wall_s:.0f} s)")
+    lines.append(f"peak memory (PSS)   {peak_memory_bytes / 2**30:.1f} GiB, all processes of the run")
+    lines.append(f"logs                {run_dir / 'train.log'}")
+    lines.append(f"metrics (jsonl)     {run_dir / 'metrics.jsonl'}")
+    if problems:
+        lines.append("INCOMPLETE: " + "; ".join(problems))
+    lines.append("=" * 72)
+    return "\n".join(lines), not problems
