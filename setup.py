@@ -34,5 +34,10 @@ setup(
     entry_points={
         # verl imports every entry point of this group on `import verl`, in every process.
         "verl.plugins": ["vgpo = vgpo_verl.plugin"],
+        "console_scripts": [
+            "vgpo-analyze = vgpo_verl.analyze:main",
+            "vgpo-evaluate = vgpo_verl.evaluate:main",
+            "vgpo-data = vgpo_verl.data:main",
+        ],
     },
 )
