@@ -1,7 +1,8 @@
 """Cost of VGPO's visual scoring in the old-log-prob forward: scored vs plain, same model and batch.
 
 Two modes, both timing the two arms interleaved (plain, scored, scored, plain, ...) so machine noise
-hits both alike; the ratio (median scored / median plain) is printed last.
+hits both alike; the ratio (median over rounds of scored/plain) is printed last: of wall time on
+CUDA, of this process's CPU time on CPU (wall time on a shared CPU host is printed too).
 
 - `--mode verl` (default on CPU): verl's real FSDP2 engine (gloo, world size 1, the CPU platform of
   vgpo_verl.cpu) resolved through verl's EngineRegistry, i.e. vgpo_verl.engine's subclass;
@@ -89,17 +90,20 @@ def position_ids_4d(model, sample):
     return torch.cat([torch.arange(ids.shape[1], device=ids.device)[None], mrope[:, 0]], dim=0)
 
 
-def interleaved(arms: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each arm, alternating the order each round (after one warm-up round)."""
+def interleaved(arms: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Wall and process-CPU seconds per call of each arm, alternating the order each round (after one
+    warm-up round). CPU time counts only this process's work, so on a shared machine it is far less
+    disturbed by other processes than wall time (use --threads 1 so no thread spins while waiting)."""
     names = list(arms)
     for name in names:
         arms[name]()
-    times = {name: [] for name in names}
+    times = {clock: {name: [] for name in names} for clock in ("wall", "cpu")}
     for round_index in range(repeats):
         for name in names if round_index % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             arms[name]()
-            times[name].append(time.perf_counter() - start)
+            times["cpu"][name].append(time.process_time() - cpu)
+            times["wall"][name].append(time.perf_counter() - wall)
     return times
 
 
@@ -118,19 +122,25 @@ class HookTimer:
         return timed
 
 
-def report(times: dict[str, list[float]], hook_seconds: list[float], extra: str = "") -> None:
-    """Medians of each arm, the hook's own time, and the ratio: median over rounds of the ratio of
-    the two calls made back to back in that round (robust to load drifting on a shared machine)."""
-    plain, scored = statistics.median(times["plain"]), statistics.median(times["scored"])
-    print(f"plain  forward: median {plain * 1e3:9.1f} ms over {len(times['plain'])} runs")
-    print(f"scored forward: median {scored * 1e3:9.1f} ms over {len(times['scored'])} runs")
+def paired_ratio(times: dict[str, list[float]]) -> float:
+    """Median over rounds of scored/plain for the two calls made back to back in that round."""
+    return statistics.median(s / p for s, p in zip(times["scored"], times["plain"]))
+
+
+def report(times: dict, hook_seconds: list[float], device: str, extra: str = "") -> None:
+    """Per-arm medians, the hook's own time, then the ratio: on CUDA wall time (synchronised), on CPU
+    process CPU time (wall time on a shared host is printed too, for comparison)."""
+    for clock in ("wall", "cpu"):
+        plain, scored = statistics.median(times[clock]["plain"]), statistics.median(times[clock]["scored"])
+        print(f"{clock:4s} time: plain median {plain * 1e3:9.1f} ms, scored median {scored * 1e3:9.1f} ms "
+              f"over {len(times[clock]['plain'])} rounds; paired ratio {paired_ratio(times[clock]):.4f}x")
+    plain_wall = statistics.median(times["wall"]["plain"])
     hook = statistics.median(hook_seconds)
-    print(f"scoring inside the hook: median {hook * 1e3:.2f} ms per forward ({100 * hook / plain:.3f}% of plain)")
+    print(f"scoring inside the hook: median {hook * 1e3:.2f} ms per forward ({100 * hook / plain_wall:.3f}% of plain)")
     if extra:
         print(extra)
-    print(f"ratio of medians: {scored / plain:.4f}x")
-    paired = statistics.median(s / p for s, p in zip(times["scored"], times["plain"]))
-    print(f"overhead ratio scored/plain (median of paired rounds): {paired:.4f}x")
+    clock = "wall" if device.startswith("cuda") else "cpu"
+    print(f"overhead ratio scored/plain ({clock} time, median of paired rounds): {paired_ratio(times[clock]):.4f}x")
 
 
 # ---------------------------------------------------------------- verl-free mode
@@ -211,7 +221,7 @@ def run_hf(args, preset: dict) -> None:
             peaks[name] = torch.cuda.max_memory_allocated()
         extra = (f"peak memory: plain {peaks['plain'] / 2**30:.3f} GiB, scored {peaks['scored'] / 2**30:.3f} GiB, "
                  f"extra {(peaks['scored'] - peaks['plain']) / 2**20:.1f} MiB")
-    report(times, hook_seconds, extra)
+    report(times, hook_seconds, args.device, extra)
 
 
 # ---------------------------------------------------------------- verl engine mode
@@ -277,7 +287,7 @@ def run_verl(args, preset: dict) -> None:
 
         times = interleaved({"plain": arm(False), "scored": arm(True)}, args.repeats)
     torch.distributed.destroy_process_group()
-    report(times, hook_timer.seconds[1:])
+    report(times, hook_timer.seconds[1:], "cpu")
 
 
 def main(argv=None) -> None:
