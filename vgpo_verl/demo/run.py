@@ -73,6 +73,8 @@ def overrides(model_dir: pathlib.Path, train: pathlib.Path, val: pathlib.Path, e
         # (vLLM stays bf16: in fp32 its CPU linears pack the weights into oneDNN handles and drop the
         # parameters, so verl's weight sync after each step cannot load into them)
         f"+{rollout}.engine_kwargs.vllm.skip_mm_profiling=true",
+        # one model process fewer to start (each imports vLLM: ~30 s here): no worker process for TP=1
+        f"+{rollout}.engine_kwargs.vllm.distributed_executor_backend=uni",
         f"{rollout}.max_model_len={MAX_PROMPT_TOKENS + MAX_RESPONSE_TOKENS}",
         f"{rollout}.max_num_batched_tokens=512",
         f"{rollout}.max_num_seqs={BATCH_PROMPTS * RESPONSES_PER_PROMPT}",
@@ -86,6 +88,7 @@ def overrides(model_dir: pathlib.Path, train: pathlib.Path, val: pathlib.Path, e
         "reward.custom_reward_function.name=compute_score",
         # TransferQueue: one storage unit instead of 8 actors
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+        "+ray_kwargs.ray_init.include_dashboard=false",
         # trainer: one CPU "GPU", 2 steps, validation after the last one, metrics to console + jsonl
         "trainer.device=cpu",
         "trainer.nnodes=1",
