@@ -73,6 +73,11 @@ def overrides(model_dir: pathlib.Path, train: pathlib.Path, val: pathlib.Path, e
         # (vLLM stays bf16: in fp32 its CPU linears pack the weights into oneDNN handles and drop the
         # parameters, so verl's weight sync after each step cannot load into them)
         f"+{rollout}.engine_kwargs.vllm.skip_mm_profiling=true",
+        # images rescaled/normalized by the HF processor, not by vLLM's `visual.input_norm` buffers:
+        # verl starts vLLM on dummy weights (load_format=dummy), which turns those buffers into noise
+        # too, and its weight sync sends only the actor's state dict, which has no such buffers, so
+        # every image would reach vLLM's vision tower as ~0 (rollout/actor log-probs then disagree)
+        f"+{rollout}.engine_kwargs.vllm.mm_device_do_normalize=false",
         # one model process fewer to start (each imports vLLM: ~30 s here): no worker process for TP=1
         f"+{rollout}.engine_kwargs.vllm.distributed_executor_backend=uni",
         f"{rollout}.max_model_len={MAX_PROMPT_TOKENS + MAX_RESPONSE_TOKENS}",
