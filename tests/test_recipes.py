@@ -104,6 +104,13 @@ def test_pair_differs_only_in_the_estimator(model):
     assert len(names) == 2
 
 
+@pytest.mark.parametrize("name", ALL_RECIPES)
+def test_rollout_loads_real_weights(name):
+    # verl's default dummy start leaves vLLM's config-derived vision buffers (Qwen2.5-VL's image
+    # normalisation) as noise that the weight sync never fixes: rollouts would see blank images.
+    assert compose_recipe(name).actor_rollout_ref.rollout.load_format == "auto"
+
+
 def test_published_7b_numbers():
     """Spec, 'Hyper-parameters of the published 7B run', read back from the composed VGPO recipe."""
     c = compose_recipe("vgpo_qwen2_5_vl_7b")
