@@ -16,6 +16,8 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared helper beside this file
+
 # vLLM's engine in this process, so collective_rpc can run the weight sync below on its worker
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
@@ -50,45 +52,20 @@ def main(model_dir: str, data: str) -> None:
     import vgpo_verl.cpu
 
     vgpo_verl.cpu.enable()
-    import numpy as np
-    import pandas as pd
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
-    from verl.utils import hf_processor
-    from verl.utils.dataset.vision_utils import process_image
     from verl.utils.model import convert_weight_keys
-    from verl.workers.rollout.utils import qwen2_5_vl_dedup_image_tokens
 
-    row = pd.read_parquet(data).iloc[0]
-    proc = hf_processor(model_dir)
-    image = process_image({"bytes": row["images"][0]["bytes"]}, image_patch_size=14)  # as verl's dataset
-    question = "How many red circles?"
-    text = proc.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
-        add_generation_prompt=True, tokenize=False,
-    )
-    actor_in = proc(text=[text], images=[image], return_tensors="pt")
-    response = np.random.default_rng(0).integers(100, 150000, size=24).tolist()
-    text_prompt = proc.tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True)
-    text_prompt = list(text_prompt["input_ids"] if hasattr(text_prompt, "keys") else text_prompt)
-    ids = {True: actor_in["input_ids"][0].tolist() + response, False: text_prompt + response}
+    from _image_prompt_logprobs import hf_response_logprobs, image_and_text_prompts, vllm_response_logprobs
 
+    proc, image, actor_in, ids = image_and_text_prompts(model_dir, data)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
-    hf_logp = {}
-    for with_image, seq in ids.items():
-        input_ids = torch.tensor([seq])
-        kwargs = {}
-        if with_image:
-            kwargs = dict(pixel_values=actor_in["pixel_values"], image_grid_thw=actor_in["image_grid_thw"],
-                          mm_token_type_ids=(input_ids == proc.image_token_id).long())
-        with torch.no_grad():
-            logits = model(input_ids=input_ids, **kwargs).logits.float()
-        hf_logp[with_image] = torch.log_softmax(logits[0, :-1], -1).gather(-1, input_ids[0, 1:, None])[-len(response):, 0]
+    hf_logp = hf_response_logprobs(model, proc, actor_in, ids)
     # what the actor sends: its state dict under verl's key conversion
     actor_weights = [(k, v.detach().clone()) for k, v in convert_weight_keys(model.state_dict(), model).items()]
     del model
 
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     load_format, engine_kwargs = demo_rollout_settings(model_dir, data)
     llm = LLM(model=model_dir, dtype="bfloat16", max_model_len=160, enforce_eager=True, load_format=load_format,
@@ -106,15 +83,9 @@ def main(model_dir: str, data: str) -> None:
 
     llm.collective_rpc(sync_from_actor)
     facts = {"load_format": load_format, "engine_kwargs": engine_kwargs}
-    params = SamplingParams(max_tokens=1, prompt_logprobs=0)
-    for with_image, seq in ids.items():
-        prompt = {"prompt_token_ids": qwen2_5_vl_dedup_image_tokens(seq, proc) if with_image else seq}
-        if with_image:
-            prompt["multi_modal_data"] = {"image": [image]}
-        out = llm.generate([prompt], params, use_tqdm=False)[0]
-        seen = list(out.prompt_token_ids)
-        vllm_logp = torch.tensor([out.prompt_logprobs[i][seen[i]].logprob for i in range(len(seen) - len(response), len(seen))])
-        facts[f"mean_abs_dlogp_image_{with_image}"] = (vllm_logp - hf_logp[with_image]).abs().mean().item()
+    vllm_logp, _ = vllm_response_logprobs(llm, proc, image, ids)
+    for with_image in ids:
+        facts[f"mean_abs_dlogp_image_{with_image}"] = (vllm_logp[with_image] - hf_logp[with_image]).abs().mean().item()
     print("SYNCED_AGREEMENT=" + json.dumps(facts), flush=True)
 
 
