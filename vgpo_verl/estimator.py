@@ -50,13 +50,14 @@ def vgpo_config_from(algorithm_config: Any) -> VGPOConfig:
     return VGPOConfig.from_mapping(block)
 
 
-_MISSING_SCORES = (
-    "adv_estimator=vgpo needs the actor's visual similarity scores, and none reached the estimator. "
+# How to get the scores back; shared with the trainer wiring's error when they are absent from the batch.
+MISSING_SCORES_FIX = (
     "They are computed in the old-log-prob forward pass, so that pass must run: it is skipped when "
     "algorithm.rollout_correction.bypass_mode=true (set it to false). Also check that vgpo-verl is "
     "installed in every node's environment (`pip install vgpo-verl`; its verl.plugins entry point "
     "registers the scoring engine), or pass actor_rollout_ref.model.external_lib=vgpo_verl."
 )
+_MISSING_SCORES = "adv_estimator=vgpo needs the actor's visual similarity scores, and none reached the estimator. " + MISSING_SCORES_FIX
 
 
 def compute_vgpo_advantage(

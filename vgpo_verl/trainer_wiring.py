@@ -55,11 +55,11 @@ def _first_token_flags(has_visual_nested: torch.Tensor) -> torch.Tensor:
 
 
 def _missing_scores_error(cause: Exception) -> RuntimeError:
+    from vgpo_verl.estimator import MISSING_SCORES_FIX
+
     return RuntimeError(
         f"adv_estimator=vgpo: the actor's visual scores ({SCORE_KEY!r}) are not in the batch ({cause}). "
-        "The scoring engine must run on every actor worker: install vgpo-verl in the workers' environment "
-        "(its verl.plugins entry point registers it) or pass actor_rollout_ref.model.external_lib=vgpo_verl; "
-        "scores are computed in the old-log-prob pass, which algorithm.rollout_correction.bypass_mode=true skips."
+        + MISSING_SCORES_FIX
     )
 
 
