@@ -53,6 +53,7 @@ from verl.utils import tensordict_utils as tu  # noqa: E402  (after register: se
 from verl.workers.engine.base import EngineRegistry  # noqa: E402
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead  # noqa: E402
 
+from vgpo_verl.preflight import SCORING_ENGINE_KEYS as ENGINE_KEYS  # noqa: E402  (one list, checked at start-up)
 from vgpo_verl.scoring import (  # noqa: E402
     CHUNK_KEY,
     DEFAULT_CHUNK_TOKENS,
@@ -70,8 +71,6 @@ from vgpo_verl.scoring import (  # noqa: E402
 )
 
 logger = logging.getLogger(__name__)
-
-ENGINE_KEYS = (("cuda", "nvidia"),)
 
 
 class _MicroBatchScorer:

@@ -1,0 +1,181 @@
+"""vgpo_verl.preflight: unsupported setups are refused in the driver, before Ray, naming the dotted key.
+
+The subprocess tests run verl's real entry points (`python -m verl.trainer.main_ppo` and the two
+experimental mains) with a model path that does not exist: a refusal must come from our check,
+and Ray must not have started (verl's run_ppo prints "ray init kwargs" right before ray.init).
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+import verl
+from vgpo_verl import preflight
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SITE = pathlib.Path(verl.__file__).resolve().parents[1]  # the experimental configs' searchpath is relative
+NVIDIA = ("cuda", "nvidia")
+
+
+def config(**over):
+    base = {
+        "algorithm": {"adv_estimator": "vgpo", "vgpo": {"beta": 0.3},
+                      "rollout_correction": {"bypass_mode": False}, "filter_groups": {"enable": True}},
+        "actor_rollout_ref": {"actor": {"strategy": "fsdp2"}, "model": {"external_lib": None}},
+        "trainer": {"use_v1": True, "device": "cuda", "v1": {"trainer_mode": "sync"}},
+    }
+    cfg = OmegaConf.create(base)
+    for key, value in over.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    return cfg
+
+
+def test_supported_setup_passes():
+    assert preflight.problems(config(), "verl.trainer.main_ppo", environ={}, engine_key=NVIDIA) == []
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("algorithm.vgpo.kappa", 1.5, "algorithm.vgpo.kappa=1.5: must lie in [0.0, 1.0]"),
+    ("algorithm.vgpo.no_such_knob", 1, "algorithm.vgpo: unknown key(s) ['no_such_knob']"),
+    ("actor_rollout_ref.actor.strategy", "megatron",
+     "actor_rollout_ref.actor.strategy=megatron: algorithm.adv_estimator=vgpo scores in verl's FSDP actor engine only; "
+     "use model_engine=dp (verl's default) with actor_rollout_ref.actor.strategy=fsdp2"),
+    ("algorithm.rollout_correction.bypass_mode", True, "set algorithm.rollout_correction.bypass_mode=false."),
+])
+def test_each_refusal_names_its_key_and_the_fix(key, value, expected):
+    found = preflight.problems(config(**{key: value}), "verl.trainer.main_ppo", environ={}, engine_key=NVIDIA)
+    assert len(found) == 1 and expected in found[0], found
+
+
+@pytest.mark.parametrize("engine_key, hint", [
+    (("cuda", "amd"), "run on NVIDIA GPUs"),
+    (("npu", "huawei"), "run on NVIDIA GPUs"),
+    (("cpu", "cpu"), "set VERL_ENGINE_DEVICE=cuda VERL_ENGINE_VENDOR=nvidia"),
+])
+def test_vendors_without_the_scoring_engine_are_refused(engine_key, hint):
+    (found,) = preflight.problems(config(), "verl.trainer.main_ppo", environ={}, engine_key=engine_key)
+    assert f"engine key {engine_key!r}" in found and hint in found
+
+
+def test_engine_key_follows_verl_overrides_in_driver_env_then_runtime_env():
+    cfg = config(**{"ray_kwargs.ray_init.runtime_env.env_vars": {"VERL_ENGINE_VENDOR": "amd"}})
+    env = preflight.worker_environment(cfg, {"VERL_ENGINE_DEVICE": "cuda", "VERL_ENGINE_VENDOR": "nvidia"})
+    assert preflight.resolved_engine_key(env) == ("cuda", "amd")
+    # our CPU platform (the demo) resolves to the scoring engine's key
+    assert preflight.resolved_engine_key({"VERL_ENGINE_DEVICE": "cuda", "VERL_ENGINE_VENDOR": "nvidia"}) == NVIDIA
+
+
+def test_disabled_entry_points_need_external_lib():
+    (found,) = preflight.problems(config(), "verl.trainer.main_ppo", environ={"VERL_USE_EXTERNAL_PLUGINS": "none"},
+                                  engine_key=NVIDIA)
+    assert "set actor_rollout_ref.model.external_lib=vgpo_verl" in found
+    fixed = config(**{"actor_rollout_ref.model.external_lib": "vgpo_verl"})
+    assert preflight.problems(fixed, "x", environ={"VERL_USE_EXTERNAL_PLUGINS": "none"}, engine_key=NVIDIA) == []
+    assert preflight.problems(config(), "x", environ={"VERL_USE_EXTERNAL_PLUGINS": "other,vgpo"},
+                              engine_key=NVIDIA) == []
+
+
+def test_other_estimators_are_never_refused():
+    bad = config(**{"algorithm.adv_estimator": "grpo", "actor_rollout_ref.actor.strategy": "megatron",
+                    "algorithm.rollout_correction.bypass_mode": True, "algorithm.vgpo.beta": -1.0})
+    assert preflight.problems(bad, "verl.trainer.main_ppo", environ={"VERL_USE_EXTERNAL_PLUGINS": "none"},
+                              engine_key=("npu", "huawei")) == []
+
+
+def test_registry_lets_another_estimator_get_the_same_checks(monkeypatch):
+    monkeypatch.setattr(preflight, "_SCORING_ESTIMATORS", dict(preflight._SCORING_ESTIMATORS))
+    seen = []
+    preflight.register_scoring_estimator("shaped", validate=seen.append)
+    assert preflight.requires_scoring_pass("shaped") and not preflight.requires_scoring_pass("grpo")
+    cfg = config(**{"algorithm.adv_estimator": "shaped", "algorithm.rollout_correction.bypass_mode": True})
+    (found,) = preflight.problems(cfg, "verl.trainer.main_ppo", environ={}, engine_key=NVIDIA)
+    assert "algorithm.adv_estimator=shaped" in found and seen and seen[0] is cfg.algorithm
+
+
+@pytest.mark.parametrize("entry, use_v1, kind", [
+    ("verl.trainer.main_ppo", True, "v1"),
+    ("verl.trainer.main_ppo", False, "legacy"),
+    ("verl.experimental.fully_async_policy.fully_async_main", True, "fully_async"),
+    ("verl.experimental.one_step_off_policy.main_ppo", True, "one_step_off"),
+    ("my_launcher", True, None),
+])
+def test_trainer_kind_and_filter_groups_warning(entry, use_v1, kind):
+    cfg = config(**{"trainer.use_v1": use_v1})
+    assert preflight.trainer_kind(cfg, entry) == kind
+    warned = any("filter_groups.enable=true is IGNORED" in w for w in preflight.warnings_for(cfg, entry))
+    assert warned == (kind in ("legacy", "fully_async", "one_step_off"))
+    cfg.algorithm.filter_groups.enable = False
+    assert preflight.warnings_for(cfg, entry) == []
+
+
+def test_wrapped_auto_set_device_reads_the_calling_main():
+    from verl.utils import device
+
+    assert getattr(device.auto_set_device, "_vgpo_wrapped", False)
+    entries = []
+
+    def fake_main():
+        entries.append(preflight._caller_entry(sys._getframe(0)))
+
+    fake_main()
+    assert entries == [__name__]
+
+
+# ------------------------------------------------------------------ verl's real entry points
+
+
+def start(module, *overrides, cwd=REPO, **env):
+    """Run an entry point in a child process; (returncode, stdout + stderr)."""
+    child_env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0", **env}
+    proc = subprocess.run([sys.executable, "-m", module, *overrides], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env=child_env)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+RECIPE = ["--config-path", str(REPO / "recipes"), "--config-name"]
+
+
+def test_main_ppo_refuses_every_problem_at_once_before_ray():
+    rc, out = start(
+        "verl.trainer.main_ppo", *RECIPE, "vgpo_qwen2_5_vl_3b", "actor_rollout_ref.model.path=/nonexistent",
+        "algorithm.rollout_correction.bypass_mode=true", "actor_rollout_ref.actor.strategy=megatron",
+        "algorithm.vgpo.beta=-1", VERL_ENGINE_VENDOR="amd",
+    )
+    assert rc != 0
+    assert "vgpo-verl refuses this run before starting Ray (algorithm.adv_estimator=vgpo)" in out, out[-3000:]
+    for line in ("algorithm.vgpo.beta=-1: must lie in", "actor_rollout_ref.actor.strategy=megatron:",
+                 "engine key ('cuda', 'amd')", "set algorithm.rollout_correction.bypass_mode=false"):
+        assert line in out, line
+    assert "ray init kwargs" not in out and "Started a local Ray instance" not in out
+
+
+@pytest.mark.parametrize("module, kind", [
+    ("verl.experimental.fully_async_policy.fully_async_main", "fully_async"),
+    ("verl.experimental.one_step_off_policy.main_ppo", "one_step_off"),
+])
+def test_experimental_trainers_default_bypass_is_refused_with_its_reason(module, kind):
+    rc, out = start(module, "algorithm.adv_estimator=vgpo", "actor_rollout_ref.model.path=/nonexistent", cwd=SITE)
+    assert rc != 0
+    assert (f"algorithm.rollout_correction.bypass_mode=true (the experimental {kind} trainer's config sets it "
+            "to true by default)") in out, out[-3000:]
+    assert "ray init kwargs" not in out
+
+
+def test_main_ppo_other_estimator_passes_our_check_and_legacy_filter_groups_warns_once():
+    # The same unsupported settings with DAPO's grpo: our check lets it through, so verl's own
+    # validate_config (next in main) is what stops it, on a deliberately invalid sampling setting.
+    rc, out = start(
+        "verl.trainer.main_ppo", *RECIPE, "dapo_qwen2_5_vl_3b", "actor_rollout_ref.model.path=/nonexistent",
+        "algorithm.rollout_correction.bypass_mode=true", "actor_rollout_ref.actor.strategy=megatron",
+        "trainer.use_v1=false", "actor_rollout_ref.rollout.temperature=0",
+        "actor_rollout_ref.rollout.val_kwargs.do_sample=true", VERL_ENGINE_VENDOR="amd",
+    )
+    assert rc != 0
+    assert "validation gen temperature should be greater than 0" in out, out[-3000:]
+    assert "vgpo-verl refuses" not in out
+    assert out.count("algorithm.filter_groups.enable=true is IGNORED with trainer.use_v1=false") == 1
+    assert "ray init kwargs" not in out

@@ -1,0 +1,287 @@
+"""Refuse setups the scoring engine cannot serve, in the driver, before Ray, workers or models start.
+
+Which estimators need the scores (the one registry; other estimators register here):
+
+    from vgpo_verl.preflight import register_scoring_estimator, requires_scoring_pass
+    register_scoring_estimator("my_estimator", validate=my_validate)  # validate(algorithm_config) or None
+    requires_scoring_pass("vgpo")  # True: the flagged old-log-prob pass must run and be scored
+
+An estimator registered here gets every start-up check below; `validate` receives verl's `algorithm`
+config and raises ValueError naming the offending `algorithm.<...>` key. Estimators that reuse the
+flagged old-log-prob pass (the engine's scores) must register here, or a run with an unsupported
+strategy, device or bypass mode fails only after a whole rollout. Every other estimator is never
+refused (one warning below applies to all: filter_groups on a trainer that ignores it).
+
+When: verl's three PPO entry points (verl.trainer.main_ppo, and the experimental
+fully_async_policy.fully_async_main and one_step_off_policy.main_ppo) all start with
+`auto_set_device(config)` in the driver, right after Hydra composed the config and before
+`run_ppo` calls `ray.init`. The plugin wraps `verl.utils.device.auto_set_device` when verl imports
+that module (during `import verl`, before any entry point binds the name); the wrapper runs verl's
+function, then `check(config, entry)`, where `entry` is the module of the calling `main`. Cost: a
+few config reads, no model download, no worker.
+
+What is checked, for estimators in the registry (each refusal names its dotted key and what to set):
+- the estimator's own knobs (`algorithm.vgpo.*` through VGPOConfig for vgpo);
+- `actor_rollout_ref.actor.strategy`: fsdp or fsdp2 (the scoring engine subclasses verl's FSDP engine);
+- the engine key the actor will resolve, (device, vendor) from verl's platform and the
+  VERL_ENGINE_DEVICE / VERL_ENGINE_VENDOR overrides (driver environment, then
+  `ray_kwargs.ray_init.runtime_env.env_vars`): the scoring engine is registered for ("cuda", "nvidia")
+  only (vgpo_verl.cpu's platform resolves to it too). A driver without an accelerator reads as
+  nvidia (verl's own fallback), so a CPU-only head node is not refused;
+- `algorithm.rollout_correction.bypass_mode`: must be false (bypass skips the old-log-prob pass; the
+  experimental fully_async / one_step_off configs default it to true);
+- the trainer kind: v1 (`trainer.use_v1=true`, any of verl's trainer modes), the legacy trainer and
+  the experimental fully_async / one_step_off trainers run the wrapped old-log-prob and advantage
+  methods; a `trainer.v1.trainer_mode` we do not know is let through with a warning;
+- the plugin reaching the workers: VERL_USE_EXTERNAL_PLUGINS=none (or a list without `vgpo`) needs
+  `actor_rollout_ref.model.external_lib=vgpo_verl`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("vgpo_verl")
+
+# Engine keys (device, vendor) the scoring engine is registered under (vgpo_verl.engine registers them).
+SCORING_ENGINE_KEYS: tuple[tuple[str, str], ...] = (("cuda", "nvidia"),)
+SCORING_STRATEGIES = ("fsdp", "fsdp2")
+# Name of our entry point in the `verl.plugins` group (setup.py).
+PLUGIN_ENTRY_POINT = "vgpo"
+# verl's v1 trainer modes (verl/trainer/ppo/v1/trainer_{sync,colocate_async,separate_async}.py):
+# subclasses of PPOTrainer that keep the wrapped _compute_old_log_prob / _compute_advantage.
+KNOWN_V1_MODES = ("sync", "colocate_async", "separate_async")
+
+# Calling `main` module -> trainer kind (None: the kind follows trainer.use_v1).
+ENTRY_POINTS: dict[str, str | None] = {
+    "verl.trainer.main_ppo": None,
+    "verl.experimental.fully_async_policy.fully_async_main": "fully_async",
+    "verl.experimental.one_step_off_policy.main_ppo": "one_step_off",
+}
+# Trainers without verl's DAPO dynamic sampling (only the v1 replay buffer implements filter_groups).
+IGNORES_FILTER_GROUPS = ("legacy", "fully_async", "one_step_off")
+
+_SCORING_ESTIMATORS: dict[str, Callable[[Any], None] | None] = {}
+_warned: set[str] = set()
+
+
+class UnsupportedSetupError(ValueError):
+    """The configuration asks for something the scoring engine cannot do; the message says what to set."""
+
+
+def register_scoring_estimator(name: str, validate: Callable[[Any], None] | None = None) -> None:
+    """Declare that estimator `name` needs the actor's scores from the flagged old-log-prob pass.
+
+    Args:
+        name: the `algorithm.adv_estimator` value.
+        validate: called with verl's `algorithm` config at start-up; raises ValueError naming the key.
+    """
+    _SCORING_ESTIMATORS[str(name)] = validate
+
+
+def requires_scoring_pass(estimator: str) -> bool:
+    """Whether `algorithm.adv_estimator=<estimator>` needs the scoring engine's old-log-prob pass."""
+    return str(estimator) in _SCORING_ESTIMATORS
+
+
+def _validate_vgpo(algorithm_config: Any) -> None:
+    from vgpo_verl.algorithm import VGPOConfig
+
+    try:
+        VGPOConfig.from_mapping(_get(algorithm_config, "vgpo"))
+    except ValueError as error:  # name the key as the user types it
+        raise ValueError(str(error).replace("VGPOConfig.", "algorithm.vgpo.")) from error
+
+
+register_scoring_estimator("vgpo", _validate_vgpo)
+
+
+def _get(config: Any, dotted: str, default: Any = None) -> Any:
+    """config.a.b.c for dicts / DictConfigs; `default` where a level is missing or None."""
+    node = config
+    for part in dotted.split("."):
+        if node is None:
+            return default
+        try:
+            node = node.get(part, None)
+        except AttributeError:
+            node = getattr(node, part, None)
+    return default if node is None else node
+
+
+def trainer_kind(config: Any, entry: str | None) -> str | None:
+    """'v1', 'legacy', 'fully_async', 'one_step_off', or None for an entry point we do not know."""
+    if entry not in ENTRY_POINTS:
+        return None
+    kind = ENTRY_POINTS[entry]
+    if kind is not None:
+        return kind
+    return "v1" if bool(_get(config, "trainer.use_v1", True)) else "legacy"
+
+
+def worker_environment(config: Any, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment verl's workers will see: the driver's, then the Ray runtime_env's env_vars."""
+    env = dict(os.environ if environ is None else environ)
+    extra = _get(config, "ray_kwargs.ray_init.runtime_env.env_vars", {}) or {}
+    env.update({str(k): str(v) for k, v in dict(extra).items()})
+    return env
+
+
+def resolved_engine_key(env: dict[str, str]) -> tuple[str, str]:
+    """(device, vendor) that verl's EngineRegistry.get_engine_cls will look up first in the workers."""
+    from verl.plugin.platform import get_platform
+
+    platform = get_platform()
+    device = env.get("VERL_ENGINE_DEVICE") or platform.device_name
+    vendor = env.get("VERL_ENGINE_VENDOR") or platform.vendor_name
+    return str(device), str(vendor)
+
+
+def problems(config: Any, entry: str | None, environ: dict[str, str] | None = None,
+             engine_key: tuple[str, str] | None = None) -> list[str]:
+    """Everything in `config` the scoring engine cannot serve, one line each; [] when fine or not ours.
+
+    Args:
+        config: the composed Hydra config of a PPO entry point.
+        entry: module name of the entry point's `main` (see ENTRY_POINTS), None if unknown.
+        environ: the driver's environment (default os.environ).
+        engine_key: (device, vendor) the workers resolve; default from verl's platform and the env.
+    """
+    estimator = str(_get(config, "algorithm.adv_estimator", ""))
+    if not requires_scoring_pass(estimator):
+        return []
+    found = []
+    est = f"algorithm.adv_estimator={estimator}"
+
+    validate = _SCORING_ESTIMATORS[estimator]
+    if validate is not None:
+        try:
+            validate(_get(config, "algorithm"))
+        except ValueError as error:
+            found.append(str(error))
+
+    strategy = str(_get(config, "actor_rollout_ref.actor.strategy", ""))
+    if strategy not in SCORING_STRATEGIES:
+        found.append(
+            f"actor_rollout_ref.actor.strategy={strategy}: {est} scores in verl's FSDP actor engine only; "
+            "use model_engine=dp (verl's default) with actor_rollout_ref.actor.strategy=fsdp2 (or fsdp)."
+        )
+
+    env = worker_environment(config, environ)
+    device, vendor = engine_key if engine_key is not None else resolved_engine_key(env)
+    if (device, vendor) not in SCORING_ENGINE_KEYS:
+        where = f"trainer.device={_get(config, 'trainer.device', '?')}, engine key ({device!r}, {vendor!r})"
+        hint = (
+            "set VERL_ENGINE_DEVICE=cuda VERL_ENGINE_VENDOR=nvidia (vgpo_verl.cpu.enable() does this for the demo)"
+            if device == "cpu"
+            else "run on NVIDIA GPUs (AMD ROCm and Ascend NPU keep verl's stock engine, which computes no scores)"
+        )
+        found.append(
+            f"{where}: {est} needs the scoring engine, registered for "
+            f"{', '.join(map(str, SCORING_ENGINE_KEYS))} only; {hint}."
+        )
+
+    if bool(_get(config, "algorithm.rollout_correction.bypass_mode", False)):
+        kind = trainer_kind(config, entry)
+        default_note = (
+            f" (the experimental {kind} trainer's config sets it to true by default)"
+            if kind in ("fully_async", "one_step_off") else ""
+        )
+        found.append(
+            f"algorithm.rollout_correction.bypass_mode=true{default_note}: bypass mode skips the actor's "
+            f"old-log-prob forward pass, where {est} computes its scores; set "
+            "algorithm.rollout_correction.bypass_mode=false."
+        )
+
+    plugins = env.get("VERL_USE_EXTERNAL_PLUGINS", "auto").strip().lower()
+    external = str(_get(config, "actor_rollout_ref.model.external_lib", "") or "")
+    plugin_off = plugins == "none" or (plugins != "auto" and PLUGIN_ENTRY_POINT not in
+                                       {p.strip() for p in plugins.split(",")})
+    if plugin_off and not external.startswith("vgpo_verl"):
+        found.append(
+            f"VERL_USE_EXTERNAL_PLUGINS={plugins}: verl will not load vgpo-verl's entry point in the workers, "
+            f"so {est} would have no scoring engine there; set actor_rollout_ref.model.external_lib=vgpo_verl "
+            f"(or add {PLUGIN_ENTRY_POINT!r} to VERL_USE_EXTERNAL_PLUGINS)."
+        )
+    return found
+
+
+def warnings_for(config: Any, entry: str | None) -> list[str]:
+    """Start-up warnings for any estimator (nothing refused)."""
+    out = []
+    kind = trainer_kind(config, entry)
+    if kind in IGNORES_FILTER_GROUPS and bool(_get(config, "algorithm.filter_groups.enable", False)):
+        switch = "trainer.use_v1=false" if kind == "legacy" else f"the experimental {kind} trainer"
+        out.append(
+            f"algorithm.filter_groups.enable=true is IGNORED with {switch}: verl 0.9's DAPO dynamic sampling "
+            "lives in the v1 trainer's replay buffer only, so every group is trained on, including groups "
+            "whose rewards are all equal. Use verl.trainer.main_ppo with trainer.use_v1=true (the default) "
+            "to filter, or set algorithm.filter_groups.enable=false to silence this."
+        )
+    estimator = str(_get(config, "algorithm.adv_estimator", ""))
+    mode = str(_get(config, "trainer.v1.trainer_mode", "sync"))
+    if requires_scoring_pass(estimator) and kind == "v1" and mode not in KNOWN_V1_MODES:
+        out.append(
+            f"trainer.v1.trainer_mode={mode}: a trainer mode vgpo-verl does not know; {estimator} works if its "
+            "class keeps PPOTrainer's _compute_old_log_prob and _compute_advantage (which vgpo-verl wraps)."
+        )
+    return out
+
+
+def check(config: Any, entry: str | None, environ: dict[str, str] | None = None,
+          engine_key: tuple[str, str] | None = None) -> None:
+    """Raise UnsupportedSetupError listing every problem; log the warnings (each once per process)."""
+    for message in warnings_for(config, entry):
+        if message not in _warned:
+            _warned.add(message)
+            logger.warning("vgpo-verl: %s", message)
+    found = problems(config, entry, environ, engine_key)
+    if found:
+        estimator = _get(config, "algorithm.adv_estimator")
+        raise UnsupportedSetupError(
+            f"vgpo-verl refuses this run before starting Ray (algorithm.adv_estimator={estimator}):\n"
+            + "\n".join(f"  - {line}" for line in found)
+        )
+
+
+def _caller_entry(frame) -> str | None:
+    """Module name of the function that called auto_set_device (its __spec__ name when run as __main__)."""
+    if frame is None:
+        return None
+    module_globals = frame.f_globals
+    name = module_globals.get("__name__")
+    if name != "__main__":
+        return name
+    spec = module_globals.get("__spec__")
+    if spec is not None:
+        return spec.name
+    path = os.path.realpath(module_globals.get("__file__") or "")  # `python path/to/main_ppo.py`
+    for module in ENTRY_POINTS:
+        if path.endswith(os.sep + module.replace(".", os.sep) + ".py"):
+            return module
+    return None
+
+
+def _wrap_auto_set_device(original):
+    import functools
+
+    @functools.wraps(original)
+    def auto_set_device(config, *args, **kwargs):
+        result = original(config, *args, **kwargs)
+        check(config, _caller_entry(sys._getframe(1)))
+        return result
+
+    auto_set_device._vgpo_wrapped = True
+    return auto_set_device
+
+
+def install() -> None:
+    """Wrap verl.utils.device.auto_set_device (run when verl imports that module). Idempotent."""
+    from verl.utils import device
+
+    if not getattr(device.auto_set_device, "_vgpo_wrapped", False):
+        device.auto_set_device = _wrap_auto_set_device(device.auto_set_device)
