@@ -19,6 +19,8 @@ setup(
         "pandas",
         "pyarrow",
         "math-verify>=0.8",
+        # The graders of the paper's protocol call it (vgpo_verl/grading.py).
+        "mathruler>=0.1.0,<0.2",
         "datasets",
         "hydra-core",
         "tqdm",
