@@ -217,9 +217,38 @@ def test_backend_choice_is_explicit(monkeypatch):
 
 
 def test_protocol_defaults_are_the_papers():
+    """Look-Back's eval/main.py defaults (max model length, pixels, --max-tokens 2048) and its scorer."""
     args = ev.build_parser().parse_args(["--out", "x"])
     assert (args.max_model_len, args.min_pixels, args.max_pixels) == (8192, 262_144, 1_000_000)
+    assert (args.max_new_tokens, args.grader) == (2048, "lookback")
     assert ev.modes(None)["greedy"].temperature == 0.0
+    settings = ev.protocol_settings(args, "ckpt")
+    assert (settings["max_new_tokens"], settings["grader"]) == (2048, "lookback")
+
+
+def test_grader_and_budget_are_recorded_and_used(benchmark, tmp_path):
+    """Default: Look-Back's scorer (a gold letter found inside the box counts) and 2048 new tokens."""
+    responses = {k: "\\boxed{C. 12}" for k in PLANTED}
+
+    class Recording(PlantedBackend):
+        def generate(self, prompts, sampling):
+            self.budget = sampling.max_new_tokens
+            return super().generate(prompts, sampling)
+
+    letters = [ev.Prompt(p.sample_id, p.messages, p.image_sources, "C", p.data_source, p.extra_info) for p in benchmark]
+    backend = Recording(responses)
+    results = _run(backend, letters, tmp_path / "lookback")
+    assert backend.budget == 2048
+    assert results["settings"]["grader"] == "lookback" and results["settings"]["max_new_tokens"] == 2048
+    assert results["benchmarks"]["planted"]["greedy"]["accuracy"] == pytest.approx(100.0)
+    assert "grader lookback, max new tokens 2048" in (tmp_path / "lookback/ckpt/results.md").read_text()
+
+    settings = {"checkpoint": "ckpt", "grader": "vgpo", "max_new_tokens": None}
+    results = ev.evaluate_checkpoint("ckpt", Recording(responses), {"planted": letters}, tmp_path / "vgpo", settings,
+                                     progress=False)
+    assert results["settings"]["grader"] == "vgpo"
+    assert results["benchmarks"]["planted"]["greedy"]["accuracy"] == pytest.approx(0.0)  # mathruler: "C. 12" != "C"
+    assert json.loads((tmp_path / "vgpo/ckpt/settings.json").read_text())["grader"] == "vgpo"
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,12 @@
     python -m vgpo_verl.evaluate --checkpoint vgpo=ckpts/vgpo --checkpoint dapo=ckpts/dapo \
         --benchmark mathvista=data/mathvista.parquet --benchmark mmk12=data/mmk12.parquet --out eval/
 
-Protocol: greedy decoding, max model length 8192, image pixels 262,144-1,000,000, accuracy of the
-last ``\\boxed{}`` answer graded by ``vgpo_verl.reward.compute_score`` (the training reward), with vLLM
-when it is usable and transformers ``generate`` otherwise (the backend in use is logged and recorded).
+Protocol (Look-Back's eval/main.py and eval/cal_score.py, github PKU-YuanGroup/Look-Back, which the
+paper's numbers come from): greedy decoding, max model length 8192, at most 2048 new tokens (their
+``--max-tokens``), image pixels 262,144-1,000,000, accuracy of the last ``\\boxed{}`` answer graded by
+``vgpo_verl.grading`` ``"lookback"`` (their ``accuracy_reward``; ``--grader vgpo`` grades with the
+training reward instead). vLLM when it is usable and transformers ``generate`` otherwise (the backend in
+use is logged and recorded); grader and token budget are recorded in ``settings.json`` and the results.
 ``--avg-k K`` adds avg@K: K samples per prompt at temperature 1.0, mean accuracy.
 
 Benchmarks are verl-format parquet files (``prompt`` chat messages with ``<image>`` placeholders,
@@ -36,6 +39,8 @@ logger = logging.getLogger("vgpo_verl.evaluate")
 
 # The paper's evaluation protocol.
 PAPER_MAX_MODEL_LEN = 8192
+PAPER_MAX_NEW_TOKENS = 2048  # Look-Back eval/main.py --max-tokens
+PAPER_GRADER = "lookback"
 PAPER_MIN_PIXELS = 262_144
 PAPER_MAX_PIXELS = 1_000_000
 AVG_K_TEMPERATURE = 1.0
@@ -71,7 +76,7 @@ class Prompt:
 
 @dataclasses.dataclass
 class Sampling:
-    """Decoding settings. ``max_new_tokens=None``: up to the model length (what the paper did)."""
+    """Decoding settings. ``max_new_tokens=None``: up to the model length."""
 
     temperature: float = 0.0
     n: int = 1
@@ -367,16 +372,21 @@ def make_backend(kind: str, checkpoint: str, *, cpu: bool = False, batch_size: i
 # ----------------------------------------------------------------------------------------------
 # Grading, resume and tables
 # ----------------------------------------------------------------------------------------------
-def grade(prompt: Prompt, responses: Sequence[str], response_tokens: Sequence[int]) -> dict:
-    """One JSONL record: every response of the sample, its extracted answer and its score."""
-    from vgpo_verl.reward import compute_score, extract_boxed
+def grade(prompt: Prompt, responses: Sequence[str], response_tokens: Sequence[int], grader: str) -> dict:
+    """One JSONL record: every response of the sample, its boxed answer and its score by ``grader``.
 
-    scores = [float(compute_score(prompt.data_source, text, prompt.ground_truth, prompt.extra_info))
-              for text in responses]
+    ``meta`` carries the benchmark's own ids (WeMath's ``ID`` and ``key`` for its 4-dimensional score,
+    MathVerse's ``problem_version``, ...) as ``vgpo_verl.data`` stored them.
+    """
+    from vgpo_verl.grading import boxed_answer, score
+
+    scores = [score(text, prompt.ground_truth, grader) for text in responses]
+    meta = prompt.extra_info.get("meta")
     return {
         "sample_id": prompt.sample_id,
         "ground_truth": prompt.ground_truth,
-        "predictions": [extract_boxed(text) for text in responses],
+        "meta": json.loads(meta) if meta else {},
+        "predictions": [boxed_answer(text) for text in responses],
         "scores": scores,
         "accuracy": sum(scores) / len(scores),
         "response_tokens": list(response_tokens),
@@ -384,11 +394,11 @@ def grade(prompt: Prompt, responses: Sequence[str], response_tokens: Sequence[in
     }
 
 
-def regrade(prompts: Sequence[Prompt], samples_path: pathlib.Path) -> int:
+def regrade(prompts: Sequence[Prompt], samples_path: pathlib.Path, grader: str) -> int:
     """Grades the stored responses again (after a grader fix) without generating; returns how many changed."""
     finished = read_finished(samples_path)
     by_id = {p.sample_id: p for p in prompts}
-    records = [grade(by_id[sid], r["responses"], r["response_tokens"]) if sid in by_id else r
+    records = [grade(by_id[sid], r["responses"], r["response_tokens"], grader) if sid in by_id else r
                for sid, r in finished.items()]
     changed = sum(new["scores"] != old["scores"] for new, old in zip(records, finished.values()))
     samples_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
@@ -428,7 +438,8 @@ def modes(avg_k: int | None) -> dict[str, Sampling]:
 
 
 def evaluate_benchmark(backend: GenerationBackend, prompts: Sequence[Prompt], samples_path: pathlib.Path,
-                       sampling: Sampling, chunk_size: int = 32, progress: bool = True) -> dict:
+                       sampling: Sampling, grader: str = PAPER_GRADER, chunk_size: int = 32,
+                       progress: bool = True) -> dict:
     """Generates and grades the prompts not yet in ``samples_path``; returns accuracy over all of them."""
     from tqdm import tqdm
 
@@ -450,7 +461,7 @@ def evaluate_benchmark(backend: GenerationBackend, prompts: Sequence[Prompt], sa
                 if len(completions) != sampling.n:
                     raise RuntimeError(f"sample {prompt.sample_id}: backend returned {len(completions)} "
                                        f"completions, expected {sampling.n}")
-                record = grade(prompt, [c.text for c in completions], [len(c.token_ids) for c in completions])
+                record = grade(prompt, [c.text for c in completions], [len(c.token_ids) for c in completions], grader)
                 finished[prompt.sample_id] = record
                 sink.write(json.dumps(record) + "\n")
             sink.flush()
@@ -461,7 +472,9 @@ def evaluate_benchmark(backend: GenerationBackend, prompts: Sequence[Prompt], sa
 
 def results_markdown(results: dict) -> str:
     mode_names = list(results["modes"])
-    lines = [f"Checkpoint `{results['checkpoint']}` (backend {results['backend']}), accuracy in %", "",
+    settings = results["settings"]
+    lines = [f"Checkpoint `{results['checkpoint']}` (backend {results['backend']}, grader {settings['grader']}, "
+             f"max new tokens {settings['max_new_tokens']}), accuracy in %", "",
              "| benchmark | n | " + " | ".join(mode_names) + " |",
              "|---|---:|" + "---:|" * len(mode_names)]
     for name, bench in results["benchmarks"].items():
@@ -517,17 +530,20 @@ def parse_named(value: str) -> tuple[str, str]:
 def protocol_settings(args, checkpoint: str) -> dict:
     """What the stored samples depend on (--avg-k is not here: each mode has its own samples file)."""
     return {"checkpoint": checkpoint, "min_pixels": args.min_pixels, "max_pixels": args.max_pixels,
-            "max_model_len": args.max_model_len, "max_new_tokens": args.max_new_tokens}
+            "max_model_len": args.max_model_len, "max_new_tokens": args.max_new_tokens, "grader": args.grader}
 
 
 def evaluate_checkpoint(label: str, backend: GenerationBackend, benchmarks: dict[str, list[Prompt]],
-                        out_dir: pathlib.Path, settings: dict, max_new_tokens: int | None = None,
-                        avg_k: int | None = None, chunk_size: int = 32, progress: bool = True,
-                        regrade_stored: bool = False) -> dict:
+                        out_dir: pathlib.Path, settings: dict, avg_k: int | None = None, chunk_size: int = 32,
+                        progress: bool = True, regrade_stored: bool = False) -> dict:
     """Runs every benchmark and mode for one checkpoint; writes results.{json,md}; returns the results.
 
+    ``settings`` (``protocol_settings``) holds what the samples depend on; its ``grader`` (default
+    "lookback") and ``max_new_tokens`` (default 2048, None: up to the model length) are used here.
     regrade_stored: grade the responses already stored again first (they are not generated again).
     """
+    settings = {"grader": PAPER_GRADER, "max_new_tokens": PAPER_MAX_NEW_TOKENS, **settings}
+    grader, max_new_tokens = settings["grader"], settings["max_new_tokens"]
     run_dir = out_dir / label
     run_dir.mkdir(parents=True, exist_ok=True)
     settings_path = run_dir / "settings.json"
@@ -548,8 +564,9 @@ def evaluate_checkpoint(label: str, backend: GenerationBackend, benchmarks: dict
             samples_path = run_dir / "samples" / f"{bench}.{mode}.jsonl"
             if regrade_stored and samples_path.exists():
                 logger.info("%s: %d stored samples changed score on regrading", samples_path.name,
-                            regrade(prompts, samples_path))
-            outcome = evaluate_benchmark(backend, prompts, samples_path, sampling, chunk_size=chunk_size, progress=progress)
+                            regrade(prompts, samples_path, grader))
+            outcome = evaluate_benchmark(backend, prompts, samples_path, sampling, grader=grader,
+                                         chunk_size=chunk_size, progress=progress)
             results["benchmarks"].setdefault(bench, {})[mode] = outcome
         results["average"][mode] = sum(b[mode]["accuracy"] for b in results["benchmarks"].values()) / len(benchmarks)
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))
@@ -580,7 +597,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-model-len", type=int, default=PAPER_MAX_MODEL_LEN)
     parser.add_argument("--min-pixels", type=int, default=PAPER_MIN_PIXELS)
     parser.add_argument("--max-pixels", type=int, default=PAPER_MAX_PIXELS)
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: up to --max-model-len")
+    parser.add_argument("--max-new-tokens", type=int, default=PAPER_MAX_NEW_TOKENS,
+                        help="new-token budget (default 2048, Look-Back's --max-tokens); 0: up to --max-model-len")
+    parser.add_argument("--grader", default=PAPER_GRADER, choices=["lookback", "vgpo"],
+                        help="lookback: the paper's evaluation scorer (default); vgpo: the training reward")
     parser.add_argument("--max-samples", type=int, default=None, help="first N samples of each benchmark")
     parser.add_argument("--regrade", action="store_true",
                         help="grade the stored responses again (after a grader change) before resuming")
@@ -596,6 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Iterable[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.max_new_tokens == 0:
+        args.max_new_tokens = None
     if args.compare:
         results = [json.loads((pathlib.Path(d) / "results.json").read_text()) for d in args.compare]
         print(write_comparison(results, args.out))
@@ -613,8 +635,7 @@ def main(argv: Iterable[str] | None = None) -> int:
                                vllm_kwargs={"tensor_parallel_size": args.tensor_parallel_size,
                                             "gpu_memory_utilization": args.gpu_memory_utilization})
         results = evaluate_checkpoint(label, backend, benchmarks, args.out, protocol_settings(args, checkpoint),
-                                      max_new_tokens=args.max_new_tokens, avg_k=args.avg_k,
-                                      chunk_size=args.chunk_size, regrade_stored=args.regrade)
+                                      avg_k=args.avg_k, chunk_size=args.chunk_size, regrade_stored=args.regrade)
         print((args.out / label / "results.md").read_text())
         all_results.append(results)
         backend.close()
