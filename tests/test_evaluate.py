@@ -274,22 +274,18 @@ def test_end_to_end_on_the_tiny_model(tiny_setup, tmp_path):
 
 
 def test_benchmark_prepared_by_the_data_tool(tmp_path):
-    """vgpo_verl.data's parquet -> load_benchmark -> grading, multiple choice included."""
+    """vgpo_verl.data's parquet -> load_benchmark -> grading with Look-Back's scorer, ids kept in the samples."""
+    from _dataset_cards import write_wemath
+
     from vgpo_verl import data
 
-    Image.new("RGB", (40, 30), "white").save(tmp_path / "a.png")
-    rows = [
-        {"pid": "p1", "question": "What is 2 + 2?", "answer": "4", "image": "a.png"},
-        {"pid": "p2", "question": "Which is larger?", "answer": "7", "choices": ["3", "7"], "image": "a.png"},
-        {"pid": "p3", "question": "Angle?", "answer": "30", "image": "a.png"},
-    ]
-    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert data.main(["mathvista", "--input", str(tmp_path / "in.jsonl"), "--split", "testmini",
-                      "--out", str(tmp_path / "data")]) == 0
-    prompts = ev.load_benchmark(tmp_path / "data/mathvista/testmini.parquet")
-    assert [len(p.images) for p in prompts] == [1, 1, 1]
-    responses = {prompts[0].sample_id: "\\boxed{4}",
-                 prompts[1].sample_id: "the larger one is \\boxed{B}",  # the letter of the right choice
-                 prompts[2].sample_id: "\\boxed{60}"}
+    assert data.main(["wemath", "--input", str(write_wemath(tmp_path / "We-Math")), "--out", str(tmp_path / "data")]) == 0
+    prompts = ev.load_benchmark(tmp_path / "data/wemath/testmini.parquet")
+    assert [len(p.images) for p in prompts] == [1, 1] and [p.ground_truth for p in prompts] == ["B", "B"]
+    responses = {prompts[0].sample_id: "<think>...</think> \\boxed{B. 24}",  # the gold letter inside the box
+                 prompts[1].sample_id: "\\boxed{24}"}  # the option's text is not its letter
     results = _run(PlantedBackend(responses), prompts, tmp_path / "eval")
-    assert results["benchmarks"]["planted"]["greedy"]["accuracy"] == pytest.approx(100.0 * 2 / 3)
+    assert results["benchmarks"]["planted"]["greedy"]["accuracy"] == pytest.approx(50.0)
+    records = [json.loads(line) for line in (tmp_path / "eval/ckpt/samples/planted.greedy.jsonl").read_text().splitlines()]
+    assert [(r["meta"]["ID"], r["meta"]["key"], r["scores"]) for r in records] == [
+        ("3steps_10", "3steps_1", [1.0]), ("3steps_10", "3steps_multi", [0.0])]

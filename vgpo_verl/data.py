@@ -1,22 +1,42 @@
 """Training and evaluation data of the VGPO paper, converted to verl's RL parquet format.
 
-    python -m vgpo_verl.data virl39k --input ~/hf/ViRL39K --out ~/data/vgpo            # train split
-    python -m vgpo_verl.data mmk12 --input ~/hf/MMK12 --split test --out ~/data/vgpo
-    python -m vgpo_verl.data mathvista --hf-name AI4Math/MathVista --split testmini --out ~/data/vgpo
+    python -m vgpo_verl.data virl39k --input ~/hf/PAPO_ViRL39K_train --out ~/data/vgpo   # training set
+    python -m vgpo_verl.data mmk12 --input ~/hf/PAPO_MMK12_test --out ~/data/vgpo        # validation set
+    python -m vgpo_verl.data mathvista --hf-name AI4Math/MathVista --out ~/data/vgpo     # a benchmark
     python -m vgpo_verl.data --list
 
-Input: a local directory or file (parquet, json/jsonl, or a `datasets.save_to_disk` folder; a hub
-snapshot with data/*.parquet works too), since training machines often have no hub access; or
-`--hf-name` to load from the hub with `datasets`. Output: `<out>/<dataset>/<split>.parquet`, one row per
-problem, in the columns verl's RLHFDataset reads:
+Sources. Training and validation are the VGPO authors' (their ``train_vgpo_7B.sh``, github
+wzb-bupt/VGPO): ``PAPOGalaxy/PAPO_ViRL39K_train`` (38,870 rows) and ``PAPOGalaxy/PAPO_MMK12_test``
+(2,000 rows; its one split is called ``train``, which is what their EasyR1 loader reads, and is
+written here as ``mmk12/test.parquet``). The original releases stay available as ``virl39k_tiger``
+(TIGER-Lab/ViRL39K: image paths into ``images.zip``, read from the zip or an unzipped folder) and
+``mmk12_fanqingm`` (FanqingM/MMK12, split ``test``). Benchmarks take their question, answer and image
+from the fields Look-Back's ``eval/utils/data_loaders.py`` (github PKU-YuanGroup/Look-Back) reads, or
+from the dataset card where Look-Back has no loader; each spec below says which.
+
+Input: a local directory or file (parquet, json/jsonl, or a ``datasets.save_to_disk`` folder; a hub
+snapshot works: exactly one source is picked for the split, see ``split_files``), since training
+machines often have no hub access; or ``--hf-name`` to load from the hub with ``datasets``. Output:
+``<out>/<dataset>/<split>.parquet``, one row per problem, in the columns verl's RLHFDataset reads:
 
     data_source   the dataset name (e.g. "virl39k")
-    prompt        [{"role": "user", "content": "<image>question ... INSTRUCTION"}], one `<image>` per image
+    prompt        [{"role": "user", "content": <the prompt template applied to the question>}], one
+                  `<image>` marker per image where the question has them, else all in front
     images        [{"bytes": original file bytes, "min_pixels": int, "max_pixels": int}]
                   (qwen_vl_utils.fetch_image, which verl calls, resizes within those pixel bounds)
     ability       "math"
-    reward_model  {"style": "rule", "ground_truth": answer}   (a `\\boxed{x}` answer is stored as x)
-    extra_info    {"split", "index", "id", "question", "answer", "choices"}  (choices: lettered A, B, ...)
+    reward_model  {"style": "rule", "ground_truth": answer}   (passed to the grader unchanged)
+    extra_info    {"split", "index", "id", "question", "answer", "meta"}  (meta: JSON of the
+                  benchmark's own ids, e.g. WeMath's ID and key for its 4-dimensional score)
+
+Prompt templates (``--prompt``; each dataset has its default):
+    math_format_perception  the VGPO authors' training template
+                            (examples/format_prompt/math_format_perception.jinja): the trimmed question,
+                            a blank line, then the <think>/\\boxed{} instruction. Training sets.
+    math                    the trimmed question, a space, then the upper-case instruction of their
+                            examples/format_prompt/math.jinja, which is also the default
+                            ``--system-prompt`` Look-Back's eval/main.py appends (``--version back``).
+                            Benchmarks.
 
 Rows without an image, without an answer, or with an image that does not decode are not written:
 each one is listed with its id and reason in `<split>.bad_rows.jsonl` next to the parquet, counted
@@ -32,53 +52,87 @@ import io
 import json
 import re
 import sys
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from mathruler.grader import extract_boxed_content
 from PIL import Image
 
-from vgpo_verl.reward import extract_boxed
-
-# The published prompt: reason inside <think></think>, then the final answer in \boxed{} (the wording
-# of the authors' math format prompt).
-INSTRUCTION = (
+# The instruction texts of the two templates (see the module doc), and what joins them to the question.
+PERCEPTION_INSTRUCTION = (
+    "You first think through the reasoning process as an internal monologue, enclosed within <think> </think> "
+    "tags. Then, provide your final answer enclosed within \\boxed{}."
+)
+MATH_INSTRUCTION = (
     "You FIRST think about the reasoning process as an internal monologue and then provide the final answer. "
     "The reasoning process MUST BE enclosed within <think> </think> tags. "
     "The final answer MUST BE put in \\boxed{}."
 )
+PROMPTS: dict[str, tuple[str, str]] = {
+    "math_format_perception": ("\n\n", PERCEPTION_INSTRUCTION),
+    "math": (" ", MATH_INSTRUCTION),
+}
+
+
+def render_prompt(template: str, question: str) -> str:
+    """The template applied to the question: ``{{ content | trim }}<separator><instruction>``."""
+    try:
+        separator, instruction = PROMPTS[template]
+    except KeyError:
+        raise ValueError(f"unknown prompt template {template!r}; the templates are {sorted(PROMPTS)}") from None
+    return f"{question.strip()}{separator}{instruction}"
+
 
 # Spec: training images between 262,144 and 4,194,304 pixels; the evaluation protocol 262,144..1,000,000.
 TRAIN_PIXELS = (262_144, 4_194_304)
 EVAL_PIXELS = (262_144, 1_000_000)
 
 IMAGE_MARKER = "<image>"
+# The question of a row whose question is printed in the image only (MMMU-Pro's vision setting). [ours]
 QUESTION_IN_IMAGE = "Answer the question shown in the image."
 _NUMBERED_MARKER = re.compile(r"<image[ _]?(\d+)>")
-_LETTERED_OPTIONS = re.compile(r"(?:^|[;\n])\s*\(?([A-H])[.:)：]\s*")
+_LETTERED_OPTIONS = re.compile(r"(?:^|[;\n])\s*\(?([A-J])[.:)：]\s*")
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-    """Where a dataset lives and which of its columns hold what (first name present wins)."""
+    """Where a dataset lives, which of its columns hold what (first name present wins), and its prompt."""
 
     name: str
     hf_name: str | None
     default_split: str
     pixels: tuple[int, int]
+    prompt: str  # a PROMPTS key
+    source_note: str  # the card or loader this spec follows
     id_cols: tuple[str, ...] = ("id", "qid", "pid", "ID", "sample_index", "index")
-    question_cols: tuple[str, ...] = ("question", "problem", "query")
-    answer_cols: tuple[str, ...] = ("answer", "solution", "label")
+    question_cols: tuple[str, ...] = ("problem", "question")
+    answer_cols: tuple[str, ...] = ("answer",)
     image_cols: tuple[str, ...] = ("images", "image", "decoded_image", "image_path")
-    choices_cols: tuple[str, ...] = ("choices", "options", "option")
     # Columns that are ALL images of one row, in order (MMMU's image_1..image_7); used when present.
     all_image_cols: tuple[str, ...] = ()
+    # A column of options to list after the question as (A) ... (MMMU-Pro's standard setting only).
+    options_col: str | None = None
+    # The answer is the text of the right choice in this column; the letter of it is the ground truth.
+    answer_is_choice_of: str | None = None
+    # The answer is written `\\boxed{x}` (TIGER-Lab ViRL39K card): the ground truth is x.
+    answer_boxed: bool = False
+    # Builds the question from the row when it is not one column (WeMath's Look-Back format).
+    question_from_row: Callable[[dict], str] | None = None
+    id_from_row: Callable[[dict], str] | None = None
+    # Rows in a chat layout ({"messages": [user, assistant], "images": [...]}, Look-Back's GeoMath loader).
+    chat_rows: bool = False
+    meta_cols: tuple[str, ...] = ()
     hf_config: str | None = None
-    # Benchmarks whose question may be printed in the image only (MathVerse's vision-only version,
-    # MMMU-Pro's vision setting): an empty question becomes QUESTION_IN_IMAGE instead of a bad row.
-    question_may_be_in_image: bool = False
+    # The question is printed in the image only: the prompt asks to answer it (QUESTION_IN_IMAGE).
+    question_in_image: bool = False
+    # Why `--hf-name` cannot work for this release (then --input is required).
+    hub_refusal: str | None = None
+    # Output file name of an input split, where they differ (PAPO_MMK12_test's `train` split is a test set).
+    output_split: dict[str, str] = dataclasses.field(default_factory=dict)
     # Benchmark subsets (rows outside are counted as `outside_subset`, not as bad rows).
     subset: Callable[[dict], bool] | None = None
     subset_doc: str = ""
@@ -88,30 +142,81 @@ def _mathverse_vision_only(row: dict) -> bool:
     return str(row.get("problem_version", "")).strip().lower() == "vision only"
 
 
+def _wemath_question(row: dict) -> str:
+    # Look-Back eval/utils/data_loaders.py load_wemath_dataset, verbatim layout.
+    return f"{row['question']}\n\nOptions: {row['option']}\nYour final answer must be one of A, B, C, or D."
+
+
+def _wemath_id(row: dict) -> str:
+    return f"{row['ID']}@{row['key']}"  # Look-Back's id: a problem's ID repeats across its steps
+
+
+_TRAINING = dict(pixels=TRAIN_PIXELS, prompt="math_format_perception")
+_BENCHMARK = dict(pixels=EVAL_PIXELS, prompt="math")
+
 # Hub names as published; `--hf-name` overrides, `--input` needs none.
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in [
-        DatasetSpec("virl39k", "TIGER-Lab/ViRL39K", "train", TRAIN_PIXELS),
-        DatasetSpec("mmk12", "FanqingM/MMK12", "train", TRAIN_PIXELS),
-        DatasetSpec("geo3k", "hiyouga/geometry3k", "train", TRAIN_PIXELS),
-        DatasetSpec("mathvista", "AI4Math/MathVista", "testmini", EVAL_PIXELS, question_cols=("question", "query")),
-        DatasetSpec(
-            "mathverse", "AI4Math/MathVerse", "testmini", EVAL_PIXELS, hf_config="testmini",
-            question_may_be_in_image=True,
-        ),
-        DatasetSpec(
-            "mathverse_vision", "AI4Math/MathVerse", "testmini", EVAL_PIXELS, hf_config="testmini",
-            question_may_be_in_image=True,
-            subset=_mathverse_vision_only, subset_doc="problem_version == 'Vision Only'",
-        ),
-        DatasetSpec("wemath", "We-Math/We-Math", "testmini", EVAL_PIXELS),
-        DatasetSpec("logicvista", "lscpku/LogicVista", "test", EVAL_PIXELS),
-        DatasetSpec("superclevr", None, "test", EVAL_PIXELS),
-        DatasetSpec(
-            "mmmu_pro", "MMMU/MMMU_Pro", "test", EVAL_PIXELS, hf_config="standard (10 options)",
-            all_image_cols=tuple(f"image_{i}" for i in range(1, 8)), question_may_be_in_image=True,
-        ),
+        DatasetSpec("virl39k", "PAPOGalaxy/PAPO_ViRL39K_train", "train", **_TRAINING,
+                    source_note="card PAPOGalaxy/PAPO_ViRL39K_train: problem (with <image> markers), answer, "
+                                "images (list of image bytes); the authors' train_vgpo_7B.sh TRAIN_FILE"),
+        DatasetSpec("virl39k_tiger", None, "train", **_TRAINING, answer_boxed=True,
+                    question_cols=("question",), image_cols=("image",), meta_cols=("category", "source"),
+                    hub_refusal="TIGER-Lab/ViRL39K's `image` column holds paths into images.zip, which "
+                                "`datasets` cannot load: download the snapshot and pass --input (the zip is read "
+                                "in place), or use `virl39k` (the authors' PAPO release)",
+                    source_note="card TIGER-Lab/ViRL39K: question, answer (always \\boxed{}), image (paths into "
+                                "images.zip), qid, category, source"),
+        DatasetSpec("mmk12", "PAPOGalaxy/PAPO_MMK12_test", "train", **_TRAINING, output_split={"train": "test"},
+                    source_note="card PAPOGalaxy/PAPO_MMK12_test (MMK12's test set as PAPO adapted it; problem, "
+                                "answer, images); the authors' train_vgpo_7B.sh VAL_FILE, read by EasyR1 as split "
+                                "train"),
+        DatasetSpec("mmk12_fanqingm", "FanqingM/MMK12", "test", **_TRAINING,
+                    source_note="card FanqingM/MMK12: question, answer, image; split test"),
+        DatasetSpec("geo3k", "hiyouga/geometry3k", "test", **_BENCHMARK,
+                    source_note="card hiyouga/geometry3k: problem (with <image>), answer, images"),
+        DatasetSpec("mathvista", "AI4Math/MathVista", "testmini", **_BENCHMARK, question_cols=("query",),
+                    answer_is_choice_of="choices", meta_cols=("pid", "question_type", "answer_type", "precision", "unit"),
+                    source_note="Look-Back load_mathvista_dataset: question = query (it carries the hint, unit, "
+                                "precision and choices), a multi_choice answer becomes the letter of its choice"),
+        DatasetSpec("mathverse", "AI4Math/MathVerse", "testmini", **_BENCHMARK, hf_config="testmini",
+                    question_cols=("query_cot",), meta_cols=("sample_index", "problem_index", "problem_version",
+                                                             "question_type"),
+                    source_note="Look-Back load_mathverse_dataset: testmini (all five versions, 3,940 rows), "
+                                "question = query_cot, answer"),
+        DatasetSpec("mathverse_vision", "AI4Math/MathVerse", "testmini", **_BENCHMARK, hf_config="testmini",
+                    question_cols=("query_cot",), meta_cols=("sample_index", "problem_index", "problem_version",
+                                                             "question_type"),
+                    subset=_mathverse_vision_only, subset_doc="problem_version == 'Vision Only'",
+                    source_note="as mathverse, the Vision Only version"),
+        DatasetSpec("wemath", "We-Math/We-Math", "testmini", **_BENCHMARK, question_from_row=_wemath_question,
+                    id_from_row=_wemath_id, meta_cols=("ID", "key", "knowledge concept", "question number"),
+                    source_note="Look-Back load_wemath_dataset: question + options + 'one of A, B, C, or D', "
+                                "id = ID@key; ID and key kept for WeMath's 4-dimensional score"),
+        DatasetSpec("logicvista", "lscpku/LogicVista", "test", **_BENCHMARK, meta_cols=("skill",),
+                    source_note="card lscpku/LogicVista: question (options inside), answer (a letter or several, "
+                                "'A, C'; graded as is), image"),
+        DatasetSpec("mmmu_pro", "MMMU/MMMU_Pro", "test", **_BENCHMARK, hf_config="standard (10 options)",
+                    all_image_cols=tuple(f"image_{i}" for i in range(1, 8)), options_col="options",
+                    meta_cols=("subject", "topic_difficulty"),
+                    source_note="card MMMU/MMMU_Pro 'standard (10 options)': question, options (A-J, may hold "
+                                "<image n>), answer letter, image_1..image_7"),
+        DatasetSpec("mmmu_pro_vision", "MMMU/MMMU_Pro", "test", **_BENCHMARK, hf_config="vision",
+                    question_in_image=True, meta_cols=("subject",),
+                    source_note="card MMMU/MMMU_Pro 'vision': question and options are in the image (no text is "
+                                "added), answer letter"),
+        DatasetSpec("clevr_count", "BUAADreamer/clevr_count_70k", "test", **_BENCHMARK,
+                    source_note="card BUAADreamer/clevr_count_70k: problem, answer (a count), images; split test"),
+        DatasetSpec("superclevr", None, "test", **_BENCHMARK, chat_rows=True,
+                    hub_refusal="no SuperCLEVR counting release on the hub could be checked; pass --input a json "
+                                "in Look-Back's layout (id, images, messages)",
+                    source_note="Look-Back's chat-layout loaders (GeoMath/Tallyqa): messages [user, assistant], "
+                                "images (paths next to the json)"),
+        DatasetSpec("geomath", None, "test", **_BENCHMARK, chat_rows=True,
+                    hub_refusal="Look-Back reads GeoMath from a local GeoMath/GeoMath-data.json; pass it with --input",
+                    source_note="Look-Back load_GeoMath_dataset: GeoMath-data.json, messages [user, assistant], "
+                                "images (paths relative to the json's folder)"),
     ]
 }
 
@@ -156,7 +261,7 @@ def bad_rows_path(parquet_path: Path) -> Path:
 # Reading the input.
 
 
-def read_rows(source: str | Path, split: str, batch_size: int = 256) -> Iterator[dict]:
+def read_rows(source: str | Path, split: str, batch_size: int = 256, config: str | None = None) -> Iterator[dict]:
     """Rows of `split` from a local file or directory, images left undecoded (raw bytes / paths)."""
     source = Path(source).expanduser()
     if not source.exists():
@@ -164,7 +269,7 @@ def read_rows(source: str | Path, split: str, batch_size: int = 256) -> Iterator
     if source.is_dir() and ((source / "dataset_info.json").exists() or (source / "dataset_dict.json").exists()):
         yield from _read_saved_dataset(source, split, batch_size)
         return
-    files = [source] if source.is_file() else _split_files(source, split)
+    files = [source] if source.is_file() else split_files(source, split, config)
     for path in files:
         if path.suffix == ".parquet":
             for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
@@ -175,30 +280,60 @@ def read_rows(source: str | Path, split: str, batch_size: int = 256) -> Iterator
             raise ValueError(f"{path}: unsupported input file (parquet, json, jsonl or a save_to_disk folder)")
 
 
-def _split_files(directory: Path, split: str) -> list[Path]:
+def split_files(directory: Path, split: str, config: str | None = None) -> list[Path]:
+    """The files of ONE source for `split` under a folder (a hub snapshot or a local copy).
+
+    A file belongs to the split when its name is the split (`testmini.json`), a shard of it
+    (`testmini-00000-of-00001.parquet`), or it sits in a folder named after it (`testmini/...`):
+    `annot_testmini.json` (MathVista) and `testmini_text_only.parquet` (MathVerse) are not the split.
+    When parquet and json both hold it (MathVerse's testmini.json and testmini.parquet), parquet alone
+    is read. A snapshot with one folder per config (MMMU-Pro) is narrowed to the `config` folder;
+    files of one split in several folders are refused rather than mixed.
+    """
+    if config and (directory / config).is_dir():
+        directory = directory / config
     candidates = sorted(
         p for p in directory.rglob("*") if p.is_file() and p.suffix in (".parquet", ".json", ".jsonl")
+        and not p.name.endswith(".bad_rows.jsonl")
     )
-    # Hub snapshots name files `<split>-00000-of-00001.parquet` or `<split>.parquet`, or put them in `<split>/`.
-    matching = [p for p in candidates if re.search(rf"(^|[/_.-]){re.escape(split)}([/_.-]|$)", str(p.relative_to(directory)))]
-    if matching:
-        return matching
-    if len(candidates) == 1:
-        return candidates
-    raise FileNotFoundError(
-        f"no file for split {split!r} under {directory} (found: {[str(p.relative_to(directory)) for p in candidates][:10]})"
-    )
+    matching = [
+        p for p in candidates
+        if p.stem == split or p.stem.startswith(f"{split}-") or split in p.relative_to(directory).parts[:-1]
+    ]
+    if not matching and len(candidates) == 1:
+        matching = candidates  # a release with one data file under another name (TIGER-Lab's 39Krelease.parquet)
+    if not matching:
+        raise FileNotFoundError(
+            f"no file for split {split!r} under {directory} (found: {[str(p.relative_to(directory)) for p in candidates][:10]})"
+        )
+    if any(p.suffix == ".parquet" for p in matching):
+        matching = [p for p in matching if p.suffix == ".parquet"]
+    folders = sorted({str(p.parent.relative_to(directory)) for p in matching})
+    if len(folders) > 1:
+        raise ValueError(
+            f"split {split!r} is in several folders under {directory} ({folders}): these are different configs or "
+            f"copies of the data; pass --input <one of them>"
+        )
+    return matching
 
 
 def _read_json(path: Path) -> Iterator[dict]:
+    """Rows of a json(l) file: a list of rows, {"data": [rows]}, or {id: row} (MathVista's annot_testmini.json)."""
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         for line in text.splitlines():
             if line.strip():
                 yield json.loads(line)
+        return
+    data = json.loads(text)
+    if isinstance(data, list):
+        yield from data
+    elif isinstance(data, dict) and isinstance(data.get("data"), list):
+        yield from data["data"]
+    elif isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+        yield from data.values()
     else:
-        data = json.loads(text)
-        yield from (data if isinstance(data, list) else data["data"])
+        raise ValueError(f"{path}: a json input must be a list of rows, {{'data': [rows]}} or {{id: row}}")
 
 
 def _read_saved_dataset(directory: Path, split: str, batch_size: int) -> Iterator[dict]:
@@ -227,6 +362,50 @@ def read_hub(hf_name: str, hf_config: str | None, split: str, batch_size: int = 
 
 
 # ---------------------------------------------------------------------------------------------
+# Images by relative path: on disk or inside the release's zip archives.
+
+
+class ImageFiles:
+    """Reads an image given by a relative path from the input folder, its `images/` folder, or any zip
+    archive under it (TIGER-Lab's ViRL39K ships its images as images.zip; MathVerse and MathVista as
+    images.zip too). The zips are indexed once, on the first path not found on disk."""
+
+    def __init__(self, root: Path | None):
+        self.root = root
+        self._zip_members: dict[str, tuple[Path, str]] | None = None
+
+    def read(self, value: str) -> bytes:
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            if path.is_file():
+                return path.read_bytes()
+            raise BadRowError(f"unreadable image: file {value!r} not found")
+        if self.root is not None:
+            for candidate in (self.root / path, self.root / "images" / path):
+                if candidate.is_file():
+                    return candidate.read_bytes()
+            found = self._zipped().get(path.as_posix()) or self._zipped().get(f"images/{path.as_posix()}")
+            if found is not None:
+                archive, member = found
+                with zipfile.ZipFile(archive) as opened:
+                    return opened.read(member)
+        raise BadRowError(f"unreadable image: file {value!r} not found (image root {self.root}, its images/ "
+                          f"folder and zips)")
+
+    def _zipped(self) -> dict[str, tuple[Path, str]]:
+        if self._zip_members is None:
+            self._zip_members = {}
+            for archive in sorted(self.root.rglob("*.zip")) if self.root is not None else []:
+                with zipfile.ZipFile(archive) as opened:
+                    for member in opened.namelist():
+                        if not member.endswith("/"):
+                            # Archives often wrap their content in one top folder: index both forms.
+                            self._zip_members.setdefault(member, (archive, member))
+                            self._zip_members.setdefault(member.split("/", 1)[-1], (archive, member))
+        return self._zip_members
+
+
+# ---------------------------------------------------------------------------------------------
 # One row -> one verl example.
 
 
@@ -241,19 +420,19 @@ def _first(row: dict, columns: tuple[str, ...], override: str | None = None) -> 
     return None, None
 
 
-def _image_bytes(value: Any, image_root: Path | None, row_id: str) -> list[bytes]:
+def _image_bytes(value: Any, images: ImageFiles) -> list[bytes]:
     """Raw bytes of every image in a cell: HF image struct, bytes, path, PIL image, or a list of these."""
     if value is None:
         return []
     if isinstance(value, (list, tuple)):
-        return [b for item in value for b in _image_bytes(item, image_root, row_id)]
+        return [b for item in value for b in _image_bytes(item, images)]
     if hasattr(value, "tolist") and not isinstance(value, (bytes, str)):  # numpy array from pandas
-        return _image_bytes(value.tolist(), image_root, row_id)
+        return _image_bytes(value.tolist(), images)
     if isinstance(value, dict):
         if value.get("bytes"):
             return [bytes(value["bytes"])]
         if value.get("path"):
-            return _image_bytes(value["path"], image_root, row_id)
+            return _image_bytes(value["path"], images)
         return []
     if isinstance(value, (bytes, bytearray)):
         return [bytes(value)]
@@ -262,32 +441,27 @@ def _image_bytes(value: Any, image_root: Path | None, row_id: str) -> list[bytes
         value.save(buffer, format="PNG")
         return [buffer.getvalue()]
     if isinstance(value, str):
-        path = Path(value).expanduser()
-        if not path.is_absolute() and image_root is not None:
-            path = image_root / path
-        if not path.is_file():
-            raise BadRowError(f"unreadable image: file {value!r} not found (image root {image_root})")
-        return [path.read_bytes()]
+        return [images.read(value)] if value else []
     raise BadRowError(f"unreadable image: unsupported cell type {type(value).__name__}")
 
 
-def _row_images(spec: DatasetSpec, row: dict, row_id: str, image_root: Path | None, columns: Columns) -> list[bytes]:
+def _row_images(spec: DatasetSpec, row: dict, images: ImageFiles, columns: Columns) -> list[bytes]:
     """Raw bytes of the row's images. One column holds them, except MMMU's image_1..image_7. Of several
     candidate columns (MathVista's `image` path and `decoded_image` bytes: the same picture), the first
     that yields images wins; when none does, the first column's error is the row's reason."""
     spread = [row[c] for c in spec.all_image_cols if row.get(c) is not None]
     if spread and not columns.image:
-        return [b for cell in spread for b in _image_bytes(cell, image_root, row_id)]
+        return [b for cell in spread for b in _image_bytes(cell, images)]
     candidates = [columns.image] if columns.image else [c for c in spec.image_cols if row.get(c) is not None]
     first_error = None
     for column in candidates:
         try:
-            images = _image_bytes(row.get(column), image_root, row_id)
+            found = _image_bytes(row.get(column), images)
         except BadRowError as error:
             first_error = first_error or error
             continue
-        if images:
-            return images
+        if found:
+            return found
     raise first_error or BadRowError("no image")
 
 
@@ -325,42 +499,53 @@ def parse_choices(value: Any) -> list[str]:
     raise BadRowError(f"bad choices: cannot read {text[:80]!r}")
 
 
-def _ground_truth(answer: Any, choices: list[str]) -> str:
+def _letter(index: int) -> str:
+    return chr(ord("A") + index)
+
+
+def _ground_truth(spec: DatasetSpec, row: dict, answer: Any) -> str:
+    """The dataset's answer as the authors' pipelines hand it to the grader (see the spec's flags)."""
     text = "" if answer is None else str(answer).strip()
-    boxed = extract_boxed(text)
-    if boxed is not None:
-        text = boxed
+    if spec.answer_boxed and text.startswith("\\boxed{"):
+        text = extract_boxed_content(text)
+    if spec.answer_is_choice_of and str(row.get("question_type", "multi_choice")) == "multi_choice":
+        choices = parse_choices(row.get(spec.answer_is_choice_of))
+        if choices:
+            if text not in choices:
+                raise BadRowError(f"no answer: answer {text[:40]!r} is not one of the choices {choices}")
+            text = _letter(choices.index(text))  # Look-Back: the letter of the right choice
     if not text:
         raise BadRowError("no answer: empty answer")
-    if choices and text in choices and not re.fullmatch(r"\(?[A-H]\)?", text):
-        text = chr(ord("A") + choices.index(text))  # the letter of the right choice text
     return text
 
 
-def _prompt_text(question: str, n_images: int, choices: list[str]) -> str:
-    """`<image>` markers (one per image, in image order) + question + lettered choices + instruction."""
-    numbered = [int(n) for n in _NUMBERED_MARKER.findall(question)]
+def _chat_row(row: dict) -> dict:
+    """A chat-layout row (Look-Back's GeoMath/Tallyqa json) as question/answer/images columns."""
+    messages = row.get("messages")
+    if hasattr(messages, "tolist"):
+        messages = messages.tolist()
+    if not isinstance(messages, list):
+        raise BadRowError(f"no question: `messages` is {type(messages).__name__}, not a list of turns")
+    by_role = {m.get("role"): m.get("content") for m in messages if isinstance(m, dict)}
+    return {**row, "question": by_role.get("user"), "answer": by_role.get("assistant")}
+
+
+def _with_markers(text: str, images: list[bytes]) -> tuple[str, list[bytes]]:
+    """`<image>` markers and the images in their order: MMMU-style `<image 2> ... <image 1>` become plain
+    markers with the images reordered; a text without markers gets them all in front (Look-Back puts the
+    image before the question); a marker count that differs from the images is a bad row."""
+    numbered = [int(n) for n in _NUMBERED_MARKER.findall(text)]
     if numbered:
-        question = _NUMBERED_MARKER.sub(IMAGE_MARKER, question)
-    markers = question.count(IMAGE_MARKER)
+        if max(numbered) > len(images):
+            raise BadRowError(f"no image: the text refers to <image {max(numbered)}> but the row has {len(images)}")
+        images = [images[n - 1] for n in numbered]
+        text = _NUMBERED_MARKER.sub(IMAGE_MARKER, text)
+    markers = text.count(IMAGE_MARKER)
     if markers == 0:
-        question = IMAGE_MARKER * n_images + question
-    elif markers != n_images:
-        raise BadRowError(f"unreadable image: the question has {markers} <image> markers for {n_images} images")
-    text = question.strip()
-    if choices:
-        text += "\nChoices:\n" + "\n".join(f"({chr(ord('A') + i)}) {c}" for i, c in enumerate(choices))
-    return f"{text} {INSTRUCTION}"
-
-
-def _ordered_images(question: str, images: list[bytes]) -> list[bytes]:
-    """MMMU-style `<image 2> ... <image 1>`: images in the order their markers appear."""
-    numbered = [int(n) for n in _NUMBERED_MARKER.findall(question)]
-    if not numbered:
-        return images
-    if max(numbered) > len(images):
-        raise BadRowError(f"no image: the question refers to <image {max(numbered)}> but the row has {len(images)}")
-    return [images[n - 1] for n in numbered]
+        return IMAGE_MARKER * len(images) + text, images
+    if markers != len(images):
+        raise BadRowError(f"unreadable image: the question has {markers} <image> markers for {len(images)} images")
+    return text, images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,7 +556,6 @@ class Columns:
     question: str | None = None
     answer: str | None = None
     image: str | None = None
-    choices: str | None = None
 
 
 def convert_row(
@@ -380,33 +564,42 @@ def convert_row(
     index: int,
     split: str,
     pixels: tuple[int, int],
-    image_root: Path | None = None,
+    images: ImageFiles = ImageFiles(None),
     columns: Columns = Columns(),
+    prompt: str | None = None,
 ) -> dict:
     """One input row -> one verl row. Raises BadRowError (message = reason) for unusable rows."""
-    _, row_id = _first(row, spec.id_cols, columns.id)
-    row_id = str(index if row_id is None else row_id)
-    _, question = _first(row, spec.question_cols, columns.question)
-    question = "" if question is None else str(question)
-    if not question.strip():
-        if not spec.question_may_be_in_image:
-            raise BadRowError("no question")
+    row_id = _row_id(spec, row, index, columns)
+    if spec.chat_rows:
+        row = _chat_row(row)
+    if spec.question_in_image:
         question = QUESTION_IN_IMAGE
-    _, choices_cell = _first(row, spec.choices_cols, columns.choices)
-    choices = parse_choices(choices_cell)
+    elif spec.question_from_row is not None and not columns.question:
+        question = spec.question_from_row(row)
+    else:
+        _, question = _first(row, spec.question_cols, columns.question)
+        question = "" if question is None else str(question)
+    if not question.strip():
+        raise BadRowError("no question")
+    if spec.options_col:
+        options = parse_choices(row.get(spec.options_col))
+        if options:
+            question = question.rstrip() + "\nChoices:\n" + "\n".join(
+                f"({_letter(i)}) {text}" for i, text in enumerate(options))
     _, answer = _first(row, spec.answer_cols, columns.answer)
-    ground_truth = _ground_truth(answer, choices)
+    ground_truth = _ground_truth(spec, row, answer)
 
-    images = _row_images(spec, row, row_id, image_root, columns)
-    for position, data in enumerate(images):
+    image_bytes = _row_images(spec, row, images, columns)
+    for position, data in enumerate(image_bytes):
         _check_decodes(data, position)
-    images = _ordered_images(question, images)
+    question, image_bytes = _with_markers(question, image_bytes)
 
     min_pixels, max_pixels = pixels
+    meta = {column: row[column] for column in spec.meta_cols if row.get(column) is not None}
     return {
         "data_source": spec.name,
-        "prompt": [{"role": "user", "content": _prompt_text(question, len(images), choices)}],
-        "images": [{"bytes": data, "min_pixels": min_pixels, "max_pixels": max_pixels} for data in images],
+        "prompt": [{"role": "user", "content": render_prompt(prompt or spec.prompt, question)}],
+        "images": [{"bytes": data, "min_pixels": min_pixels, "max_pixels": max_pixels} for data in image_bytes],
         "ability": "math",
         "reward_model": {"style": "rule", "ground_truth": ground_truth},
         "extra_info": {
@@ -415,9 +608,19 @@ def convert_row(
             "id": row_id,
             "question": question,
             "answer": "" if answer is None else str(answer),
-            "choices": choices,
+            "meta": json.dumps(meta, default=str),
         },
     }
+
+
+def _row_id(spec: DatasetSpec, row: dict, index: int, columns: Columns) -> str:
+    if spec.id_from_row is not None and not columns.id:
+        try:
+            return spec.id_from_row(row)
+        except KeyError:
+            pass  # the row lacks an id column: named by its index, like any row without an id
+    _, row_id = _first(row, spec.id_cols, columns.id)
+    return str(index if row_id is None else row_id)
 
 
 OUTPUT_SCHEMA = pa.schema(
@@ -436,7 +639,7 @@ OUTPUT_SCHEMA = pa.schema(
                     ("id", pa.string()),
                     ("question", pa.string()),
                     ("answer", pa.string()),
-                    ("choices", pa.list_(pa.string())),
+                    ("meta", pa.string()),
                 ]
             ),
         ),
@@ -454,15 +657,22 @@ def convert(
     columns: Columns = Columns(),
     limit: int | None = None,
     batch_rows: int = 256,
+    prompt: str | None = None,
 ) -> ConversionReport:
-    """Write `<out_dir>/<spec.name>/<split>.parquet` (+ `.bad_rows.jsonl`); returns the counts."""
+    """Write `<out_dir>/<spec.name>/<split>.parquet` (+ `.bad_rows.jsonl`); returns the counts.
+
+    The file is named after the split, or what `spec.output_split` maps it to; `prompt` names the
+    template (default: the dataset's).
+    """
     pixels = pixels or spec.pixels
     if not 0 < pixels[0] <= pixels[1]:
         raise ValueError(f"pixel bounds must satisfy 0 < min_pixels <= max_pixels, got {pixels}")
-    output = Path(out_dir).expanduser() / spec.name / f"{split}.parquet"
+    render_prompt(prompt or spec.prompt, "")  # an unknown template fails before any row is read
+    written_split = spec.output_split.get(split, split)
+    output = Path(out_dir).expanduser() / spec.name / f"{written_split}.parquet"
     output.parent.mkdir(parents=True, exist_ok=True)
-    report = ConversionReport(spec.name, split, output)
-    root = Path(image_root).expanduser() if image_root is not None else None
+    report = ConversionReport(spec.name, written_split, output)
+    images = ImageFiles(Path(image_root).expanduser() if image_root is not None else None)
     pending: list[dict] = []
     with pq.ParquetWriter(output, OUTPUT_SCHEMA) as writer:
         for index, row in enumerate(rows):
@@ -472,10 +682,9 @@ def convert(
                 report.outside_subset += 1
                 continue
             try:
-                pending.append(convert_row(spec, row, index, split, pixels, root, columns))
+                pending.append(convert_row(spec, row, index, written_split, pixels, images, columns, prompt))
             except BadRowError as bad:
-                _, row_id = _first(row, spec.id_cols, columns.id)
-                report.bad_rows.append(BadRow(str(index if row_id is None else row_id), str(bad)))
+                report.bad_rows.append(BadRow(_row_id(spec, row, index, columns), str(bad)))
             if len(pending) >= batch_rows:
                 writer.write_table(pa.Table.from_pylist(pending, schema=OUTPUT_SCHEMA))
                 report.written += len(pending)
@@ -504,13 +713,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="list the datasets with their hub names and exit")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", help="local parquet/json(l) file, a folder of them, or a save_to_disk folder")
-    source.add_argument("--hf-name", help="load from the hub with `datasets` (needs network access)")
+    source.add_argument("--hf-name", help="hub dataset to load with `datasets` (needs network access; without "
+                        "--input and --hf-name the dataset's own hub name is loaded)")
     parser.add_argument("--hf-config", help="hub config name (default: the dataset's)")
     parser.add_argument("--split", action="append", help="split(s) to convert (repeatable; default: the dataset's)")
     parser.add_argument("--out", required=False, default="~/data/vgpo", help="output root (default ~/data/vgpo)")
     parser.add_argument("--image-root", help="folder relative image paths start from (default: --input's folder)")
     parser.add_argument("--min-pixels", type=int, help="lower pixel bound stored with each image")
     parser.add_argument("--max-pixels", type=int, help="upper pixel bound stored with each image")
+    parser.add_argument("--prompt", choices=sorted(PROMPTS),
+                        help="prompt template (default: math_format_perception for training sets, math for benchmarks)")
     parser.add_argument("--limit", type=int, help="convert only the first N input rows (smoke tests)")
     parser.add_argument("--fail-on-bad-rows", action="store_true", help="exit with status 1 if any row is bad")
     for field in dataclasses.fields(Columns):
@@ -523,13 +735,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for spec in DATASETS.values():
             subset = f", subset: {spec.subset_doc}" if spec.subset_doc else ""
-            print(f"{spec.name:18s} hub={spec.hf_name or '-'} config={spec.hf_config or '-'} split={spec.default_split}{subset}")
+            print(f"{spec.name:18s} hub={spec.hf_name or '-'} config={spec.hf_config or '-'} "
+                  f"split={spec.default_split} prompt={spec.prompt}{subset}\n{'':18s} {spec.source_note}")
         return 0
     if args.dataset is None:
         _parser().error("name a dataset (or --list)")
     spec = DATASETS[args.dataset]
-    if not args.input and not args.hf_name:
-        _parser().error(f"give --input (a local copy) or --hf-name (e.g. {spec.hf_name or 'owner/name'})")
+    if not args.input and spec.hub_refusal:
+        _parser().error(f"{spec.name}: {spec.hub_refusal}")
+    hf_name = args.hf_name or spec.hf_name
     pixels = spec.pixels
     if args.min_pixels or args.max_pixels:
         pixels = (args.min_pixels or spec.pixels[0], args.max_pixels or spec.pixels[1])
@@ -541,10 +755,10 @@ def main(argv: list[str] | None = None) -> int:
     any_bad = False
     for split in args.split or [spec.default_split]:
         if args.input:
-            rows = read_rows(args.input, split)
+            rows = read_rows(args.input, split, config=args.hf_config or spec.hf_config)
         else:
-            rows = read_hub(args.hf_name, args.hf_config or spec.hf_config, split)
-        report = convert(spec, rows, args.out, split, pixels, image_root, columns, args.limit)
+            rows = read_hub(hf_name, args.hf_config or spec.hf_config, split)
+        report = convert(spec, rows, args.out, split, pixels, image_root, columns, args.limit, prompt=args.prompt)
         print(report.summary())
         for bad in report.bad_rows[:20]:
             print(f"  bad row id={bad.id}: {bad.reason}", file=sys.stderr)
