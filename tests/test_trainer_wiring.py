@@ -31,9 +31,10 @@ class FakeTransferQueue:
     """kv_batch_get / kv_batch_put over a dict: {key: {field: per-sample value}}."""
 
     def __init__(self):
-        self.store = {}
+        self.store, self.tags = {}, {}
 
     def kv_batch_put(self, keys, partition_id, fields=None, tags=None):
+        """Like TransferQueue: the returned meta carries the keys' stored tags and every stored field."""
         from transfer_queue import KVBatchMeta
 
         if fields is not None:
@@ -42,7 +43,11 @@ class FakeTransferQueue:
                 items = list(value.unbind()) if isinstance(value, torch.Tensor) else list(value)
                 for key, item in zip(keys, items):
                     self.store.setdefault(key, {})[name] = item
-        return KVBatchMeta(keys=list(keys), tags=tags or [{} for _ in keys], partition_id=partition_id)
+        for key, tag in zip(keys, tags or []):
+            self.tags.setdefault(key, {}).update(tag)
+        stored = sorted({name for key in keys for name in self.store.get(key, {})})
+        return KVBatchMeta(keys=list(keys), tags=[dict(self.tags.get(k, {})) for k in keys],
+                           partition_id=partition_id, fields=stored)
 
     def kv_batch_get(self, keys, partition_id, select_fields=None):
         names = select_fields or list(self.store[keys[0]])
@@ -307,3 +312,41 @@ def test_legacy_grpo_is_untouched():
     plain = ray_trainer.compute_advantage.__wrapped__(legacy_batch(), adv_estimator="grpo",
                                                       config=trainer.config.algorithm)
     torch.testing.assert_close(wrapped.batch["advantages"], plain.batch["advantages"], atol=0, rtol=0)
+
+
+def test_v1_padding_rows_enter_no_vgpo_metric(v1):
+    make_trainer, batch, tq = v1
+    _, metrics = run_steps(make_trainer("vgpo"), batch)
+    assert metrics["vgpo/no_visual_fraction"] == pytest.approx(0.25)  # sample 2 has no image
+
+    # the same rows, with sample 2 tagged as verl's balance-batch padding (padding_utils.py)
+    padded = tq.kv_batch_put(batch.keys, batch.partition_id, tags=[{"is_padding": i == 2} for i in range(4)])
+    _, metrics = run_steps(make_trainer("vgpo"), padded)
+    assert metrics["vgpo/no_visual_fraction"] == 0.0
+
+
+def test_experimental_trainers_metric_path_logs_vgpo_metrics(monkeypatch):
+    """verl's SeparateRayPPOTrainer (base of the fully_async and one_step_off trainers): its own
+    _fit_compute_log_prob, _fit_compute_advantage and _fit_collect_metrics, which call
+    compute_data_metrics as imported from metric_utils."""
+    from verl.experimental.separation import ray_trainer as separation
+    from verl.trainer.ppo import metric_utils
+
+    assert getattr(separation.compute_data_metrics, "_vgpo_wrapped", False)
+    assert separation.compute_data_metrics is metric_utils.compute_data_metrics
+    trainer = object.__new__(separation.SeparateRayPPOTrainer)
+    trainer.config = make_config("vgpo")
+    trainer.config.actor_rollout_ref.rollout.multi_turn = {"enable": False}
+    trainer.actor_rollout_wg = FakeLegacyWorkerGroup()
+    trainer.use_critic, trainer.metrics, trainer.timing_raw = False, {}, {"step": 1.0}
+    trainer.use_reference_policy = False
+    trainer.resource_pool_manager = type("Pool", (), {"get_n_gpus": lambda self: 1})()
+    batch = legacy_batch()
+    trainer.reward_tensor, trainer.reward_extra_infos_dict = batch.batch["token_level_rewards"], {}
+    batch.meta_info["global_token_num"] = [10] * 4
+    batch = trainer._fit_compute_log_prob(batch)
+    assert trainer.actor_rollout_wg.calls == [True]
+    batch = trainer._fit_compute_advantage(batch)
+    trainer._fit_collect_metrics(batch)
+    assert trainer.metrics["vgpo/no_visual_fraction"] == pytest.approx(0.25), trainer.metrics
+    assert "vgpo/alpha_mean" in trainer.metrics

@@ -283,14 +283,22 @@ def compute_vgpo_weights(
 
 
 def vgpo_metrics(weights: VGPOWeights, similarity: torch.Tensor, has_visual: torch.Tensor | None = None,
-                 prefix: str = "vgpo/") -> dict[str, float]:
+                 prefix: str = "vgpo/", counted: torch.Tensor | None = None) -> dict[str, float]:
     """Scalar diagnostics of one weighting, for the trainer's metrics dict.
 
     late_early_rho_ratio is the "visual forgetting" signal: mean rho over the last third of each
     response divided by the mean over its first third (pooled over tokens of scored rows).
+    counted: (B,) bool, rows that are real samples (None = all); verl's balance-batch padding rows
+    are not, and enter no metric (no_visual_fraction included).
     """
     scored = weights.scored
     batch = scored.shape[0]
+    if counted is not None:
+        counted = counted.to(scored.device).bool().reshape(-1)
+        scored = scored & counted[:, None]
+        if has_visual is not None:
+            has_visual = torch.as_tensor(has_visual, device=counted.device).bool().reshape(-1)[counted]
+        batch = int(counted.sum())
     rows = scored.any(dim=1)
     no_visual = (~has_visual.bool()).float().mean().item() if has_visual is not None and batch else 0.0
     out = {"no_visual_fraction": no_visual}

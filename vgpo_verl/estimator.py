@@ -21,20 +21,22 @@ _state = threading.local()  # .scores: (similarity, has_visual) or None; .metric
 
 
 @contextlib.contextmanager
-def visual_scores(similarity: torch.Tensor, has_visual: torch.Tensor):
+def visual_scores(similarity: torch.Tensor, has_visual: torch.Tensor, is_padding: torch.Tensor | None = None):
     """Hand the actor's scores to the `vgpo` estimator for the duration of the block.
 
     Args:
         similarity: (B, T) raw cosine of each response token with its prompt's visual prototype,
             rows in the order of the DataProto given to verl's compute_advantage.
         has_visual: (B,) bool, False for samples whose prompt has no visual token.
+        is_padding: (B,) bool, True for verl's balance-batch padding rows (no sample: kept out of
+            every metric); None = no padding rows.
     """
-    previous = getattr(_state, "scores", None)
-    _state.scores = (similarity, has_visual)
+    previous = getattr(_state, "scores", None), getattr(_state, "is_padding", None)
+    _state.scores, _state.is_padding = (similarity, has_visual), is_padding
     try:
         yield
     finally:
-        _state.scores = previous
+        _state.scores, _state.is_padding = previous
 
 
 def pop_metrics() -> dict[str, float]:
@@ -116,7 +118,9 @@ def compute_vgpo_advantage(
         visual_similarity.to(response_mask.device), response_mask, index, vgpo,
         None if has_visual is None else torch.as_tensor(has_visual, device=response_mask.device),
     )
-    _state.metrics = vgpo_metrics(weights, visual_similarity, has_visual)
+    is_padding = getattr(_state, "is_padding", None)
+    counted = None if is_padding is None else ~torch.as_tensor(is_padding, device=response_mask.device).bool()
+    _state.metrics = vgpo_metrics(weights, visual_similarity, has_visual, counted=counted)
     if vgpo.intra or vgpo.inter:  # all switches off: exactly GRPO, no rounding from a multiply by 1
         advantages = advantages * weights.alpha[:, None].to(advantages.dtype) * weights.psi.to(advantages.dtype)
     return advantages, advantages

@@ -20,6 +20,7 @@ POST_IMPORT_HOOKS: dict[str, str] = {
     "verl.trainer.ppo.core_algos": "vgpo_verl.estimator:register",
     "verl.workers.engine.fsdp.transformer_impl": "vgpo_verl.engine:register",
     "verl.trainer.ppo.v1.trainer_base": "vgpo_verl.trainer_wiring:install_v1",
+    "verl.trainer.ppo.metric_utils": "vgpo_verl.trainer_wiring:install_metrics",
     "verl.trainer.ppo.ray_trainer": "vgpo_verl.trainer_wiring:install_legacy",
     # every PPO entry point's first call in the driver: the start-up checks (vgpo_verl.preflight)
     "verl.utils.device": "vgpo_verl.preflight:install",

@@ -20,22 +20,29 @@ present in verl 0.9.1 but deprecated):
   into the worker batch's non-tensor data); the worker output is observed on its way back, and
   the response-sliced scores are added to the returned DataProto, so they join the batch.
 - `ray_trainer.compute_advantage` (module function the fit loop calls): takes the scores out of
-  the batch and calls the original inside `visual_scores(...)`; the metrics wait in a thread-local
-  for the wrapped `ray_trainer.compute_data_metrics` of the same step, which merges them.
+  the batch and calls the original inside `visual_scores(...)`; the metrics wait for the next
+  `metric_utils.compute_data_metrics` call (the same step's), which merges them. That function is
+  wrapped where verl defines it, before any trainer binds the name, so the experimental
+  fully_async / one_step_off trainers (verl/experimental/separation/ray_trainer.py imports it from
+  metric_utils directly) log `vgpo/*` too; their old-log-prob and advantage calls are the legacy
+  ones wrapped here (RayPPOTrainer subclasses, `compute_advantage` imported from ray_trainer).
+
+Balance-batch padding rows of the v1 trainer (tags `is_padding`, verl/trainer/ppo/padding_utils.py)
+are handed to the estimator, which leaves them out of every `vgpo/` metric.
 """
 
 from __future__ import annotations
 
 import functools
-import threading
 
 import torch
 
 from vgpo_verl.scoring import HAS_VISUAL_KEY, LAYER_KEY, SCORE_FLAG, SCORE_KEY
 
 ESTIMATOR = "vgpo"
-# The legacy fit loop computes advantages and, later in the same step, its data metrics on the driver.
-_legacy_pending = threading.local()
+# The legacy and experimental fit loops compute advantages and, later in the same step, their data
+# metrics, in one trainer process (a module-level slot: the two calls may not share a thread).
+_legacy_pending: dict[str, dict] = {}
 _WRAPPED = "_vgpo_wrapped"
 
 
@@ -117,7 +124,8 @@ def _wrap_v1_advantage(original):
         from vgpo_verl.estimator import pop_metrics, visual_scores
 
         similarity, has_visual = fetch_v1_scores(batch)
-        with visual_scores(similarity, has_visual):
+        is_padding = torch.tensor([bool(tag.get("is_padding", False)) for tag in batch.tags], dtype=torch.bool)
+        with visual_scores(similarity, has_visual, is_padding=is_padding):
             result = original(self, batch, metrics)
         metrics.update(pop_metrics())
         return result
@@ -174,7 +182,7 @@ def _wrap_legacy_compute_advantage(original):
         similarity, has_visual = data.batch.pop(SCORE_KEY), data.batch.pop(HAS_VISUAL_KEY)
         with visual_scores(similarity, has_visual):
             result = original(data, adv_estimator, *args, **kwargs)
-        _legacy_pending.metrics = pop_metrics()
+        _legacy_pending["metrics"] = pop_metrics()
         return result
 
     return compute_advantage
@@ -184,8 +192,7 @@ def _wrap_legacy_data_metrics(original):
     @functools.wraps(original)
     def compute_data_metrics(batch, *args, **kwargs):
         metrics = original(batch, *args, **kwargs)
-        metrics.update(getattr(_legacy_pending, "metrics", None) or {})
-        _legacy_pending.metrics = None
+        metrics.update(_legacy_pending.pop("metrics", None) or {})
         return metrics
 
     return compute_data_metrics
@@ -217,4 +224,11 @@ def install_legacy() -> None:
 
     _wrap(ray_trainer.RayPPOTrainer, "_compute_old_log_prob", _wrap_legacy_old_log_prob)
     _wrap(ray_trainer, "compute_advantage", _wrap_legacy_compute_advantage)
-    _wrap(ray_trainer, "compute_data_metrics", _wrap_legacy_data_metrics)
+
+
+def install_metrics() -> None:
+    """Wrap metric_utils.compute_data_metrics where verl defines it (run when that module is imported,
+    before ray_trainer and the experimental trainers bind the name). Idempotent."""
+    from verl.trainer.ppo import metric_utils
+
+    _wrap(metric_utils, "compute_data_metrics", _wrap_legacy_data_metrics)
