@@ -189,6 +189,38 @@ def test_matches_slow_reference(compensation, gate, intra, inter, rho_norm):
         torch.testing.assert_close(alpha, ref_alpha, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("rho_norm", ["group", "trajectory", "batch"])
+@pytest.mark.parametrize("phi", ["sum", "mean"])
+def test_agent_sessions_match_slow_reference(rho_norm, phi):
+    """Multi-output agent sessions: a session is one trajectory (phi, alpha, rho's trajectory scope)."""
+    gen = torch.Generator().manual_seed(7)
+    batch, length = 14, 11
+    s = torch.rand(batch, length, generator=gen)
+    mask = (torch.arange(length)[None] < torch.randint(1, length + 1, (batch,), generator=gen)[:, None]).long()
+    # group a: sessions 0 (3 outputs), 1 (1), 2 (2); group b: sessions 3 (1), 4 (4), 5 (2), one text-only output
+    session = torch.tensor([0, 0, 0, 1, 2, 2, 3, 4, 4, 4, 4, 5, 5, 5])
+    idx = np.array(["a"] * 6 + ["b"] * 8, dtype=object)
+    has_visual = torch.ones(batch, dtype=torch.bool)
+    has_visual[12] = False
+    cfg = VGPOConfig(rho_norm=rho_norm, phi=phi, kappa=0.4, alpha_max=5.0, alpha_min=0.0)
+    psi, alpha = compute_vgpo_weights(s, mask, idx, cfg, has_visual, session=session)
+    ref_psi, ref_alpha = reference_vgpo_weights(s, mask, idx, cfg, has_visual, session=session.tolist())
+    torch.testing.assert_close(psi, ref_psi, atol=1e-5, rtol=0)
+    torch.testing.assert_close(alpha, ref_alpha, atol=1e-5, rtol=0)
+    for k in session.unique():
+        assert alpha[session == k].unique().numel() == 1  # one alpha per session
+    # and it is not the per-output weighting
+    _, per_output = compute_vgpo_weights(s, mask, idx, cfg, has_visual)
+    assert not torch.allclose(alpha, per_output)
+
+
+def test_a_session_cannot_span_prompt_groups():
+    s = torch.rand(3, 4)
+    with pytest.raises(ValueError, match=r"rows \[[12]\] share a session with rows of another prompt group"):
+        compute_vgpo_weights(s, torch.ones_like(s), np.array(["a", "a", "b"], dtype=object),
+                             session=torch.tensor([0, 1, 1]))
+
+
 def test_fork_setting_batch_scope_consecutive_groups_matches_reference():
     """The faithfulness setting: rho over the whole batch, groups of n consecutive rows, published knobs."""
     gen = torch.Generator().manual_seed(0)

@@ -139,3 +139,70 @@ def test_late_early_ratio_sees_visual_forgetting():
     assert vgpo_metrics(w, fading)["vgpo/late_early_rho_ratio"] < 0.5
     w = compute_vgpo_weights_detailed(fading.flip(1), torch.ones_like(fading), np.zeros(4), VGPOConfig())
     assert vgpo_metrics(w, fading.flip(1))["vgpo/late_early_rho_ratio"] > 2
+
+
+# ---------------------------------------------------------------- agent loops with several outputs per session
+
+
+def _multi_output(seed=5):
+    """Two prompts x sessions with 1-3 outputs each, keys as verl's v1 agent loop writes them."""
+    keys = ["a_0_0", "a_0_1", "a_0_2", "a_1_0", "a_2_0", "a_2_1", "b_0_0", "b_1_0", "b_1_1", "b_2_0", "b_3_0"]
+    gen = torch.Generator().manual_seed(seed)
+    batch, length = len(keys), 9
+    lengths = torch.randint(2, length + 1, (batch,), generator=gen)
+    mask = (torch.arange(length)[None] < lengths[:, None]).float()
+    rewards = torch.zeros(batch, length)
+    rewards[torch.arange(batch), lengths - 1] = torch.randint(0, 2, (batch,), generator=gen).float()
+    rewards[[2, 4, 5, 7, 8]] *= 0  # sessions' outcomes differ (final outputs: a 0/0/0, b ...)
+    rewards[2, lengths[2] - 1], rewards[8, lengths[8] - 1] = 1.0, 1.0
+    uid = np.array([k.split("_")[0] for k in keys], dtype=object)
+    similarity = torch.rand(batch, length, generator=gen) * 2 - 1
+    return keys, rewards, mask, uid, similarity
+
+
+def _verl_multi(keys, rewards, mask, uid, estimator, algo):
+    from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
+
+    data = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask},
+                               non_tensors={"uid": uid})
+    out = compute_advantage_for_multi_trajectories(data, batch_keys=keys, adv_estimator=estimator, num_repeat=1,
+                                                   norm_adv_by_std_in_grpo=True, config=algo)
+    return out.batch["advantages"]
+
+
+def test_multi_output_sessions_all_switches_off_equal_verl_multi_output_grpo():
+    keys, rewards, mask, uid, similarity = _multi_output()
+    algo = _algo(compensation=False, gate=False, intra=False, inter=False)
+    with visual_scores(similarity, torch.ones(len(uid), dtype=torch.bool)):
+        ours = _verl_multi(keys, rewards, mask, uid, "vgpo", algo)
+    grpo = _verl_multi(keys, rewards, mask, uid, "grpo", OmegaConf.create({"adv_estimator": "grpo"}))
+    assert torch.equal(ours, grpo)
+    # verl's rule: one value per session, from its final output (the plain per-row GRPO differs)
+    per_row, _ = compute_grpo_outcome_advantage(rewards, mask, uid)
+    assert not torch.allclose(ours, per_row)
+
+
+def test_multi_output_sessions_weight_alpha_per_session_psi_per_output():
+    from vgpo_verl.estimator import session_grpo_advantage
+
+    keys, rewards, mask, uid, similarity = _multi_output(seed=6)
+    has_visual = torch.ones(len(uid), dtype=torch.bool)
+    algo = _algo(kappa=0.4)
+    with visual_scores(similarity, has_visual):
+        ours = _verl_multi(keys, rewards, mask, uid, "vgpo", algo)
+    session = torch.tensor([0, 0, 0, 1, 2, 2, 3, 4, 4, 5, 6])
+    is_final = torch.tensor([k in ("a_0_2", "a_1_0", "a_2_1", "b_0_0", "b_1_1", "b_2_0", "b_3_0") for k in keys])
+    grpo = session_grpo_advantage(rewards, mask, uid, session, is_final, 1e-6, True)
+    psi, alpha = compute_vgpo_weights(similarity, mask, uid, VGPOConfig(kappa=0.4), has_visual, session=session)
+    torch.testing.assert_close(ours, grpo * alpha[:, None] * psi)
+    assert not torch.allclose(alpha, compute_vgpo_weights(similarity, mask, uid, VGPOConfig(kappa=0.4))[1])
+
+
+def test_single_output_sessions_are_the_plain_estimator():
+    rewards, mask, uid, similarity = _batch(seed=2)
+    keys = [f"{u}_{i}_0" for i, u in enumerate(uid)]
+    has_visual = torch.ones(len(uid), dtype=torch.bool)
+    with visual_scores(similarity, has_visual):
+        through_verl = _verl_multi(keys, rewards, mask, uid, "vgpo", _algo())
+        direct, _ = compute_vgpo_advantage(rewards, mask, uid, config=_algo())
+    assert torch.equal(through_verl, direct)

@@ -16,9 +16,14 @@ def _f(x):
     return torch.tensor(x, dtype=torch.float32)
 
 
-def reference_vgpo_weights(similarity, response_mask, index, cfg, has_visual=None):
-    """Returns psi (B, T) and alpha (B,) as float32 tensors."""
+def reference_vgpo_weights(similarity, response_mask, index, cfg, has_visual=None, session=None):
+    """Returns psi (B, T) and alpha (B,) as float32 tensors.
+
+    session: per row, the agent session it is an output of (None: every row its own); a session is
+    one trajectory (rho_norm=trajectory scope, phi, alpha), psi stays per row.
+    """
     batch, length = similarity.shape
+    session = list(range(batch)) if session is None else [int(x) for x in session]
     s = similarity.float()
     has_visual = [True] * batch if has_visual is None else [bool(v) for v in has_visual]
     tokens = [[t for t in range(length) if bool(response_mask[i, t])] for i in range(batch)]
@@ -26,14 +31,14 @@ def reference_vgpo_weights(similarity, response_mask, index, cfg, has_visual=Non
 
     def rho_scope(i):
         if cfg.rho_norm == "trajectory":
-            return [i]
+            return [j for j in range(batch) if has_visual[j] and session[j] == session[i]]
         if cfg.rho_norm == "batch":
             return [j for j in range(batch) if has_visual[j]]
         return [j for j in range(batch) if has_visual[j] and index[j] == index[i]]
 
     psi = torch.ones(batch, length)
     alpha = torch.ones(batch)
-    phi = {}
+    w_sum, n_tok = {}, {}
     for i in rows:
         scope = [s[j, t] for j in rho_scope(i) for t in tokens[j]]
         lo, hi = min(scope), max(scope)
@@ -66,13 +71,22 @@ def reference_vgpo_weights(similarity, response_mask, index, cfg, has_visual=Non
         if cfg.intra:
             for r, t in enumerate(tokens[i]):
                 psi[i, t] = min(max(1.0 + float(w_hat[r]) - mean, cfg.psi_min), cfg.psi_max)
-        phi[i] = sum(float(x) for x in w_hat) if cfg.phi == "sum" else mean
+        w_sum[i], n_tok[i] = sum(float(x) for x in w_hat), n
 
     if cfg.inter:
+        members = {}  # session -> its rows that take part
         for i in rows:
-            group = [j for j in rows if index[j] == index[i]]
-            lo, hi = min(phi[j] for j in group), max(phi[j] for j in group)
-            phi_hat = {j: (phi[j] - lo) / (hi - lo + EPS) for j in group}
+            members.setdefault(session[i], []).append(i)
+        phi = {}
+        for k, rs in members.items():
+            total = sum(w_sum[i] for i in rs)
+            phi[k] = total if cfg.phi == "sum" else total / sum(n_tok[i] for i in rs)
+        for k, rs in members.items():
+            group = [m for m in members if index[members[m][0]] == index[rs[0]]]
+            lo, hi = min(phi[m] for m in group), max(phi[m] for m in group)
+            phi_hat = {m: (phi[m] - lo) / (hi - lo + EPS) for m in group}
             mean = sum(phi_hat.values()) / len(group)
-            alpha[i] = min(max(1.0 + phi_hat[i] - mean, cfg.alpha_min), cfg.alpha_max)
+            for i in range(batch):
+                if session[i] == k:
+                    alpha[i] = min(max(1.0 + phi_hat[k] - mean, cfg.alpha_min), cfg.alpha_max)
     return psi, alpha

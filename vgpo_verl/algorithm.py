@@ -185,6 +185,7 @@ def compute_vgpo_weights_detailed(
     index: Any,
     config: VGPOConfig = VGPOConfig(),
     has_visual: torch.Tensor | None = None,
+    session: torch.Tensor | None = None,
 ) -> VGPOWeights:
     """All intermediate VGPO quantities; see `compute_vgpo_weights` for the arguments."""
     if similarity.dim() != 2 or similarity.shape != response_mask.shape:
@@ -206,6 +207,7 @@ def compute_vgpo_weights_detailed(
         return VGPOWeights(torch.ones(similarity.shape, device=device), torch.ones(batch, device=device),
                            torch.zeros(similarity.shape, device=device), none, none)
     n_groups = int(groups.max()) + 1
+    trajectory, n_trajectories = _trajectories(session, groups, batch)
 
     scored = mask & has_visual[:, None]  # (B, T)
     s = similarity.float()
@@ -214,9 +216,9 @@ def compute_vgpo_weights_detailed(
         raise ValueError(f"similarity is not finite at valid tokens of rows {bad[:10]}")
 
     # 1. rho: min-max of s over the chosen scope
-    segment = {"group": groups, "trajectory": torch.arange(batch, device=device),
+    segment = {"group": groups, "trajectory": trajectory,
                "batch": torch.zeros(batch, dtype=torch.long, device=device)}[config.rho_norm]
-    n_segments = {"group": n_groups, "trajectory": batch, "batch": 1}[config.rho_norm]
+    n_segments = {"group": n_groups, "trajectory": n_trajectories, "batch": 1}[config.rho_norm]
     lo, hi = _segment_min_max(*_row_min_max(s, scored), segment, n_segments)
     rho = _min_max(s, lo[:, None], hi[:, None], scored)
 
@@ -239,22 +241,49 @@ def compute_vgpo_weights_detailed(
     if config.intra:
         psi = torch.where(scored, (1.0 + w_hat - w_hat_mean[:, None]).clamp(config.psi_min, config.psi_max), psi)
 
-    # 4. trajectory weight alpha, within each uid group
+    # 4. trajectory weight alpha, within each uid group; a trajectory is a session (all its outputs)
     alpha = torch.ones(batch, dtype=s.dtype, device=device)
     if config.inter:
-        takes_part = n_scored > 0
-        phi = w_hat.sum(dim=1) if config.phi == "sum" else w_hat_mean
+        # Per trajectory (n_trajectories,): its scored tokens and the sum of their w_hat. float64 sums
+        # (exact for a one-row trajectory): alpha must not depend on the order of the other rows.
+        zeros = torch.zeros(n_trajectories, dtype=torch.float64, device=device)
+        traj_n = zeros.index_add(0, trajectory, n_scored.double())
+        traj_w = zeros.index_add(0, trajectory, w_hat.sum(dim=1).double())
+        traj_group = torch.zeros(n_trajectories, dtype=torch.long, device=device).scatter(0, trajectory, groups)
+        takes_part = traj_n > 0
+        phi = (traj_w if config.phi == "sum" else traj_w / traj_n.clamp(min=1)).to(s.dtype)
         phi_lo, phi_hi = _segment_min_max(phi.masked_fill(~takes_part, math.inf),
-                                          phi.masked_fill(~takes_part, -math.inf), groups, n_groups)
+                                          phi.masked_fill(~takes_part, -math.inf), traj_group, n_groups)
         phi_hat = _min_max(phi, phi_lo, phi_hi, takes_part)
-        # float64 sums: a row's alpha must not depend on the order of the other rows of its group.
         part = takes_part.double()
-        group_sum = torch.zeros(n_groups, dtype=torch.float64, device=device).index_add(0, groups, phi_hat * part)
-        group_n = torch.zeros(n_groups, dtype=torch.float64, device=device).index_add(0, groups, part)
-        group_mean = (group_sum / group_n.clamp(min=1)).to(s.dtype)[groups]
-        alpha = torch.where(takes_part, (1.0 + phi_hat - group_mean).clamp(config.alpha_min, config.alpha_max), alpha)
+        group_sum = torch.zeros(n_groups, dtype=torch.float64, device=device).index_add(0, traj_group, phi_hat * part)
+        group_n = torch.zeros(n_groups, dtype=torch.float64, device=device).index_add(0, traj_group, part)
+        group_mean = (group_sum / group_n.clamp(min=1)).to(s.dtype)[traj_group]
+        traj_alpha = torch.where(takes_part, (1.0 + phi_hat - group_mean).clamp(config.alpha_min, config.alpha_max),
+                                 torch.ones_like(phi))
+        alpha = traj_alpha[trajectory]
 
     return VGPOWeights(psi=psi, alpha=alpha, rho=rho, gate=gate & scored, scored=scored)
+
+
+def _trajectories(session: torch.Tensor | None, groups: torch.Tensor, batch: int) -> tuple[torch.Tensor, int]:
+    """(B,) long trajectory code of each row and the number of trajectories.
+
+    None: every row is its own trajectory. Otherwise `session` (B,) holds one code per agent session
+    (verl's keys `{uid}_{session}_{i}`): the outputs of a session form one trajectory.
+    """
+    if session is None:
+        return torch.arange(batch, device=groups.device), batch
+    session = torch.as_tensor(session, device=groups.device).reshape(-1)
+    if session.numel() != batch:
+        raise ValueError(f"session has {session.numel()} entries but the batch has {batch} rows")
+    codes = torch.unique(session, return_inverse=True)[1]
+    n = int(codes.max()) + 1
+    first_group = torch.full((n,), -1, dtype=torch.long, device=groups.device).scatter(0, codes, groups)
+    mixed = (first_group[codes] != groups).nonzero().flatten().tolist()
+    if mixed:
+        raise ValueError(f"rows {mixed[:10]} share a session with rows of another prompt group (uid)")
+    return codes, n
 
 
 def compute_vgpo_weights(
@@ -263,6 +292,7 @@ def compute_vgpo_weights(
     index: Any,
     config: VGPOConfig = VGPOConfig(),
     has_visual: torch.Tensor | None = None,
+    session: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """VGPO weights psi (token) and alpha (trajectory), spec sections 1-4.
 
@@ -273,12 +303,16 @@ def compute_vgpo_weights(
             or ints); responses of one prompt share an id.
         config: the knobs.
         has_visual: (B,) bool, False for rows whose prompt has no visual token (None = all True).
+        session: (B,) int codes of agent sessions whose outputs form one trajectory (None = every
+            row is one trajectory): alpha (and rho with rho_norm="trajectory") is computed per
+            session, phi summing (or averaging) w_hat over all its outputs' tokens, and each
+            session counts once in its group's statistics; psi stays per row (output).
 
     Returns:
         psi: (B, T) float32, 1 at padding and on rows without a visual token.
         alpha: (B,) float32, 1 on rows without a visual token or without valid tokens.
     """
-    weights = compute_vgpo_weights_detailed(similarity, response_mask, index, config, has_visual)
+    weights = compute_vgpo_weights_detailed(similarity, response_mask, index, config, has_visual, session)
     return weights.psi, weights.alpha
 
 

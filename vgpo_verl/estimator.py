@@ -3,6 +3,19 @@
 verl calls registered estimators with only (token_level_rewards, response_mask, index, config), so
 the actor's similarity scores arrive through `visual_scores(...)`, a context the trainer wiring
 opens around verl's own compute_advantage. Direct callers may pass them as keyword arguments.
+
+Agent loops that return several outputs per session (verl v1 keys `{uid}_{session}_{i}`; the
+wiring opens `agent_sessions(...)` around verl's compute_advantage_for_multi_trajectories) are
+weighted per session, the way verl treats them for GRPO:
+- outcome advantage A: GRPO over the group's sessions using each session's final output only,
+  broadcast to every output of the session (verl's own rule for GRPO, copied in behaviour);
+- alpha: one per session, phi accumulated over all its outputs' response tokens, each session
+  counted once in its group's min-max and mean, broadcast to its outputs;
+- psi: per output, over that output's response tokens (each output is its own sequence, scored
+  against its own visual prototype);
+- rho: its min-max scope is the uid group (all outputs of its sessions), the session
+  (rho_norm=trajectory) or the batch.
+With every switch off this is exactly verl's multi-output GRPO (tested through verl's function).
 """
 
 from __future__ import annotations
@@ -11,6 +24,7 @@ import contextlib
 import threading
 from typing import Any
 
+import numpy as np
 import torch
 
 from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights_detailed, vgpo_metrics
@@ -37,6 +51,42 @@ def visual_scores(similarity: torch.Tensor, has_visual: torch.Tensor, is_padding
         yield
     finally:
         _state.scores, _state.is_padding = previous
+
+
+@contextlib.contextmanager
+def agent_sessions(session: torch.Tensor, is_final: torch.Tensor):
+    """Tell the `vgpo` estimator which rows are outputs of one agent session (see compute_vgpo_advantage).
+
+    Args:
+        session: (B,) long codes 0..S-1, one per session (verl's keys `{uid}_{session}_{i}`).
+        is_final: (B,) bool, the session's last output (highest i); exactly one per session.
+    """
+    previous = getattr(_state, "sessions", None)
+    _state.sessions = (session, is_final)
+    try:
+        yield
+    finally:
+        _state.sessions = previous
+
+
+def session_grpo_advantage(token_level_rewards, response_mask, index, session, is_final, epsilon,
+                           norm_adv_by_std_in_grpo) -> torch.Tensor:
+    """GRPO outcome advantage (B, T) of multi-output sessions, as verl 0.9's v1 trainer computes it
+    for GRPO (verl/trainer/ppo/v1/utils.py, compute_advantage_for_multi_trajectories): groups of
+    the sessions' final outputs only, each session's value broadcast to all its outputs' tokens."""
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    final = is_final.nonzero().flatten()
+    final_adv, _ = compute_grpo_outcome_advantage(
+        token_level_rewards=token_level_rewards[final], response_mask=response_mask[final],
+        index=np.asarray(index, dtype=object)[final.cpu().numpy()], epsilon=epsilon,
+        norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
+    )
+    # verl reads each final output's value at its first response token (0 if it has none).
+    first = response_mask[final].argmax(dim=1)
+    per_session = final_adv.new_zeros(int(session.max()) + 1).scatter(
+        0, session[final].to(final_adv.device), final_adv[torch.arange(len(final)), first])
+    return per_session[session.to(final_adv.device)].unsqueeze(-1) * response_mask
 
 
 def pop_metrics() -> dict[str, float]:
@@ -107,16 +157,24 @@ def compute_vgpo_advantage(
             f"{tuple(response_mask.shape)}: the scores belong to another batch or were sliced wrongly"
         )
 
-    advantages, _ = compute_grpo_outcome_advantage(
-        token_level_rewards=token_level_rewards,
-        response_mask=response_mask,
-        index=index,
-        epsilon=epsilon,
-        norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
-    )
+    sessions = getattr(_state, "sessions", None)
+    if sessions is None:
+        session = None
+        advantages, _ = compute_grpo_outcome_advantage(
+            token_level_rewards=token_level_rewards,
+            response_mask=response_mask,
+            index=index,
+            epsilon=epsilon,
+            norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
+        )
+    else:
+        session, is_final = (torch.as_tensor(x, device=response_mask.device) for x in sessions)
+        advantages = session_grpo_advantage(token_level_rewards, response_mask, index, session, is_final.bool(),
+                                            epsilon, norm_adv_by_std_in_grpo)
     weights = compute_vgpo_weights_detailed(
         visual_similarity.to(response_mask.device), response_mask, index, vgpo,
         None if has_visual is None else torch.as_tensor(has_visual, device=response_mask.device),
+        session=session,
     )
     is_padding = getattr(_state, "is_padding", None)
     counted = None if is_padding is None else ~torch.as_tensor(is_padding, device=response_mask.device).bool()

@@ -19,6 +19,7 @@ logger = logging.getLogger("vgpo_verl")
 POST_IMPORT_HOOKS: dict[str, str] = {
     "verl.trainer.ppo.core_algos": "vgpo_verl.estimator:register",
     "verl.workers.engine.fsdp.transformer_impl": "vgpo_verl.engine:register",
+    "verl.trainer.ppo.v1.utils": "vgpo_verl.trainer_wiring:install_multi_trajectories",
     "verl.trainer.ppo.v1.trainer_base": "vgpo_verl.trainer_wiring:install_v1",
     "verl.trainer.ppo.metric_utils": "vgpo_verl.trainer_wiring:install_metrics",
     "verl.trainer.ppo.ray_trainer": "vgpo_verl.trainer_wiring:install_legacy",

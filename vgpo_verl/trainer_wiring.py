@@ -13,6 +13,9 @@ v1 trainer (`trainer.use_v1=true`, default; verl/trainer/ppo/v1/trainer_base.py,
   (`response_from_nested`, then padded like `to_padded_tensor`), and runs the original inside
   `vgpo_verl.estimator.visual_scores(similarity, has_visual)`; the estimator's `vgpo/...` metrics
   are merged into the trainer's `metrics`.
+- `v1.utils.compute_advantage_for_multi_trajectories`: for agent loops returning several outputs
+  per session (keys `{uid}_{session}_{i}`), tells the estimator which rows form a session
+  (`estimator.agent_sessions`); how VGPO weights sessions is in vgpo_verl/estimator.py.
 
 Legacy trainer (`trainer.use_v1=false`; verl/trainer/ppo/ray_trainer.py, RayPPOTrainer, still
 present in verl 0.9.1 but deprecated):
@@ -133,6 +136,39 @@ def _wrap_v1_advantage(original):
     return _compute_advantage
 
 
+def agent_session_codes(batch_keys: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(session (B,) long codes, is_final (B,) bool) from verl's v1 keys `{uid}_{session}_{i}`, parsed
+    as verl's compute_advantage_for_multi_trajectories does; None when every session has one output."""
+    parts = [key.rsplit("_", 2) for key in batch_keys]
+    if not parts or any(len(p) != 3 for p in parts):
+        return None
+    sessions: dict[str, int] = {}
+    session = torch.tensor([sessions.setdefault(f"{uid}_{sid}", len(sessions)) for uid, sid, _ in parts])
+    if len(sessions) == len(batch_keys):
+        return None
+    output = torch.tensor([int(i) for _, _, i in parts])
+    last = torch.full((len(sessions),), -1, dtype=torch.long).scatter_reduce(0, session, output, "amax")
+    is_final = output == last[session]
+    if int(is_final.sum()) != len(sessions):
+        raise ValueError("adv_estimator=vgpo: a session has two outputs with the same index in its keys "
+                         f"{[k for k, f in zip(batch_keys, is_final.tolist()) if f][:10]}")
+    return session, is_final
+
+
+def _wrap_multi_trajectories(original):
+    @functools.wraps(original)
+    def compute_advantage_for_multi_trajectories(data, batch_keys, adv_estimator, *args, **kwargs):
+        structure = agent_session_codes(batch_keys) if str(adv_estimator) == ESTIMATOR else None
+        if structure is None:
+            return original(data, batch_keys, adv_estimator, *args, **kwargs)
+        from vgpo_verl.estimator import agent_sessions
+
+        with agent_sessions(*structure):
+            return original(data, batch_keys, adv_estimator, *args, **kwargs)
+
+    return compute_advantage_for_multi_trajectories
+
+
 # ---------------------------------------------------------------- legacy trainer (DataProto)
 
 
@@ -216,6 +252,14 @@ def install_v1() -> None:
 
     _wrap(PPOTrainer, "_compute_old_log_prob", _wrap_v1_old_log_prob)
     _wrap(PPOTrainer, "_compute_advantage", _wrap_v1_advantage)
+
+
+def install_multi_trajectories() -> None:
+    """Wrap verl.trainer.ppo.v1.utils.compute_advantage_for_multi_trajectories (run when that module is
+    imported, before trainer_base binds the name). Idempotent."""
+    from verl.trainer.ppo.v1 import utils
+
+    _wrap(utils, "compute_advantage_for_multi_trajectories", _wrap_multi_trajectories)
 
 
 def install_legacy() -> None:
