@@ -76,7 +76,7 @@ class FakeActorWorkerGroup:
         if scored:
             fields[SCORE_KEY], fields[HAS_VISUAL_KEY] = [], []
         for key in batch.keys:
-            sample = int(key.rsplit("_", 1)[1])
+            sample = int(key.rsplit("_", 2)[1])  # keys {uid}_{session}_{output}: one output per session
             length = PROMPT_LENS[sample] + RESPONSE_LENS[sample]
             fields["log_probs"].append(-0.1 * torch.arange(1, length + 1, dtype=torch.float32))
             fields["entropy"].append(torch.full((length,), 0.5))
@@ -109,7 +109,7 @@ def v1(monkeypatch):
     tq = FakeTransferQueue()
     monkeypatch.setattr(trainer_base.tq, "kv_batch_get", tq.kv_batch_get)
     monkeypatch.setattr(trainer_base.tq, "kv_batch_put", tq.kv_batch_put)
-    keys = [f"{uid}_0_{i}" for i, uid in enumerate(UIDS)]
+    keys = [f"{uid}_{i}_0" for i, uid in enumerate(UIDS)]
     fields = {
         "input_ids": [torch.arange(p + r) for p, r in zip(PROMPT_LENS, RESPONSE_LENS)],
         "response_mask": [torch.ones(r, dtype=torch.long) for r in RESPONSE_LENS],
@@ -147,9 +147,9 @@ def test_v1_estimator_receives_own_position_scores_and_metrics_reach_the_trainer
     received = {}
     real_weights = estimator.compute_vgpo_weights_detailed
 
-    def spy(similarity, response_mask, index, config, has_visual):
+    def spy(similarity, response_mask, index, config, has_visual, **kwargs):
         received.update(similarity=similarity.clone(), has_visual=has_visual.clone(), mask=response_mask.clone())
-        return real_weights(similarity, response_mask, index, config, has_visual)
+        return real_weights(similarity, response_mask, index, config, has_visual, **kwargs)
 
     monkeypatch.setattr(estimator, "compute_vgpo_weights_detailed", spy)
     _, metrics = run_steps(trainer, batch)
@@ -277,9 +277,9 @@ def test_legacy_trainer_carries_scores_to_the_estimator_and_metrics(monkeypatch)
     received = {}
     real_weights = estimator.compute_vgpo_weights_detailed
 
-    def spy(similarity, response_mask, index, config, has_visual):
+    def spy(similarity, response_mask, index, config, has_visual, **kwargs):
         received.update(similarity=similarity.clone(), has_visual=has_visual.clone())
-        return real_weights(similarity, response_mask, index, config, has_visual)
+        return real_weights(similarity, response_mask, index, config, has_visual, **kwargs)
 
     monkeypatch.setattr(estimator, "compute_vgpo_weights_detailed", spy)
     batch = legacy_batch()
