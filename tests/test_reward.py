@@ -98,14 +98,17 @@ def test_graders_match_on_arbitrary_text(response, gold):
     assert grading.score(response, gold, "lookback") == lookback_accuracy_reward(response, gold)
 
 
-def test_every_fragment_pair_boxed():
-    """The whole grid of fragment pairs once, boxed (hypothesis samples it; this covers every cell)."""
+def test_every_answer_against_every_letter_gold():
+    """Look-Back's letter rule and mathruler's letter handling on every fragment (hypothesis draws these
+    pairs too rarely to be sure of each): boxed, and without a box."""
+    letters = [gold for gold in GOLD_FRAGMENTS if len(gold.strip()) <= 3 and gold.strip("(). ").isalpha()]
     for answer in ANSWER_FRAGMENTS:
-        response = f"<think>work</think> \\boxed{{{answer}}}"
-        for gold in GOLD_FRAGMENTS:
-            (expected,) = authors_compute_score_wo_format([{"response": response, "ground_truth": gold}])
-            assert grading.score(response, gold, "vgpo") == expected["overall"], (answer, gold)
-            assert grading.score(response, gold, "lookback") == lookback_accuracy_reward(response, gold), (answer, gold)
+        for response in (f"<think>work</think> \\boxed{{{answer}}}", f"the answer is {answer}"):
+            for gold in letters:
+                (expected,) = authors_compute_score_wo_format([{"response": response, "ground_truth": gold}])
+                assert grading.score(response, gold, "vgpo") == expected["overall"], (response, gold)
+                assert grading.score(response, gold, "lookback") == lookback_accuracy_reward(response, gold), (
+                    response, gold)
 
 
 def test_the_property_tests_can_fail():
