@@ -172,8 +172,8 @@ DATASETS: dict[str, DatasetSpec] = {
                     source_note="card PAPOGalaxy/PAPO_MMK12_test (MMK12's test set as PAPO adapted it; problem, "
                                 "answer, images); the authors' train_vgpo_7B.sh VAL_FILE, read by EasyR1 as split "
                                 "train"),
-        DatasetSpec("mmk12_fanqingm", "FanqingM/MMK12", "test", **_TRAINING,
-                    source_note="card FanqingM/MMK12: question, answer, image; split test"),
+        DatasetSpec("mmk12_fanqingm", "FanqingM/MMK12", "test", **_TRAINING, meta_cols=("subject",),
+                    source_note="card FanqingM/MMK12: id, subject, question, answer, image; split test"),
         DatasetSpec("geo3k", "hiyouga/geometry3k", "test", **_BENCHMARK,
                     source_note="card hiyouga/geometry3k: problem (with <image>), answer, images"),
         DatasetSpec("mathvista", "AI4Math/MathVista", "testmini", **_BENCHMARK, question_cols=("query",),
