@@ -34,6 +34,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_weights.py
+	$(BIN)/python benchmarks/bench_transfer.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -67,10 +67,11 @@ class FakeActorWorkerGroup:
     """compute_log_prob like verl's worker + the VGPO engine: writes full-sequence outputs to the store."""
 
     def __init__(self, tq):
-        self.tq, self.calls = tq, []
+        self.tq, self.calls, self.fetched = tq, [], []
 
     def compute_log_prob(self, batch):
         self.calls.append(dict(batch.extra_info))
+        self.fetched.append(batch.fields)  # what a real worker would fetch from the TransferQueue
         fields = {"log_probs": [], "entropy": []}
         scored = batch.extra_info.get(SCORE_FLAG, False)
         if scored:
@@ -152,7 +153,7 @@ def test_v1_estimator_receives_own_position_scores_and_metrics_reach_the_trainer
         return real_weights(similarity, response_mask, index, config, has_visual, **kwargs)
 
     monkeypatch.setattr(estimator, "compute_vgpo_weights_detailed", spy)
-    _, metrics = run_steps(trainer, batch)
+    to_update_actor, metrics = run_steps(trainer, batch)
 
     # the flag reached the old-log-prob pass only, never the reference pass
     old_call, ref_call = trainer.actor_rollout_wg.calls
@@ -169,6 +170,13 @@ def test_v1_estimator_receives_own_position_scores_and_metrics_reach_the_trainer
         assert received["similarity"][i, r:].eq(0).all()  # padded like verl's own response fields
     assert received["has_visual"].tolist() == HAS_VISUAL
     assert any(k.startswith("vgpo/") for k in metrics), metrics
+
+    # the full-sequence scores are stored once and fetched by no worker after the scoring pass
+    assert SCORE_KEY in tq.store[batch.keys[0]]
+    ref_fields = trainer.actor_rollout_wg.fetched[1]
+    assert "old_log_probs" in ref_fields and SCORE_KEY not in ref_fields and HAS_VISUAL_KEY not in ref_fields
+    assert "advantages" in to_update_actor.fields
+    assert SCORE_KEY not in to_update_actor.fields and HAS_VISUAL_KEY not in to_update_actor.fields
 
     # advantages written back are the estimator's on exactly these scores
     adv = torch.nested.to_padded_tensor(tq.kv_batch_get(batch.keys, "train", ["advantages"])["advantages"], 0.0)

@@ -13,6 +13,8 @@ v1 trainer (`trainer.use_v1=true`, default; verl/trainer/ppo/v1/trainer_base.py,
   (`response_from_nested`, then padded like `to_padded_tensor`), and runs the original inside
   `vgpo_verl.estimator.visual_scores(similarity, has_visual)`; the estimator's `vgpo/...` metrics
   are merged into the trainer's `metrics`.
+- Both return their KVBatchMeta without the two score fields in `fields`, the list workers fetch:
+  the reference and update workers never receive them (benchmarks/bench_transfer.py: bytes/step).
 - `v1.utils.compute_advantage_for_multi_trajectories`: for agent loops returning several outputs
   per session (keys `{uid}_{session}_{i}`), tells the estimator which rows form a session
   (`estimator.agent_sessions`); how VGPO weights sessions is in vgpo_verl/estimator.py.
@@ -93,9 +95,18 @@ def _wrap_v1_old_log_prob(original):
         finally:
             _clear_flags(batch.extra_info)
         _clear_flags(result.extra_info)  # the batch the reference pass receives next
-        return result
+        return _without_score_fields(result)
 
     return _compute_old_log_prob
+
+
+def _without_score_fields(meta):
+    """The KVBatchMeta minus the two full-sequence score fields: workers fetch `meta.fields` from the
+    TransferQueue, so the reference and update passes no longer receive them (only the driver reads
+    them, once, in `_compute_advantage`; TransferQueue frees them with the step's kv_clear)."""
+    if meta.fields is not None:
+        meta.fields = [name for name in meta.fields if name not in (SCORE_KEY, HAS_VISUAL_KEY)]
+    return meta
 
 
 def fetch_v1_scores(batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,7 +142,7 @@ def _wrap_v1_advantage(original):
         with visual_scores(similarity, has_visual, is_padding=is_padding):
             result = original(self, batch, metrics)
         metrics.update(pop_metrics())
-        return result
+        return _without_score_fields(result)  # the batch update_actor receives next
 
     return _compute_advantage
 
