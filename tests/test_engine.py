@@ -11,6 +11,10 @@ from _engine_utils import run_engine
 from _scoring_utils import make_sample, reference_scores, tiny_vlm
 
 SCORE = {"vgpo_score": True}
+# VPPO's perturbed pass with explicit normalisation (the test engine loads no image processor)
+IMAGE_MEAN, IMAGE_STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)  # tuples: verl stores a list as per-sample data
+PERTURB = {"vppo_perturb": True, "vppo_black_prob": 0.5, "vppo_seed": 7,
+           "vppo_image_mean": IMAGE_MEAN, "vppo_image_std": IMAGE_STD}
 WS1_RUNS = [
     {"name": "padded", "remove_padding": False, "flags": SCORE},
     {"name": "padded_plain", "remove_padding": False},
@@ -18,7 +22,12 @@ WS1_RUNS = [
     {"name": "rmpad_dynamic_bsz", "remove_padding": True, "dynamic_bsz": True, "max_token_len": 80, "flags": SCORE},
     {"name": "rmpad_layer0", "remove_padding": True, "flags": {**SCORE, "vgpo_layer": 0}},
     {"name": "rmpad_plain", "remove_padding": True},
+    {"name": "padded_vppo", "remove_padding": False, "flags": PERTURB},
+    {"name": "rmpad_vppo_dynamic_bsz", "remove_padding": True, "dynamic_bsz": True, "max_token_len": 80,
+     "flags": PERTURB},
+    {"name": "rmpad_vppo_and_score", "remove_padding": True, "flags": {**PERTURB, **SCORE}},
 ]
+PERTURBED_RUNS = ["padded_vppo", "rmpad_vppo_dynamic_bsz", "rmpad_vppo_and_score"]
 SCORED_RUNS = ["padded", "rmpad", "rmpad_dynamic_bsz"]
 
 
@@ -172,3 +181,56 @@ def test_training_forward_is_never_scored_even_with_the_flag(monkeypatch):
     engine = object.__new__(engine_module.VGPOFSDPEngineWithLMHead)
     assert engine.forward_step(batch, loss_function=None, forward_only=False) == ("loss", {})
     assert calls == [False]
+
+
+# ------------------------------------------------------------------ VPPO's perturbed forward
+
+
+@torch.no_grad()
+def reference_log_probs(model, sample, perturbed: bool):
+    """(L-1,) float64: log p(token j+1 | ..j) of one sample alone, plain transformers, with the sample's
+    own pixels blackened by vgpo_verl.perturb (so the mask cannot depend on the batch it sat in)."""
+    from _scoring_utils import position_ids_4d, visual_kwargs
+    from vgpo_verl.perturb import blacken_patches
+
+    kwargs = visual_kwargs(sample)
+    if perturbed:
+        for pixels, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
+            if pixels in kwargs:
+                kwargs[pixels], _ = blacken_patches(kwargs[pixels], kwargs[grid], 7, 0.5, IMAGE_MEAN, IMAGE_STD)
+    logits = model(input_ids=sample.input_ids[None], position_ids=position_ids_4d(model, sample)[:, None],
+                   **kwargs).logits[0].double()
+    return torch.log_softmax(logits, dim=-1)[:-1].gather(1, sample.input_ids[1:, None])[:, 0]
+
+
+@pytest.mark.parametrize("run", PERTURBED_RUNS)
+def test_perturbed_forward_gives_each_samples_own_blackened_log_probs(ws1, setup, run):
+    """One extra forward through verl's engine (padded, packed with dynamic micro-batches, next to
+    VGPO's scoring): slot j holds log pi(token j+1) with the sample's patches blackened, whatever
+    the batching; images, two images and image + video alike."""
+    model, _, samples = setup
+    result = ws1[run]
+    assert result["engine_class"] == "VGPOFSDPEngineWithLMHead"
+    for i, (sample, aug) in enumerate(zip(samples, result["outputs"]["vppo_aug_log_probs"])):
+        expected = reference_log_probs(model, sample, perturbed=True)
+        torch.testing.assert_close(aug[:-1].double(), expected, atol=1e-4, rtol=0, msg=f"sample {i}")
+
+
+@pytest.mark.parametrize("plain, perturbed", [("padded_plain", "padded_vppo"), ("rmpad_plain", "rmpad_vppo_and_score")])
+def test_perturbed_pass_leaves_verls_outputs_alone_and_changes_only_visual_samples(ws1, plain, perturbed):
+    # 1 ulp allowed: the extra forward between micro-batches moves later allocations, and the CPU
+    # BLAS result may depend on buffer alignment (seen in the padded layout)
+    for key in ("log_probs", "entropy"):
+        for a, b in zip(ws1[plain]["outputs"][key], ws1[perturbed]["outputs"][key]):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    for i, (aug, clean) in enumerate(zip(ws1[perturbed]["outputs"]["vppo_aug_log_probs"],
+                                         ws1[plain]["outputs"]["log_probs"])):
+        if i == 1:  # text only: nothing to perturb
+            torch.testing.assert_close(aug, clean, atol=1e-6, rtol=0)
+        else:
+            assert (aug - clean).abs().max() > 1e-3, f"sample {i}: the perturbation changed nothing"
+
+
+def test_scores_are_unchanged_next_to_the_perturbed_pass(ws1):
+    for a, b in zip(ws1["rmpad"]["outputs"]["vgpo_visual_score"], ws1["rmpad_vppo_and_score"]["outputs"]["vgpo_visual_score"]):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True)

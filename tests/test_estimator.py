@@ -11,7 +11,7 @@ from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage, get_adv_
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
 from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights
-from vgpo_verl.estimator import compute_vgpo_advantage, pop_metrics, visual_scores
+from vgpo_verl.estimator import compute_vgpo_advantage, estimator_inputs, pop_metrics
 
 
 def _batch(seed=0, prompts=3, n=4, length=10):
@@ -46,7 +46,7 @@ def test_registered_under_vgpo():
 def test_all_switches_off_equals_verl_grpo_exactly():
     rewards, mask, uid, similarity = _batch()
     algo = _algo(compensation=False, gate=False, intra=False, inter=False)
-    with visual_scores(similarity, torch.ones(len(uid), dtype=torch.bool)):
+    with estimator_inputs(visual_similarity=similarity, has_visual=torch.ones(len(uid), dtype=torch.bool)):
         ours = _verl_compute_advantage(rewards, mask, uid, "vgpo", algo)
     grpo = _verl_compute_advantage(rewards, mask, uid, "grpo", OmegaConf.create({"adv_estimator": "grpo"}))
     assert torch.equal(ours, grpo)
@@ -57,7 +57,7 @@ def test_advantage_is_grpo_times_alpha_times_psi_through_verl():
     has_visual = torch.ones(len(uid), dtype=torch.bool)
     has_visual[:4] = False  # the first prompt is text-only
     algo = _algo(beta=0.5, kappa=0.4)
-    with visual_scores(similarity, has_visual):
+    with estimator_inputs(visual_similarity=similarity, has_visual=has_visual):
         ours = _verl_compute_advantage(rewards, mask, uid, "vgpo", algo)
     grpo, _ = compute_grpo_outcome_advantage(rewards, mask, uid)
     psi, alpha = compute_vgpo_weights(similarity, mask, uid, VGPOConfig(beta=0.5, kappa=0.4), has_visual)
@@ -70,15 +70,15 @@ def test_advantage_is_grpo_times_alpha_times_psi_through_verl():
 def test_knobs_come_from_algorithm_vgpo():
     rewards, mask, uid, similarity = _batch(seed=5)
     hv = torch.ones(len(uid), dtype=torch.bool)
-    with visual_scores(similarity, hv):
+    with estimator_inputs(visual_similarity=similarity, has_visual=hv):
         default = compute_vgpo_advantage(rewards, mask, uid, config=_algo())[0]
         strong = compute_vgpo_advantage(rewards, mask, uid, config=_algo(beta=2.0, gate=False))[0]
         explicit = compute_vgpo_advantage(rewards, mask, uid, config=_algo(beta=0.3))[0]
     assert torch.equal(default, explicit)
     assert not torch.allclose(default, strong)
-    with visual_scores(similarity, hv), pytest.raises(ValueError, match=r"betta"):
+    with estimator_inputs(visual_similarity=similarity, has_visual=hv), pytest.raises(ValueError, match=r"betta"):
         compute_vgpo_advantage(rewards, mask, uid, config=_algo(betta=0.5))
-    with visual_scores(similarity, hv), pytest.raises(ValueError, match=r"rho_norm='micro'"):
+    with estimator_inputs(visual_similarity=similarity, has_visual=hv), pytest.raises(ValueError, match=r"rho_norm='micro'"):
         compute_vgpo_advantage(rewards, mask, uid, config=_algo(rho_norm="micro"))
 
 
@@ -87,7 +87,7 @@ def test_norm_adv_by_std_is_read_from_the_algorithm_config():
     hv = torch.ones(len(uid), dtype=torch.bool)
     algo = _algo(intra=False, inter=False)
     algo.norm_adv_by_std_in_grpo = False
-    with visual_scores(similarity, hv):
+    with estimator_inputs(visual_similarity=similarity, has_visual=hv):
         ours = _verl_compute_advantage(rewards, mask, uid, "vgpo", algo)
     dr_grpo, _ = compute_grpo_outcome_advantage(rewards, mask, uid, norm_adv_by_std_in_grpo=False)
     std_grpo, _ = compute_grpo_outcome_advantage(rewards, mask, uid, norm_adv_by_std_in_grpo=True)
@@ -102,14 +102,14 @@ def test_missing_scores_fail_loudly_with_the_fix():
 
 def test_scores_of_another_batch_are_rejected():
     rewards, mask, uid, similarity = _batch()
-    with visual_scores(similarity[:, :5], torch.ones(len(uid), dtype=torch.bool)):
+    with estimator_inputs(visual_similarity=similarity[:, :5], has_visual=torch.ones(len(uid), dtype=torch.bool)):
         with pytest.raises(ValueError, match="does not match response_mask"):
             _verl_compute_advantage(rewards, mask, uid, "vgpo", _algo())
 
 
 def test_scores_do_not_leak_out_of_their_context():
     rewards, mask, uid, similarity = _batch()
-    with visual_scores(similarity, torch.ones(len(uid), dtype=torch.bool)):
+    with estimator_inputs(visual_similarity=similarity, has_visual=torch.ones(len(uid), dtype=torch.bool)):
         pass
     with pytest.raises(RuntimeError):
         compute_vgpo_advantage(rewards, mask, uid, config=_algo())
@@ -119,7 +119,7 @@ def test_metrics_are_reported_once():
     rewards, mask, uid, similarity = _batch()
     hv = torch.ones(len(uid), dtype=torch.bool)
     hv[0] = False
-    with visual_scores(similarity, hv):
+    with estimator_inputs(visual_similarity=similarity, has_visual=hv):
         _verl_compute_advantage(rewards, mask, uid, "vgpo", _algo())
     metrics = pop_metrics()
     expected = {"similarity_mean", "rho_mean", "gate_pass_rate", "psi_mean", "psi_min", "psi_max", "alpha_mean",
@@ -173,7 +173,7 @@ def _verl_multi(keys, rewards, mask, uid, estimator, algo):
 def test_multi_output_sessions_all_switches_off_equal_verl_multi_output_grpo():
     keys, rewards, mask, uid, similarity = _multi_output()
     algo = _algo(compensation=False, gate=False, intra=False, inter=False)
-    with visual_scores(similarity, torch.ones(len(uid), dtype=torch.bool)):
+    with estimator_inputs(visual_similarity=similarity, has_visual=torch.ones(len(uid), dtype=torch.bool)):
         ours = _verl_multi(keys, rewards, mask, uid, "vgpo", algo)
     grpo = _verl_multi(keys, rewards, mask, uid, "grpo", OmegaConf.create({"adv_estimator": "grpo"}))
     assert torch.equal(ours, grpo)
@@ -188,7 +188,7 @@ def test_multi_output_sessions_weight_alpha_per_session_psi_per_output():
     keys, rewards, mask, uid, similarity = _multi_output(seed=6)
     has_visual = torch.ones(len(uid), dtype=torch.bool)
     algo = _algo(kappa=0.4)
-    with visual_scores(similarity, has_visual):
+    with estimator_inputs(visual_similarity=similarity, has_visual=has_visual):
         ours = _verl_multi(keys, rewards, mask, uid, "vgpo", algo)
     session = torch.tensor([0, 0, 0, 1, 2, 2, 3, 4, 4, 5, 6])
     is_final = torch.tensor([k in ("a_0_2", "a_1_0", "a_2_1", "b_0_0", "b_1_1", "b_2_0", "b_3_0") for k in keys])
@@ -202,7 +202,7 @@ def test_single_output_sessions_are_the_plain_estimator():
     rewards, mask, uid, similarity = _batch(seed=2)
     keys = [f"{u}_{i}_0" for i, u in enumerate(uid)]
     has_visual = torch.ones(len(uid), dtype=torch.bool)
-    with visual_scores(similarity, has_visual):
+    with estimator_inputs(visual_similarity=similarity, has_visual=has_visual):
         through_verl = _verl_multi(keys, rewards, mask, uid, "vgpo", _algo())
         direct, _ = compute_vgpo_advantage(rewards, mask, uid, config=_algo())
     assert torch.equal(through_verl, direct)

@@ -179,3 +179,19 @@ def test_main_ppo_other_estimator_passes_our_check_and_legacy_filter_groups_warn
     assert "vgpo-verl refuses" not in out
     assert out.count("algorithm.filter_groups.enable=true is IGNORED with trainer.use_v1=false") == 1
     assert "ray init kwargs" not in out
+
+
+@pytest.mark.parametrize("estimator, key, value, expected", [
+    ("vppo", "algorithm.vppo.top_share", 1.4, "algorithm.vppo.top_share=1.4: must be a number in [0, 1]"),
+    ("vppo", "algorithm.vppo.top_p", 0.4, "algorithm.vppo: unknown key(s) ['top_p']"),
+    ("entropy_shaping", "algorithm.entropy_shaping.kappa", 0.5, "algorithm.entropy_shaping.kappa=0.5"),
+    ("vppo", "algorithm.rollout_correction.bypass_mode", True, "set algorithm.rollout_correction.bypass_mode=false."),
+    ("entropy_shaping", "algorithm.rollout_correction.bypass_mode", True, "bypass_mode=false"),
+])
+def test_comparison_methods_are_checked_at_start_up(estimator, key, value, expected):
+    assert preflight.requires_scoring_pass(estimator)
+    assert preflight.problems(config(**{"algorithm.adv_estimator": estimator}), "verl.trainer.main_ppo",
+                              environ={}, engine_key=NVIDIA) == []
+    found = preflight.problems(config(**{"algorithm.adv_estimator": estimator, key: value}), "verl.trainer.main_ppo",
+                               environ={}, engine_key=NVIDIA)
+    assert len(found) == 1 and expected in found[0], found

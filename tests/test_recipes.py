@@ -22,11 +22,18 @@ from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import omega_conf_to_dataclass, validate_config
 from verl.workers.config import FSDPActorConfig, RolloutConfig
 from vgpo_verl.algorithm import VGPOConfig
+from vgpo_verl.entropy_shaping import EntropyShapingConfig
+from vgpo_verl.vppo import VPPOConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 MODELS = ["qwen2_5_vl_7b", "qwen2_5_vl_3b", "qwen2_5_vl_32b", "qwen3_vl_8b"]
-ALL_RECIPES = [f"{estimator}_{model}" for model in MODELS for estimator in ("dapo", "vgpo")]
+# The paper's comparison methods, paired with the 7B and 3B runs (estimator file only).
+COMPARISON_MODELS = ["qwen2_5_vl_7b", "qwen2_5_vl_3b"]
+METHOD_CONFIGS = {"entropy_shaping": EntropyShapingConfig, "vppo": VPPOConfig}
+ALL_RECIPES = [f"{estimator}_{model}" for model in MODELS for estimator in ("dapo", "vgpo")] + [
+    f"{method}_{model}" for model in COMPARISON_MODELS for method in METHOD_CONFIGS
+]
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,14 +84,22 @@ def test_recipe_composes_and_passes_verls_validation(name):
     # VGPO block is validated by its own dataclass and the rest by verl's.
     algorithm = OmegaConf.to_container(config.algorithm)
     vgpo_block = algorithm.pop("vgpo", None)
+    method_blocks = {method: algorithm.pop(method, None) for method in METHOD_CONFIGS}
     algo = omega_conf_to_dataclass(OmegaConf.create(algorithm))
     assert isinstance(algo, AlgoConfig) and isinstance(algo.filter_groups, FilterGroupsConfig)
+    method = next((m for m in METHOD_CONFIGS if name.startswith(m + "_")), None)
     if name.startswith("vgpo_"):
         assert algo.adv_estimator == "vgpo"
         assert set(vgpo_block) == {f.name for f in VGPOConfig.__dataclass_fields__.values()}
         VGPOConfig.from_mapping(vgpo_block)
+    elif method is not None:
+        assert algo.adv_estimator == method and vgpo_block is None
+        block = method_blocks.pop(method)
+        assert set(block) == set(METHOD_CONFIGS[method].__dataclass_fields__)  # every knob written out
+        METHOD_CONFIGS[method].from_mapping(block)
     else:
         assert algo.adv_estimator == "grpo" and vgpo_block is None
+    assert not any(method_blocks.values()), "another method's knobs in this recipe"
 
     # The reward verl will load is ours and grades a boxed answer.
     reward_fn = get_custom_reward_fn(config)
@@ -102,6 +117,30 @@ def test_pair_differs_only_in_the_estimator(model):
     # Experiment names still tell the runs apart once resolved.
     names = {compose_recipe(f"{e}_{model}").trainer.experiment_name for e in ("dapo", "vgpo")}
     assert len(names) == 2
+
+
+@pytest.mark.parametrize("model", COMPARISON_MODELS)
+@pytest.mark.parametrize("method", list(METHOD_CONFIGS))
+def test_comparison_recipe_differs_from_dapo_only_in_the_estimator(model, method):
+    dapo = flatten(OmegaConf.to_container(compose_recipe(f"dapo_{model}"), resolve=False))
+    other = flatten(OmegaConf.to_container(compose_recipe(f"{method}_{model}"), resolve=False))
+    differing = {key for key in dapo.keys() | other.keys() if dapo.get(key, "<absent>") != other.get(key, "<absent>")}
+    estimator_keys = {"algorithm.adv_estimator"} | {k for k in differing if k.startswith(f"algorithm.{method}.")}
+    assert differing == estimator_keys, f"{model}: also differs in {sorted(differing - estimator_keys)}"
+    assert other["algorithm.adv_estimator"] == method
+    assert compose_recipe(f"dapo_{model}", [f"estimator={method}"]) == compose_recipe(f"{method}_{model}")
+    names = {compose_recipe(f"{e}_{model}").trainer.experiment_name for e in ("dapo", "vgpo", method)}
+    assert len(names) == 3
+
+
+def test_comparison_methods_published_settings():
+    """VPPO: the authors' 7B script (top 40% tokens, factors from 0.9, p = 0.5); entropy: alpha 0.4, kappa 2."""
+    vppo = compose_recipe("vppo_qwen2_5_vl_7b").algorithm.vppo
+    assert (vppo.top_share, vppo.beta_min, vppo.black_prob) == (0.4, 0.9, 0.5)
+    assert vppo.token_filter and vppo.trajectory_shaping and vppo.scaling_scope == "batch"
+    shaping = compose_recipe("entropy_shaping_qwen2_5_vl_7b").algorithm.entropy_shaping
+    assert (shaping.alpha, shaping.kappa) == (0.4, 2.0)
+    assert VPPOConfig.from_mapping(vppo) == VPPOConfig() and EntropyShapingConfig.from_mapping(shaping) == EntropyShapingConfig()
 
 
 @pytest.mark.parametrize("name", ALL_RECIPES)

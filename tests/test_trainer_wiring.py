@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from tensordict import NonTensorData, NonTensorStack, TensorDict
 
 import vgpo_verl.plugin  # noqa: F401  (installs the wiring when verl's trainer modules are imported)
+from vgpo_verl.perturb import AUG_LOG_PROBS_KEY, PERTURB_FLAG, SEED_KEY
 from vgpo_verl.scoring import HAS_VISUAL_KEY, LAYER_KEY, SCORE_FLAG, SCORE_KEY
 
 PROMPT_LENS = [5, 7, 4, 6]
@@ -20,6 +21,11 @@ RESPONSE_LENS = [6, 3, 8, 5]
 UIDS = ["a", "a", "b", "b"]
 HAS_VISUAL = [True, True, False, True]
 REWARDS = [1.0, 0.0, 1.0, 0.0]
+
+
+def aug_log_prob(sample: int, position: int) -> float:
+    """The engine's log-prob of the token at `position` with the image perturbed, in this fake world."""
+    return -0.1 * position - 0.05 * (position % 3) * (sample + 1)
 
 
 def token_score(sample: int, position: int) -> float:
@@ -72,15 +78,22 @@ class FakeActorWorkerGroup:
     def compute_log_prob(self, batch):
         self.calls.append(dict(batch.extra_info))
         self.fetched.append(batch.fields)  # what a real worker would fetch from the TransferQueue
-        fields = {"log_probs": [], "entropy": []}
+        with_entropy = batch.extra_info.get("calculate_entropy", False)  # verl's engine: entropy only then
+        fields = {"log_probs": [], "entropy": []} if with_entropy else {"log_probs": []}
         scored = batch.extra_info.get(SCORE_FLAG, False)
+        perturbed = batch.extra_info.get(PERTURB_FLAG, False)
         if scored:
             fields[SCORE_KEY], fields[HAS_VISUAL_KEY] = [], []
+        if perturbed:
+            fields[AUG_LOG_PROBS_KEY] = []
         for key in batch.keys:
             sample = int(key.rsplit("_", 2)[1])  # keys {uid}_{session}_{output}: one output per session
             length = PROMPT_LENS[sample] + RESPONSE_LENS[sample]
             fields["log_probs"].append(-0.1 * torch.arange(1, length + 1, dtype=torch.float32))
-            fields["entropy"].append(torch.full((length,), 0.5))
+            if with_entropy:
+                fields["entropy"].append(0.05 * torch.arange(length, dtype=torch.float32) + 0.1 * sample)
+            if perturbed:
+                fields[AUG_LOG_PROBS_KEY].append(torch.tensor([aug_log_prob(sample, j + 1) for j in range(length)]))
             if scored:
                 nxt = torch.tensor([token_score(sample, j + 1) for j in range(length - 1)] + [float("nan")])
                 fields[SCORE_KEY].append(nxt.float())
@@ -194,7 +207,7 @@ def test_v1_grpo_is_untouched(v1, monkeypatch):
     import vgpo_verl.trainer_wiring as wiring
     from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
-    monkeypatch.setattr(wiring, "fetch_v1_scores", lambda batch: pytest.fail("scores fetched for grpo"))
+    monkeypatch.setattr(wiring, "fetch_v1_inputs", lambda method, batch: pytest.fail("inputs fetched for grpo"))
     make_trainer, batch, tq = v1
     trainer = make_trainer("grpo")
     assert getattr(PPOTrainer._compute_advantage, "_vgpo_wrapped", False)
@@ -237,12 +250,15 @@ class FakeLegacyWorkerGroup:
         from verl.utils import tensordict_utils as tu
 
         flag = tu.get_non_tensor_data(batch_td, SCORE_FLAG, default=False)
-        self.calls.append(flag)
+        perturbed = tu.get_non_tensor_data(batch_td, PERTURB_FLAG, default=False)
+        self.calls.append(flag or (PERTURB_FLAG if perturbed else False))
         lengths = batch_td["input_ids"].offsets().diff().tolist()
         outputs = {
             "log_probs": [-0.1 * torch.arange(1, n + 1, dtype=torch.float32) for n in lengths],
-            "entropy": [torch.full((n,), 0.5) for n in lengths],
+            "entropy": [0.05 * torch.arange(n, dtype=torch.float32) + 0.1 * i for i, n in enumerate(lengths)],
         }
+        if perturbed:
+            outputs[AUG_LOG_PROBS_KEY] = [torch.tensor([aug_log_prob(i, j + 1) for j in range(n)]) for i, n in enumerate(lengths)]
         if flag:
             outputs[SCORE_KEY] = [torch.tensor([token_score(i, j + 1) for j in range(n - 1)] + [float("nan")])
                                   for i, n in enumerate(lengths)]
@@ -358,3 +374,93 @@ def test_experimental_trainers_metric_path_logs_vgpo_metrics(monkeypatch):
     trainer._fit_collect_metrics(batch)
     assert trainer.metrics["vgpo/no_visual_fraction"] == pytest.approx(0.25), trainer.metrics
     assert "vgpo/alpha_mean" in trainer.metrics
+
+
+# ------------------------------------------------------------------ entropy shaping and VPPO through the same glue
+
+
+def _padded_rewards():
+    width = max(RESPONSE_LENS)
+    rewards = torch.zeros(4, width)
+    rewards[torch.arange(4), torch.tensor(RESPONSE_LENS) - 1] = torch.tensor(REWARDS)
+    mask = (torch.arange(width)[None] < torch.tensor(RESPONSE_LENS)[:, None]).float()
+    return rewards, mask
+
+
+def _expected_response_values(fn):
+    """(4, T) padded: fn(sample, position) at each response token's own position prompt_len + t."""
+    width = max(RESPONSE_LENS)
+    out = torch.zeros(4, width)
+    for i, (p, r) in enumerate(zip(PROMPT_LENS, RESPONSE_LENS)):
+        out[i, :r] = torch.tensor([fn(i, p + t) for t in range(r)])
+    return out
+
+
+def test_v1_entropy_shaping_reuses_verls_entropy_without_a_flag(v1):
+    from vgpo_verl.estimator import compute_entropy_shaped_advantage
+
+    make_trainer, batch, tq = v1
+    trainer = make_trainer("entropy_shaping")
+    _, metrics = run_steps(trainer, batch)
+    assert all(SCORE_FLAG not in c and PERTURB_FLAG not in c for c in trainer.actor_rollout_wg.calls)
+    assert any(k.startswith("entropy/") for k in metrics) and not any(k.startswith("vgpo/") for k in metrics)
+    # verl's entropy of response token t: the value at full-sequence slot prompt_len + t - 1
+    entropy = _expected_response_values(lambda i, pos: 0.05 * (pos - 1) + 0.1 * i)
+    rewards, mask = _padded_rewards()
+    expected, _ = compute_entropy_shaped_advantage(rewards, mask, np.array(UIDS, dtype=object),
+                                                   config=make_config("entropy_shaping").algorithm, entropy=entropy)
+    adv = torch.nested.to_padded_tensor(tq.kv_batch_get(batch.keys, "train", ["advantages"])["advantages"], 0.0)
+    torch.testing.assert_close(adv, expected)
+
+
+def test_v1_vppo_flags_the_old_log_prob_pass_only_and_gets_its_aug_log_probs(v1):
+    from vgpo_verl.estimator import compute_vppo_advantage
+
+    make_trainer, batch, tq = v1
+    trainer = make_trainer("vppo")
+    trainer.global_steps = 3
+    _, metrics = run_steps(trainer, batch)
+    old_call, ref_call = trainer.actor_rollout_wg.calls
+    assert old_call[PERTURB_FLAG] is True and isinstance(old_call[SEED_KEY], int) and SCORE_FLAG not in old_call
+    assert PERTURB_FLAG not in ref_call and PERTURB_FLAG not in batch.extra_info
+    assert any(k.startswith("vppo/") for k in metrics)
+    aug = _expected_response_values(lambda i, pos: aug_log_prob(i, pos))
+    old = _expected_response_values(lambda i, pos: -0.1 * pos)  # verl's old_log_probs, same slots
+    rewards, mask = _padded_rewards()
+    expected, _ = compute_vppo_advantage(rewards, mask, np.array(UIDS, dtype=object),
+                                         config=make_config("vppo").algorithm, aug_log_probs=aug, old_log_probs=old)
+    adv = torch.nested.to_padded_tensor(tq.kv_batch_get(batch.keys, "train", ["advantages"])["advantages"], 0.0)
+    torch.testing.assert_close(adv, expected)
+    assert (adv == 0).sum() > (mask == 0).sum()  # the token filter dropped tokens
+
+
+def test_v1_vppo_seed_changes_with_the_step(v1):
+    make_trainer, batch, _ = v1
+    seeds = []
+    for step in (1, 2):
+        trainer = make_trainer("vppo")
+        trainer.global_steps = step
+        trainer._compute_old_log_prob(batch, {})
+        seeds.append(trainer.actor_rollout_wg.calls[-1][SEED_KEY])
+    assert seeds[0] != seeds[1]
+
+
+@pytest.mark.parametrize("estimator, prefix, flag", [("entropy_shaping", "entropy/", False),
+                                                      ("vppo", "vppo/", PERTURB_FLAG)])
+def test_legacy_trainer_carries_entropy_and_aug_log_probs(estimator, prefix, flag):
+    from verl.trainer.ppo import ray_trainer
+
+    import vgpo_verl.trainer_wiring as wiring
+
+    trainer = object.__new__(ray_trainer.RayPPOTrainer)
+    trainer.config = make_config(estimator)
+    trainer.actor_rollout_wg = FakeLegacyWorkerGroup()
+    batch = legacy_batch()
+    old_log_prob, _ = trainer._compute_old_log_prob(batch)
+    assert trainer.actor_rollout_wg.calls == [flag]
+    old_log_prob.batch.pop("entropys")  # what the legacy fit loop does before the union
+    batch = batch.union(old_log_prob)
+    batch = ray_trainer.compute_advantage(batch, adv_estimator=estimator, num_repeat=2, config=trainer.config.algorithm)
+    assert not any(k.startswith(wiring.INPUT_PREFIX) for k in batch.batch.keys())
+    metrics = ray_trainer.compute_data_metrics(batch=batch, use_critic=False)
+    assert any(k.startswith(prefix) for k in metrics), metrics

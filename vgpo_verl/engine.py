@@ -1,8 +1,16 @@
-"""verl's FSDP actor engine plus VGPO visual scoring in the old-log-prob forward pass.
+"""verl's FSDP actor engine plus the extra outputs our estimators need from the old-log-prob pass.
 
-`VGPOFSDPEngineWithLMHead` is verl's `FSDPEngineWithLMHead` unchanged, except when a forward-only
-micro-batch carries the non-tensor flag `vgpo_score=True` (set by vgpo_verl.trainer_wiring for the
-old-log-prob pass only). Then a forward hook on one decoder layer (`vgpo_layer`, default -1: the
+`VGPOFSDPEngineWithLMHead` is verl's `FSDPEngineWithLMHead` unchanged, except in forward-only
+micro-batches carrying one of two non-tensor flags (set by vgpo_verl.trainer_wiring for the
+old-log-prob pass only, from the estimator's row in vgpo_verl.methods):
+
+VPPO, `vppo_perturb=True` (vgpo_verl.perturb): after verl's own forward, one more forward of the
+same micro-batch with the images' patches blackened (`vppo_black_prob`, `vppo_seed`; on the pixel
+rows the model reads, in `prepare_model_inputs`), whose log-probs join the model output as
+`vppo_aug_log_probs`, a nested full-sequence tensor laid out exactly like verl's `log_probs`. That
+second forward is verl's own forward_step (packing, Ulysses, temperature), with entropy off.
+
+VGPO, `vgpo_score=True`: a forward hook on one decoder layer (`vgpo_layer`, default -1: the
 final norm, i.e. lm_head's input) turns that layer's output into per-token cosine scores while the
 forward runs, and two nested full-sequence tensors join the model output:
 
@@ -54,6 +62,15 @@ from verl.workers.engine.base import EngineRegistry  # noqa: E402
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead  # noqa: E402
 
 from vgpo_verl.preflight import SCORING_ENGINE_KEYS as ENGINE_KEYS  # noqa: E402  (one list, checked at start-up)
+from vgpo_verl.perturb import (  # noqa: E402
+    AUG_LOG_PROBS_KEY,
+    MEAN_KEY,
+    PERTURB_FLAG,
+    PROB_KEY,
+    SEED_KEY,
+    STD_KEY,
+    blacken_patches,
+)
 from vgpo_verl.scoring import (  # noqa: E402
     CHUNK_KEY,
     DEFAULT_CHUNK_TOKENS,
@@ -147,12 +164,24 @@ class _MicroBatchScorer:
 
 
 class VGPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
-    """verl's FSDP LM engine; scores visual focus in forward-only passes flagged `vgpo_score`."""
+    """verl's FSDP LM engine; in forward-only passes flagged `vgpo_score` it scores visual focus, in
+    passes flagged `vppo_perturb` it adds the log-probs under perturbed images."""
+
+    # (seed, prob, mean, std) while the perturbed forward runs; read by prepare_model_inputs
+    _pixel_perturbation = None
 
     def forward_step(self, micro_batch, loss_function, forward_only):
-        if not (forward_only and tu.get_non_tensor_data(micro_batch, SCORE_FLAG, default=False)):
-            return super().forward_step(micro_batch, loss_function, forward_only)
+        score = forward_only and tu.get_non_tensor_data(micro_batch, SCORE_FLAG, default=False)
+        perturb = forward_only and tu.get_non_tensor_data(micro_batch, PERTURB_FLAG, default=False)
+        if not score:
+            loss, output = super().forward_step(micro_batch, loss_function, forward_only)
+        else:
+            loss, output = self._scored_forward_step(micro_batch, loss_function, forward_only)
+        if perturb:
+            output["model_output"][AUG_LOG_PROBS_KEY] = self._perturbed_log_probs(micro_batch, loss_function)
+        return loss, output
 
+    def _scored_forward_step(self, micro_batch, loss_function, forward_only):
         layer = int(tu.get_non_tensor_data(micro_batch, LAYER_KEY, default=-1))
         chunk_tokens = int(tu.get_non_tensor_data(micro_batch, CHUNK_KEY, default=DEFAULT_CHUNK_TOKENS))
         scorer = _MicroBatchScorer(self, micro_batch, chunk_tokens)
@@ -167,6 +196,46 @@ class VGPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
             )
         output["model_output"].update(scorer.model_output(*capture.result))
         return loss, output
+
+    def _image_normalisation(self, micro_batch) -> tuple[list[float], list[float]]:
+        """The processor's per-channel mean / std the pixel rows were normalised with."""
+        mean = tu.get_non_tensor_data(micro_batch, MEAN_KEY, default=None)
+        std = tu.get_non_tensor_data(micro_batch, STD_KEY, default=None)
+        if mean is not None and std is not None:
+            return list(mean), list(std)
+        processor = getattr(getattr(self, "model_config", None), "processor", None)
+        image_processor = getattr(processor, "image_processor", None)
+        mean, std = getattr(image_processor, "image_mean", None), getattr(image_processor, "image_std", None)
+        if mean is None or std is None:
+            raise RuntimeError(
+                "vppo: the actor has no image processor to read the pixel normalisation from (black = "
+                "(0 - mean) / std); set algorithm.vppo.image_mean and algorithm.vppo.image_std"
+            )
+        return list(mean), list(std)
+
+    def _perturbed_log_probs(self, micro_batch, loss_function) -> torch.Tensor:
+        """verl's forward_step once more, on blackened image patches; its nested full-sequence log_probs."""
+        seed = int(tu.get_non_tensor_data(micro_batch, SEED_KEY, default=0))
+        prob = float(tu.get_non_tensor_data(micro_batch, PROB_KEY, default=0.5))
+        calculate_entropy = tu.get_non_tensor_data(micro_batch, "calculate_entropy", default=False)
+        self._pixel_perturbation = (seed, prob, *self._image_normalisation(micro_batch))
+        tu.assign_non_tensor(micro_batch, calculate_entropy=False)  # the aug pass needs log-probs only
+        try:
+            _, output = super().forward_step(micro_batch, loss_function, True)
+        finally:
+            self._pixel_perturbation = None
+            tu.assign_non_tensor(micro_batch, calculate_entropy=calculate_entropy)
+        return output["model_output"]["log_probs"]
+
+    def prepare_model_inputs(self, micro_batch):
+        model_inputs, output_args = super().prepare_model_inputs(micro_batch=micro_batch)
+        if self._pixel_perturbation is not None:
+            seed, prob, mean, std = self._pixel_perturbation
+            for pixels, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
+                if model_inputs.get(pixels) is not None:
+                    model_inputs[pixels], _ = blacken_patches(model_inputs[pixels], model_inputs[grid], seed, prob,
+                                                              mean, std)
+        return model_inputs, output_args
 
 
 register()  # importing this module directly (not through the plugin's hook) registers it too

@@ -1,8 +1,13 @@
-"""The `vgpo` advantage estimator for verl: GRPO outcome advantage times alpha (B,) times psi (B, T).
+"""Our advantage estimators for verl, one glue layer on verl's `register_adv_est` hook.
+
+- `vgpo`: GRPO outcome advantage times alpha (B,) times psi (B, T) (vgpo_verl.algorithm);
+- `entropy_shaping`: GRPO advantage plus the clipped entropy bonus (vgpo_verl.entropy_shaping);
+- `vppo`: GRPO advantage times VPPO's trajectory factor, masked to its top tokens (vgpo_verl.vppo).
 
 verl calls registered estimators with only (token_level_rewards, response_mask, index, config), so
-the actor's similarity scores arrive through `visual_scores(...)`, a context the trainer wiring
-opens around verl's own compute_advantage. Direct callers may pass them as keyword arguments.
+what each one needs from the old-log-prob pass (vgpo_verl.methods) arrives through
+`estimator_inputs(...)`, a context the trainer wiring opens around verl's own compute_advantage.
+Direct callers may pass the same tensors as keyword arguments.
 
 Agent loops that return several outputs per session (verl v1 keys `{uid}_{session}_{i}`; the
 wiring opens `agent_sessions(...)` around verl's compute_advantage_for_multi_trajectories) are
@@ -16,6 +21,7 @@ weighted per session, the way verl treats them for GRPO:
 - rho: its min-max scope is the uid group (all outputs of its sessions), the session
   (rho_norm=trajectory) or the batch.
 With every switch off this is exactly verl's multi-output GRPO (tested through verl's function).
+(vgpo only: entropy_shaping and vppo treat every output as its own response.)
 """
 
 from __future__ import annotations
@@ -28,29 +34,44 @@ import numpy as np
 import torch
 
 from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights_detailed, vgpo_metrics
+from vgpo_verl.entropy_shaping import EntropyShapingConfig, entropy_metrics, shape_advantages
+from vgpo_verl.vppo import VPPOConfig, apply_vppo, compute_vppo_weights, vppo_metrics
 
 ESTIMATOR_NAME = "vgpo"
 
-_state = threading.local()  # .scores: (similarity, has_visual) or None; .metrics: dict
+_state = threading.local()  # .inputs: dict of keyword -> tensor, or None; .metrics: dict
 
 
 @contextlib.contextmanager
-def visual_scores(similarity: torch.Tensor, has_visual: torch.Tensor, is_padding: torch.Tensor | None = None):
-    """Hand the actor's scores to the `vgpo` estimator for the duration of the block.
+def estimator_inputs(**inputs: torch.Tensor):
+    """Hand the old-log-prob pass's tensors to our estimators for the duration of the block.
 
-    Args:
-        similarity: (B, T) raw cosine of each response token with its prompt's visual prototype,
-            rows in the order of the DataProto given to verl's compute_advantage.
-        has_visual: (B,) bool, False for samples whose prompt has no visual token.
-        is_padding: (B,) bool, True for verl's balance-batch padding rows (no sample: kept out of
-            every metric); None = no padding rows.
+    Keywords (rows in the order of the DataProto given to verl's compute_advantage, T as its
+    response_mask): `visual_similarity` (B, T) and `has_visual` (B,) bool for vgpo; `entropy`
+    (B, T) for entropy_shaping; `aug_log_probs` and `old_log_probs` (B, T) for vppo; for all,
+    `is_padding` (B,) bool, True for verl's balance-batch padding rows (no sample: kept out of every
+    metric and batch statistic; absent = no padding rows).
     """
-    previous = getattr(_state, "scores", None), getattr(_state, "is_padding", None)
-    _state.scores, _state.is_padding = (similarity, has_visual), is_padding
+    previous = getattr(_state, "inputs", None)
+    _state.inputs = inputs
     try:
         yield
     finally:
-        _state.scores, _state.is_padding = previous
+        _state.inputs = previous
+
+
+def _pending(estimator: str, names: tuple[str, ...], given: dict[str, Any]) -> dict[str, Any]:
+    """The tensors `names`: those given explicitly, else those of the open estimator_inputs block."""
+    if all(given[n] is not None for n in names):
+        return given
+    pending = getattr(_state, "inputs", None) or {}
+    missing = [n for n in names if given[n] is None and n not in pending]
+    if missing:
+        raise RuntimeError(
+            f"adv_estimator={estimator} needs {missing} from the actor's old-log-prob pass, and none reached "
+            "the estimator. " + MISSING_SCORES_FIX
+        )
+    return {n: given[n] if given[n] is not None else pending[n] for n in names}
 
 
 @contextlib.contextmanager
@@ -89,6 +110,12 @@ def session_grpo_advantage(token_level_rewards, response_mask, index, session, i
     return per_session[session.to(final_adv.device)].unsqueeze(-1) * response_mask
 
 
+def _counted_rows(device) -> torch.Tensor | None:
+    """(B,) bool: rows that are real samples (not balance-batch padding); None when all are."""
+    is_padding = (getattr(_state, "inputs", None) or {}).get("is_padding", None)
+    return None if is_padding is None else ~torch.as_tensor(is_padding, device=device).bool()
+
+
 def pop_metrics() -> dict[str, float]:
     """The `vgpo/...` metrics of the last estimator call in this thread (then forgotten)."""
     metrics = getattr(_state, "metrics", None) or {}
@@ -102,14 +129,13 @@ def vgpo_config_from(algorithm_config: Any) -> VGPOConfig:
     return VGPOConfig.from_mapping(block)
 
 
-# How to get the scores back; shared with the trainer wiring's error when they are absent from the batch.
+# How to get the pass's outputs back; shared with the trainer wiring's error when they are absent from the batch.
 MISSING_SCORES_FIX = (
-    "They are computed in the old-log-prob forward pass, so that pass must run: it is skipped when "
+    "They come from the old-log-prob forward pass, so that pass must run: it is skipped when "
     "algorithm.rollout_correction.bypass_mode=true (set it to false). Also check that vgpo-verl is "
     "installed in every node's environment (`pip install vgpo-verl`; its verl.plugins entry point "
     "registers the scoring engine), or pass actor_rollout_ref.model.external_lib=vgpo_verl."
 )
-_MISSING_SCORES = "adv_estimator=vgpo needs the actor's visual similarity scores, and none reached the estimator. " + MISSING_SCORES_FIX
 
 
 def compute_vgpo_advantage(
@@ -133,24 +159,18 @@ def compute_vgpo_advantage(
         norm_adv_by_std_in_grpo: None reads `algorithm.norm_adv_by_std_in_grpo` from `config` (verl
             does not pass it to registered estimators); default True.
         config: verl's `algorithm` config; knobs under `algorithm.vgpo.*`.
-        visual_similarity: (B, T) raw cosine scores; None reads them from `visual_scores(...)`.
+        visual_similarity: (B, T) raw cosine scores; None reads them from `estimator_inputs(...)`.
         has_visual: (B,) bool; None with explicit `visual_similarity` means all True.
 
     Returns:
         advantages, returns: (B, T) each (identical, as in GRPO), 0 at padding.
     """
-    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
-
     if index is None:
         raise ValueError("adv_estimator=vgpo needs the per-row prompt ids (non_tensor_batch['uid']); got none")
     vgpo = vgpo_config_from(config)
-    if norm_adv_by_std_in_grpo is None:
-        norm_adv_by_std_in_grpo = True if config is None else bool(config.get("norm_adv_by_std_in_grpo", True))
     if visual_similarity is None:
-        pending = getattr(_state, "scores", None)
-        if pending is None:
-            raise RuntimeError(_MISSING_SCORES)
-        visual_similarity, has_visual = pending
+        pending = _pending("vgpo", ("visual_similarity", "has_visual"), {"visual_similarity": None, "has_visual": None})
+        visual_similarity, has_visual = pending["visual_similarity"], pending["has_visual"]
     if visual_similarity.shape != response_mask.shape:
         raise ValueError(
             f"visual similarity {tuple(visual_similarity.shape)} does not match response_mask "
@@ -160,14 +180,11 @@ def compute_vgpo_advantage(
     sessions = getattr(_state, "sessions", None)
     if sessions is None:
         session = None
-        advantages, _ = compute_grpo_outcome_advantage(
-            token_level_rewards=token_level_rewards,
-            response_mask=response_mask,
-            index=index,
-            epsilon=epsilon,
-            norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
-        )
+        advantages = _grpo_advantage("vgpo", token_level_rewards, response_mask, index, epsilon,
+                                     norm_adv_by_std_in_grpo, config)
     else:
+        if norm_adv_by_std_in_grpo is None:
+            norm_adv_by_std_in_grpo = True if config is None else bool(config.get("norm_adv_by_std_in_grpo", True))
         session, is_final = (torch.as_tensor(x, device=response_mask.device) for x in sessions)
         advantages = session_grpo_advantage(token_level_rewards, response_mask, index, session, is_final.bool(),
                                             epsilon, norm_adv_by_std_in_grpo)
@@ -176,16 +193,107 @@ def compute_vgpo_advantage(
         None if has_visual is None else torch.as_tensor(has_visual, device=response_mask.device),
         session=session,
     )
-    is_padding = getattr(_state, "is_padding", None)
-    counted = None if is_padding is None else ~torch.as_tensor(is_padding, device=response_mask.device).bool()
-    _state.metrics = vgpo_metrics(weights, visual_similarity, has_visual, counted=counted)
+    _state.metrics = vgpo_metrics(weights, visual_similarity, has_visual, counted=_counted_rows(response_mask.device))
     if vgpo.intra or vgpo.inter:  # all switches off: exactly GRPO, no rounding from a multiply by 1
         advantages = advantages * weights.alpha[:, None].to(advantages.dtype) * weights.psi.to(advantages.dtype)
     return advantages, advantages
 
 
+def _grpo_advantage(estimator: str, token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo,
+                    config) -> torch.Tensor:
+    """verl's GRPO outcome advantage (B, T), the base all three of our estimators reshape."""
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    if index is None:
+        raise ValueError(f"adv_estimator={estimator} needs the per-row prompt ids (non_tensor_batch['uid']); got none")
+    if norm_adv_by_std_in_grpo is None:
+        norm_adv_by_std_in_grpo = True if config is None else bool(config.get("norm_adv_by_std_in_grpo", True))
+    advantages, _ = compute_grpo_outcome_advantage(
+        token_level_rewards=token_level_rewards, response_mask=response_mask, index=index, epsilon=epsilon,
+        norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
+    )
+    return advantages
+
+
+def _check_shape(estimator: str, name: str, value: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    if tuple(value.shape) != tuple(response_mask.shape):
+        raise ValueError(
+            f"adv_estimator={estimator}: {name} {tuple(value.shape)} does not match response_mask "
+            f"{tuple(response_mask.shape)}: it belongs to another batch or was sliced wrongly"
+        )
+    return value.to(response_mask.device)
+
+
+def compute_entropy_shaped_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Any = None,
+    epsilon: float = 1e-6,
+    norm_adv_by_std_in_grpo: bool | None = None,
+    config: Any = None,
+    entropy: torch.Tensor | None = None,
+    **unused: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO advantage + min(alpha * H, |A| / kappa) (vgpo_verl.entropy_shaping), verl's estimator signature.
+
+    Args: as `compute_vgpo_advantage`; knobs under `algorithm.entropy_shaping.*`; `entropy` (B, T) is
+    the old policy's token entropy, None reads it from `estimator_inputs(...)`.
+    Returns: advantages, returns: (B, T) each (identical, as in GRPO), 0 at padding.
+    """
+    shaping_config = EntropyShapingConfig.from_mapping(None if config is None else config.get("entropy_shaping", None))
+    entropy = _pending("entropy_shaping", ("entropy",), {"entropy": entropy})["entropy"]
+    entropy = _check_shape("entropy_shaping", "entropy", entropy, response_mask)
+    advantages = _grpo_advantage("entropy_shaping", token_level_rewards, response_mask, index, epsilon,
+                                 norm_adv_by_std_in_grpo, config)
+    shaped = shape_advantages(advantages, entropy, response_mask, shaping_config)
+    counted = _counted_rows(response_mask.device)
+    metric_mask = response_mask if counted is None else response_mask * counted[:, None]
+    _state.metrics = entropy_metrics(shaped, advantages, entropy, metric_mask)
+    return shaped.advantages, shaped.advantages
+
+
+def compute_vppo_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Any = None,
+    epsilon: float = 1e-6,
+    norm_adv_by_std_in_grpo: bool | None = None,
+    config: Any = None,
+    aug_log_probs: torch.Tensor | None = None,
+    old_log_probs: torch.Tensor | None = None,
+    **unused: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO advantage * VPPO's trajectory factor, kept on its top tokens only (vgpo_verl.vppo).
+
+    Args: as `compute_vgpo_advantage`; knobs under `algorithm.vppo.*`; `aug_log_probs` / `old_log_probs`
+    (B, T) are the old policy's log-probs with the perturbed / the real image, None reads them from
+    `estimator_inputs(...)`.
+    Returns: advantages, returns: (B, T) each (identical, as in GRPO), 0 at padding and at filtered tokens.
+    """
+    vppo_config = VPPOConfig.from_mapping(None if config is None else config.get("vppo", None))
+    inputs = _pending("vppo", ("aug_log_probs", "old_log_probs"),
+                      {"aug_log_probs": aug_log_probs, "old_log_probs": old_log_probs})
+    aug = _check_shape("vppo", "aug_log_probs", inputs["aug_log_probs"], response_mask)
+    old = _check_shape("vppo", "old_log_probs", inputs["old_log_probs"], response_mask)
+    advantages = _grpo_advantage("vppo", token_level_rewards, response_mask, index, epsilon,
+                                 norm_adv_by_std_in_grpo, config)
+    counted = _counted_rows(response_mask.device)
+    weights = compute_vppo_weights(aug, old, response_mask, vppo_config, counted=counted)
+    _state.metrics = vppo_metrics(weights, response_mask if counted is None else response_mask * counted[:, None])
+    advantages = apply_vppo(advantages, weights, vppo_config)
+    return advantages, advantages
+
+
+ESTIMATORS = {
+    "vgpo": compute_vgpo_advantage,
+    "entropy_shaping": compute_entropy_shaped_advantage,
+    "vppo": compute_vppo_advantage,
+}
+
+
 def register() -> None:
-    """Register `vgpo` in verl's estimator registry (run when core_algos is imported)."""
+    """Register our estimators in verl's estimator registry (run when core_algos is imported)."""
     from verl.trainer.ppo.core_algos import register_adv_est
 
-    register_adv_est(ESTIMATOR_NAME)(compute_vgpo_advantage)
+    for name, fn in ESTIMATORS.items():
+        register_adv_est(name)(fn)

@@ -100,6 +100,20 @@ def _validate_vgpo(algorithm_config: Any) -> None:
 register_scoring_estimator("vgpo", _validate_vgpo)
 
 
+def _register_comparison_methods() -> None:
+    """entropy_shaping and vppo (vgpo_verl.methods): their knobs, and the old-log-prob pass they read
+    (vppo: the engine's perturbed forward; entropy_shaping: verl's entropy from that pass, which bypass
+    mode skips; the FSDP / vendor checks are stricter than it needs)."""
+    from vgpo_verl.methods import ESTIMATOR_NAMES, method_of, validate_knobs
+
+    for name in ESTIMATOR_NAMES:
+        if not requires_scoring_pass(name):
+            register_scoring_estimator(name, lambda algorithm, name=name: validate_knobs(method_of(name), algorithm))
+
+
+_register_comparison_methods()
+
+
 def _get(config: Any, dotted: str, default: Any = None) -> Any:
     """config.a.b.c for dicts / DictConfigs; `default` where a level is missing or None."""
     node = config

@@ -1,39 +1,43 @@
-"""Carry the actor's visual scores from verl's old-log-prob pass to the `vgpo` estimator.
+"""Carry what our estimators need from verl's old-log-prob pass to the estimator (vgpo_verl.methods).
 
 verl gives registered estimators only (rewards, response_mask, uid, config), so this module wraps
-verl's trainer methods (their code is not copied), and only when `algorithm.adv_estimator == "vgpo"`;
-for every other estimator each wrapper calls the original and nothing else.
+verl's trainer methods (their code is not copied), and only when `algorithm.adv_estimator` is one of
+ours (vgpo, entropy_shaping, vppo); for every other estimator each wrapper calls the original and
+nothing else. What each estimator needs is one row of `vgpo_verl.methods.methods()`: flags for the
+pass, the engine's extra outputs, and verl's own fields it reuses.
 
 v1 trainer (`trainer.use_v1=true`, default; verl/trainer/ppo/v1/trainer_base.py, PPOTrainer):
-- `_compute_old_log_prob`: sets the engine's flag (vgpo_verl.engine.SCORE_FLAG, + the layer) in the
-  batch's extra_info for the duration of the call, then removes it again, so the reference pass
-  that follows (same batch object) is not scored. The engine's two extra outputs land in the
-  TransferQueue next to `log_probs`.
-- `_compute_advantage`: fetches them for the same keys, slices the response like verl's own fields
-  (`response_from_nested`, then padded like `to_padded_tensor`), and runs the original inside
-  `vgpo_verl.estimator.visual_scores(similarity, has_visual)`; the estimator's `vgpo/...` metrics
-  are merged into the trainer's `metrics`.
-- Both return their KVBatchMeta without the two score fields in `fields`, the list workers fetch:
-  the reference and update workers never receive them (benchmarks/bench_transfer.py: bytes/step).
+- `_compute_old_log_prob`: sets the method's flags (vgpo: vgpo_verl.scoring.SCORE_FLAG + the layer;
+  vppo: vgpo_verl.perturb.PERTURB_FLAG + probability + this step's seed) in the batch's extra_info
+  for the duration of the call, then removes them again, so the reference pass that follows (same
+  batch object) is plain. The engine's extra outputs land in the TransferQueue next to `log_probs`.
+- `_compute_advantage`: fetches the method's fields for the same keys, slices the engine's
+  full-sequence outputs to the response like verl's own fields (`response_from_nested`, then padded
+  like `to_padded_tensor`), and runs the original inside `vgpo_verl.estimator.estimator_inputs(...)`;
+  the estimator's metrics (`vgpo/`, `entropy/`, `vppo/`) are merged into the trainer's `metrics`.
+- Both return their KVBatchMeta without the engine's extra full-sequence fields in `fields`, the
+  list workers fetch: the reference and update workers never receive them
+  (benchmarks/bench_transfer.py: bytes/step).
 - `v1.utils.compute_advantage_for_multi_trajectories`: for agent loops returning several outputs
-  per session (keys `{uid}_{session}_{i}`), tells the estimator which rows form a session
+  per session (keys `{uid}_{session}_{i}`), tells the vgpo estimator which rows form a session
   (`estimator.agent_sessions`); how VGPO weights sessions is in vgpo_verl/estimator.py.
 
 Legacy trainer (`trainer.use_v1=false`; verl/trainer/ppo/ray_trainer.py, RayPPOTrainer, still
 present in verl 0.9.1 but deprecated):
-- `RayPPOTrainer._compute_old_log_prob`: the flag rides in `batch.meta_info` (verl turns meta_info
-  into the worker batch's non-tensor data); the worker output is observed on its way back, and
-  the response-sliced scores are added to the returned DataProto, so they join the batch.
-- `ray_trainer.compute_advantage` (module function the fit loop calls): takes the scores out of
-  the batch and calls the original inside `visual_scores(...)`; the metrics wait for the next
+- `RayPPOTrainer._compute_old_log_prob`: the flags ride in `batch.meta_info` (verl turns meta_info
+  into the worker batch's non-tensor data); the worker output is observed on its way back, and the
+  estimator's inputs (response-sliced engine outputs, copies of verl's `entropys` / `old_log_probs`,
+  which the fit loop pops or keeps) are added to the returned DataProto under INPUT_PREFIX keys.
+- `ray_trainer.compute_advantage` (module function the fit loop calls): takes those keys out of the
+  batch and calls the original inside `estimator_inputs(...)`; the metrics wait for the next
   `metric_utils.compute_data_metrics` call (the same step's), which merges them. That function is
   wrapped where verl defines it, before any trainer binds the name, so the experimental
   fully_async / one_step_off trainers (verl/experimental/separation/ray_trainer.py imports it from
-  metric_utils directly) log `vgpo/*` too; their old-log-prob and advantage calls are the legacy
+  metric_utils directly) log the metrics too; their old-log-prob and advantage calls are the legacy
   ones wrapped here (RayPPOTrainer subclasses, `compute_advantage` imported from ray_trainer).
 
 Balance-batch padding rows of the v1 trainer (tags `is_padding`, verl/trainer/ppo/padding_utils.py)
-are handed to the estimator, which leaves them out of every `vgpo/` metric.
+are handed to the estimator (`is_padding`), which leaves them out of every metric and statistic.
 """
 
 from __future__ import annotations
@@ -42,43 +46,39 @@ import functools
 
 import torch
 
-from vgpo_verl.scoring import HAS_VISUAL_KEY, LAYER_KEY, SCORE_FLAG, SCORE_KEY
+from vgpo_verl.methods import Method, method_of
 
-ESTIMATOR = "vgpo"
+INPUT_PREFIX = "estimator_input__"  # legacy batch keys carrying an estimator keyword's tensor
 # The legacy and experimental fit loops compute advantages and, later in the same step, their data
 # metrics, in one trainer process (a module-level slot: the two calls may not share a thread).
 _legacy_pending: dict[str, dict] = {}
 _WRAPPED = "_vgpo_wrapped"
 
 
-def _uses_vgpo(config) -> bool:
-    return str(config.algorithm.adv_estimator) == ESTIMATOR
+def _first_token_flags(per_token_nested: torch.Tensor) -> torch.Tensor:
+    """(B,) bool from a per-sample engine output (constant within each sample)."""
+    return per_token_nested.values()[per_token_nested.offsets()[:-1].long()] > 0.5
 
 
-def _scored_layer(config) -> int:
-    from vgpo_verl.estimator import vgpo_config_from
-
-    return vgpo_config_from(config.algorithm).layer
-
-
-def _first_token_flags(has_visual_nested: torch.Tensor) -> torch.Tensor:
-    """(B,) bool from the engine's per-token has_visual (constant within each sample)."""
-    return has_visual_nested.values()[has_visual_nested.offsets()[:-1].long()] > 0.5
-
-
-def _missing_scores_error(cause: Exception) -> RuntimeError:
+def _missing_inputs_error(method: Method, fields: list[str], cause: Exception) -> RuntimeError:
     from vgpo_verl.estimator import MISSING_SCORES_FIX
 
     return RuntimeError(
-        f"adv_estimator=vgpo: the actor's visual scores ({SCORE_KEY!r}) are not in the batch ({cause}). "
-        + MISSING_SCORES_FIX
+        f"adv_estimator={method.estimator}: the actor's old-log-prob outputs {fields} are not in the batch "
+        f"({cause}). " + MISSING_SCORES_FIX
     )
 
 
-def _clear_flags(info: dict | None) -> None:
+def _clear_flags(info: dict | None, flags: dict) -> None:
     if info is not None:
-        info.pop(SCORE_FLAG, None)
-        info.pop(LAYER_KEY, None)
+        for key in flags:
+            info.pop(key, None)
+
+
+def _pass_flags(method: Method, trainer) -> dict:
+    if method.pass_flags is None:
+        return {}
+    return method.pass_flags(trainer.config, int(getattr(trainer, "global_steps", 0) or 0))
 
 
 # ---------------------------------------------------------------- v1 trainer (TransferQueue)
@@ -87,62 +87,73 @@ def _clear_flags(info: dict | None) -> None:
 def _wrap_v1_old_log_prob(original):
     @functools.wraps(original)
     def _compute_old_log_prob(self, batch, metrics):
-        if not _uses_vgpo(self.config):
+        method = method_of(self.config.algorithm.adv_estimator)
+        flags = {} if method is None else _pass_flags(method, self)
+        if not flags:
             return original(self, batch, metrics)
-        batch.extra_info.update({SCORE_FLAG: True, LAYER_KEY: _scored_layer(self.config)})
+        batch.extra_info.update(flags)
         try:
             result = original(self, batch, metrics)
         finally:
-            _clear_flags(batch.extra_info)
-        _clear_flags(result.extra_info)  # the batch the reference pass receives next
-        return _without_score_fields(result)
+            _clear_flags(batch.extra_info, flags)
+        _clear_flags(result.extra_info, flags)  # the batch the reference pass receives next
+        return _without_engine_outputs(result, method)
 
     return _compute_old_log_prob
 
 
-def _without_score_fields(meta):
-    """The KVBatchMeta minus the two full-sequence score fields: workers fetch `meta.fields` from the
-    TransferQueue, so the reference and update passes no longer receive them (only the driver reads
-    them, once, in `_compute_advantage`; TransferQueue frees them with the step's kv_clear)."""
+def _without_engine_outputs(meta, method: Method):
+    """The KVBatchMeta minus the method's full-sequence engine outputs: workers fetch `meta.fields` from
+    the TransferQueue, so the reference and update passes no longer receive them (only the driver
+    reads them, once, in `_compute_advantage`; TransferQueue frees them with the step's kv_clear)."""
     if meta.fields is not None:
-        meta.fields = [name for name in meta.fields if name not in (SCORE_KEY, HAS_VISUAL_KEY)]
+        meta.fields = [name for name in meta.fields if name not in method.engine_outputs]
     return meta
 
 
-def fetch_v1_scores(batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(similarity (B, T) float32, has_visual (B,) bool) for a KVBatchMeta, in its key order, T and
-    padding as verl's `_compute_advantage` pads `response_mask` (to_padded_tensor, 0 at padding)."""
+def fetch_v1_inputs(method: Method, batch) -> dict[str, torch.Tensor]:
+    """The estimator's keyword tensors for a KVBatchMeta, in its key order: (B, T) float32 padded like
+    verl's `_compute_advantage` pads `response_mask` (to_padded_tensor, 0 at padding), (B,) bool for
+    per-sample outputs."""
     import transfer_queue as tq
     from tensordict import TensorDict
     from verl.workers.utils.padding import response_from_nested
 
+    fields = [*method.engine_outputs, *method.verl_fields]
     try:
-        data = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=[SCORE_KEY, HAS_VISUAL_KEY, "response_mask"]
-        )
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                               select_fields=[*fields, "response_mask"])
     except Exception as error:
-        raise _missing_scores_error(error) from error
-    if SCORE_KEY not in data.keys() or HAS_VISUAL_KEY not in data.keys():  # TransferQueue skips absent fields
-        raise _missing_scores_error(KeyError(SCORE_KEY))
+        raise _missing_inputs_error(method, fields, error) from error
+    absent = [f for f in fields if f not in data.keys()]  # TransferQueue skips absent fields
+    if absent:
+        raise _missing_inputs_error(method, absent, KeyError(absent[0]))
     response_mask = data["response_mask"]
-    similarity = response_from_nested(data[SCORE_KEY], response_mask)
-    padded = TensorDict({SCORE_KEY: similarity, "response_mask": response_mask}, batch_size=len(batch)).to_padded_tensor()
-    return padded[SCORE_KEY].float(), _first_token_flags(data[HAS_VISUAL_KEY])
+    per_sample, per_token = {}, {"response_mask": response_mask}
+    for field, keyword in method.engine_outputs.items():
+        if field in method.per_sample:
+            per_sample[keyword] = _first_token_flags(data[field])
+        else:
+            per_token[keyword] = response_from_nested(data[field], response_mask)
+    for field, keyword in method.verl_fields.items():  # already response-sliced by verl
+        per_token[keyword] = data[field]
+    padded = TensorDict(per_token, batch_size=len(batch)).to_padded_tensor()
+    return {**{k: padded[k].float() for k in per_token if k != "response_mask"}, **per_sample}
 
 
 def _wrap_v1_advantage(original):
     @functools.wraps(original)
     def _compute_advantage(self, batch, metrics):
-        if not _uses_vgpo(self.config):
+        method = method_of(self.config.algorithm.adv_estimator)
+        if method is None:
             return original(self, batch, metrics)
-        from vgpo_verl.estimator import pop_metrics, visual_scores
+        from vgpo_verl.estimator import estimator_inputs, pop_metrics
 
-        similarity, has_visual = fetch_v1_scores(batch)
         is_padding = torch.tensor([bool(tag.get("is_padding", False)) for tag in batch.tags], dtype=torch.bool)
-        with visual_scores(similarity, has_visual, is_padding=is_padding):
+        with estimator_inputs(**fetch_v1_inputs(method, batch), is_padding=is_padding):
             result = original(self, batch, metrics)
         metrics.update(pop_metrics())
-        return _without_score_fields(result)  # the batch update_actor receives next
+        return _without_engine_outputs(result, method)  # the batch update_actor receives next
 
     return _compute_advantage
 
@@ -169,7 +180,7 @@ def agent_session_codes(batch_keys: list[str]) -> tuple[torch.Tensor, torch.Tens
 def _wrap_multi_trajectories(original):
     @functools.wraps(original)
     def compute_advantage_for_multi_trajectories(data, batch_keys, adv_estimator, *args, **kwargs):
-        structure = agent_session_codes(batch_keys) if str(adv_estimator) == ESTIMATOR else None
+        structure = agent_session_codes(batch_keys) if str(adv_estimator) == "vgpo" else None
         if structure is None:
             return original(data, batch_keys, adv_estimator, *args, **kwargs)
         from vgpo_verl.estimator import agent_sessions
@@ -186,7 +197,8 @@ def _wrap_multi_trajectories(original):
 def _wrap_legacy_old_log_prob(original):
     @functools.wraps(original)
     def _compute_old_log_prob(self, batch):
-        if not _uses_vgpo(self.config):
+        method = method_of(self.config.algorithm.adv_estimator)
+        if method is None:
             return original(self, batch)
         from verl.utils import tensordict_utils as tu
         from verl.workers.utils.padding import no_padding_2_padding
@@ -199,18 +211,24 @@ def _wrap_legacy_old_log_prob(original):
             seen["input"], seen["output"] = batch_td, compute_log_prob(batch_td, *args, **kwargs)
             return seen["output"]
 
-        batch.meta_info.update({SCORE_FLAG: True, LAYER_KEY: _scored_layer(self.config)})
+        flags = _pass_flags(method, self)
+        batch.meta_info.update(flags)
         worker_group.compute_log_prob = observed_compute_log_prob
         try:
             old_log_prob, mfu = original(self, batch)
         finally:
             worker_group.compute_log_prob = compute_log_prob
-            _clear_flags(batch.meta_info)
-        scores = tu.get(seen["output"], SCORE_KEY)
-        if scores is None:
-            raise _missing_scores_error(KeyError(SCORE_KEY))
-        old_log_prob.batch[SCORE_KEY] = no_padding_2_padding(scores, seen["input"]).float()
-        old_log_prob.batch[HAS_VISUAL_KEY] = _first_token_flags(tu.get(seen["output"], HAS_VISUAL_KEY))
+            _clear_flags(batch.meta_info, flags)
+        for field, keyword in method.engine_outputs.items():
+            value = tu.get(seen["output"], field)
+            if value is None:
+                raise _missing_inputs_error(method, [field], KeyError(field))
+            old_log_prob.batch[INPUT_PREFIX + keyword] = (
+                _first_token_flags(value) if field in method.per_sample
+                else no_padding_2_padding(value, seen["input"]).float()
+            )
+        for field, keyword in method.legacy_fields.items():
+            old_log_prob.batch[INPUT_PREFIX + keyword] = old_log_prob.batch[field].clone()
         return old_log_prob, mfu
 
     return _compute_old_log_prob
@@ -219,15 +237,16 @@ def _wrap_legacy_old_log_prob(original):
 def _wrap_legacy_compute_advantage(original):
     @functools.wraps(original)
     def compute_advantage(data, adv_estimator, *args, **kwargs):
-        # The v1 trainer calls this same function (v1/utils.py imports it from ray_trainer) with
-        # its scores already in the visual_scores context and none in the batch: pass through.
-        # Legacy without scores (bypass mode) passes through too, and the estimator says what is missing.
-        if str(adv_estimator) != ESTIMATOR or SCORE_KEY not in data.batch.keys():
+        # The v1 trainer calls this same function (v1/utils.py imports it from ray_trainer) with its
+        # inputs already in the estimator_inputs context and none in the batch: pass through.
+        # Legacy without inputs (bypass mode) passes through too, and the estimator says what is missing.
+        keys = [k for k in data.batch.keys() if k.startswith(INPUT_PREFIX)]
+        if method_of(adv_estimator) is None or not keys:
             return original(data, adv_estimator, *args, **kwargs)
-        from vgpo_verl.estimator import pop_metrics, visual_scores
+        from vgpo_verl.estimator import estimator_inputs, pop_metrics
 
-        similarity, has_visual = data.batch.pop(SCORE_KEY), data.batch.pop(HAS_VISUAL_KEY)
-        with visual_scores(similarity, has_visual):
+        inputs = {k[len(INPUT_PREFIX):]: data.batch.pop(k) for k in keys}
+        with estimator_inputs(**inputs):
             result = original(data, adv_estimator, *args, **kwargs)
         _legacy_pending["metrics"] = pop_metrics()
         return result

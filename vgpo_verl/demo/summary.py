@@ -7,7 +7,6 @@ import pathlib
 
 REWARD_KEY = "critic/score/mean"
 STEP_TIME_KEY = "timing_s/step"
-VGPO_PREFIX = "vgpo/"
 NO_VISUAL_KEY = "vgpo/no_visual_fraction"
 VAL_PREFIX = "val-core/"
 
@@ -33,11 +32,15 @@ def render_summary(metrics, steps: int, estimator: str, exit_code: int, wall_s: 
     """The summary text, and whether the run shows everything the demo promises.
 
     Complete means: verl exited 0, `steps` training steps were logged with a reward, a validation
-    ran, and for vgpo every step has `vgpo/` metrics with no response lacking a visual token.
+    ran, and for our estimators (vgpo_verl.methods) every step has the method's metrics (`vgpo/`,
+    `entropy/`, `vppo/`); for vgpo also no response lacking a visual token.
     """
+    from vgpo_verl.methods import method_of
+
+    method = method_of(estimator)
     done = training_steps(metrics)
     val = {k: v for values in metrics.values() for k, v in values.items() if k.startswith(VAL_PREFIX)}
-    lines = ["", "=" * 72, f"VGPO demo summary (adv_estimator={estimator})", "=" * 72]
+    lines = ["", "=" * 72, f"vgpo-verl demo summary (adv_estimator={estimator})", "=" * 72]
     lines.append(f"verl exit code      {exit_code}")
     lines.append(f"training steps      {len(done)} of {steps}")
     for step in done:
@@ -57,16 +60,17 @@ def render_summary(metrics, steps: int, estimator: str, exit_code: int, wall_s: 
         problems.append(f"{len(done)} training steps logged, expected {steps}")
     if not val:
         problems.append("no validation metrics logged")
-    if estimator == "vgpo":
+    if method is not None:
+        prefix = method.metric_prefix
         for step in done:
-            vgpo = {k: v for k, v in metrics[step].items() if k.startswith(VGPO_PREFIX)}
-            if not vgpo:
-                problems.append(f"step {step} has no vgpo/ metrics")
+            own = {k: v for k, v in metrics[step].items() if k.startswith(prefix)}
+            if not own:
+                problems.append(f"step {step} has no {prefix} metrics")
                 continue
-            lines.append(f"  step {step} vgpo/ metrics:")
-            lines.extend(f"    {k:<34} {v:.4f}" for k, v in sorted(vgpo.items()))
-            if vgpo.get(NO_VISUAL_KEY) != 0:
-                problems.append(f"step {step}: {NO_VISUAL_KEY} = {vgpo.get(NO_VISUAL_KEY)} (expected 0)")
+            lines.append(f"  step {step} {prefix} metrics:")
+            lines.extend(f"    {k:<34} {v:.4f}" for k, v in sorted(own.items()))
+            if estimator == "vgpo" and own.get(NO_VISUAL_KEY) != 0:
+                problems.append(f"step {step}: {NO_VISUAL_KEY} = {own.get(NO_VISUAL_KEY)} (expected 0)")
 
     lines.append(f"wall time           {wall_s / 60:.1f} min ({wall_s:.0f} s)")
     lines.append(f"peak memory (PSS)   {peak_memory_bytes / 2**30:.1f} GiB, all processes of the run")

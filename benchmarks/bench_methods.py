@@ -1,0 +1,202 @@
+"""Cost of the comparison methods in the old-log-prob pass: entropy shaping and VPPO vs plain.
+
+Three arms timed interleaved on the same model and batch (each round alternates the order), the
+ratios (median over rounds of arm/plain, paired within the round) printed side by side: of this
+process's CPU time on CPU, of wall time on CUDA (wall time on a shared CPU host is printed too).
+
+- plain: the pass verl runs anyway (log-probs and entropy), then verl's GRPO advantage;
+- entropy_shaping: the same pass (no flag: verl's entropy is reused), then the shaped advantage;
+- vppo: the pass with the `vppo_perturb` flag (one more forward, images' patches blackened), then
+  VPPO's advantage.
+
+Modes as in bench_extractor.py: `--mode verl` (default, CPU) runs verl's real FSDP2 engine as
+resolved by verl's EngineRegistry (vgpo_verl.engine's subclass), `engine.infer_batch` with and
+without the flag; `--mode hf` (verl-free) a transformers Qwen2.5-VL forward plus verl's log-prob and
+entropy math, the perturbed arm running vgpo_verl.perturb then one more forward.
+
+    python benchmarks/bench_methods.py                                   # CPU, verl engine
+    python benchmarks/bench_methods.py --mode hf --preset 7b --device cuda --dtype bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_extractor import PRESETS, build_config, interleaved, make_samples, position_ids_4d  # noqa: E402
+
+ARMS = ("plain", "entropy_shaping", "vppo")
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def advantage_inputs(log_probs: torch.Tensor, n_per_prompt: int = 4):
+    """Rewards, mask and uids for a batch whose (B, T) log-probs are given (every token valid)."""
+    batch, length = log_probs.shape
+    rewards = torch.zeros(batch, length)
+    rewards[:, -1] = (torch.arange(batch) % 2).float()
+    uid = np.array([f"p{i // n_per_prompt}" for i in range(batch)], dtype=object)
+    return rewards, torch.ones(batch, length), uid
+
+
+def advantage(arm: str, log_probs: torch.Tensor, entropy: torch.Tensor, aug_log_probs: torch.Tensor | None):
+    """The arm's estimator on (B, T) tensors, as the trainer calls it."""
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    from vgpo_verl.estimator import compute_entropy_shaped_advantage, compute_vppo_advantage
+
+    rewards, mask, uid = advantage_inputs(log_probs)
+    if arm == "plain":
+        return compute_grpo_outcome_advantage(rewards, mask, uid)[0]
+    if arm == "entropy_shaping":
+        return compute_entropy_shaped_advantage(rewards, mask, uid, entropy=entropy)[0]
+    return compute_vppo_advantage(rewards, mask, uid, aug_log_probs=aug_log_probs, old_log_probs=log_probs)[0]
+
+
+def report(times: dict, device: str) -> None:
+    clock = "wall" if device.startswith("cuda") else "cpu"
+    for name in ("wall", "cpu"):
+        medians = "  ".join(f"{arm} {statistics.median(times[name][arm]) * 1e3:8.1f} ms" for arm in ARMS)
+        print(f"{name:4s} time medians over {len(times[name]['plain'])} rounds: {medians}")
+    ratios = {arm: statistics.median(a / p for a, p in zip(times[clock][arm], times[clock]["plain"])) for arm in ARMS[1:]}
+    print(f"overhead ratios vs plain ({clock} time, median of paired rounds): "
+          + "   ".join(f"{arm} {ratio:.3f}x" for arm, ratio in ratios.items()))
+
+
+def run_hf(args, preset: dict) -> None:
+    import transformers
+
+    from vgpo_verl.perturb import blacken_patches
+
+    device, dtype = torch.device(args.device), {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    config = build_config(preset)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = transformers.AutoModelForImageTextToText.from_config(config, dtype=dtype).eval()
+    samples = make_samples(config, preset, args.samples, args.text_len)
+    length = min(len(s["input_ids"]) for s in samples)  # same length: no padding needed
+    input_ids = torch.stack([s["input_ids"][:length] for s in samples]).to(device)
+    position_ids = torch.stack([position_ids_4d(model, s)[:, :length] for s in samples], dim=1).to(device)
+    pixels = torch.cat([s["pixel_values"] for s in samples]).to(device, dtype)
+    grid = torch.cat([s["image_grid_thw"] for s in samples]).to(device)
+    print(f"verl-free: Qwen2.5-VL {args.preset} shape, {args.dtype} on {device}, batch {len(samples)} x {length}")
+
+    def log_probs_and_entropy(pixel_values, with_entropy: bool):
+        logits = model(input_ids=input_ids, position_ids=position_ids, pixel_values=pixel_values,
+                       image_grid_thw=grid, use_cache=False).logits.float()
+        log_softmax = torch.log_softmax(logits, dim=-1)
+        log_probs = log_softmax.gather(-1, torch.roll(input_ids, -1, dims=1).unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_softmax.exp() * log_softmax).sum(-1) if with_entropy else None
+        return log_probs, entropy
+
+    def arm(name: str):
+        @torch.no_grad()
+        def run():
+            log_probs, entropy = log_probs_and_entropy(pixels, True)
+            aug = None
+            if name == "vppo":
+                aug, _ = log_probs_and_entropy(blacken_patches(pixels, grid, 1, 0.5, CLIP_MEAN, CLIP_STD)[0], False)
+                aug = aug.cpu()
+            advantage(name, log_probs.cpu(), entropy.cpu(), aug)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return run
+
+    report(interleaved({name: arm(name) for name in ARMS}, args.repeats), args.device)
+
+
+def run_verl(args, preset: dict) -> None:
+    import vgpo_verl.cpu
+
+    vgpo_verl.cpu.enable()
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29534"),
+                      RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    import transformers
+    import vgpo_verl.plugin  # noqa: F401  (verl's entry point does this on `import verl`)
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
+    from verl.workers.config.checkpoint import CheckpointConfig
+    from verl.workers.engine import EngineRegistry
+
+    from vgpo_verl.perturb import AUG_LOG_PROBS_KEY
+
+    config = build_config(preset)
+    with tempfile.TemporaryDirectory() as model_dir:
+        torch.manual_seed(0)
+        model = transformers.AutoModelForImageTextToText.from_config(config).eval()
+        model.save_pretrained(model_dir)
+        samples = make_samples(config, preset, args.samples, args.text_len)
+        engine = EngineRegistry.new(
+            model_type="language_model", backend="fsdp2",
+            model_config=HFModelConfig(path=model_dir, load_tokenizer=False, use_remove_padding=False,
+                                       override_config={"attn_implementation": "sdpa"}),
+            engine_config=FSDPEngineConfig(strategy="fsdp2", forward_only=False, model_dtype="fp32",
+                                           mixed_precision={"param_dtype": "fp32", "reduce_dtype": "fp32",
+                                                            "buffer_dtype": "fp32"}, use_torch_compile=False),
+            optimizer_config=FSDPOptimizerConfig(lr=1e-6), checkpoint_config=CheckpointConfig(),
+        )
+        engine.initialize()
+        rows = [{"input_ids": s["input_ids"], "position_ids": position_ids_4d(model, s),
+                 "loss_mask": torch.ones(len(s["input_ids"]), dtype=torch.long),
+                 "multi_modal_inputs": {"pixel_values": s["pixel_values"], "image_grid_thw": s["image_grid_thw"]}}
+                for s in samples]
+        print(f"verl engine {type(engine).__name__} (fsdp2, gloo, CPU), Qwen2.5-VL {args.preset} shape, "
+              f"{len(samples)} samples, {sum(len(s['input_ids']) for s in samples)} tokens, one micro-batch, padded")
+        response = args.text_len // 2  # the tail of every sample stands for its response
+
+        def arm(name: str):
+            flags = {}
+            if name == "vppo":
+                flags = {"vppo_perturb": True, "vppo_black_prob": 0.5, "vppo_seed": 1,
+                         "vppo_image_mean": CLIP_MEAN, "vppo_image_std": CLIP_STD}
+
+            def run():
+                batch = tu.list_of_dict_to_tensordict(rows)
+                tu.assign_non_tensor(batch, temperature=1.0, compute_loss=False, calculate_entropy=True,
+                                     use_remove_padding=False, use_dynamic_bsz=False,
+                                     micro_batch_size_per_gpu=len(rows), use_fused_kernels=False, **flags)
+                with engine.eval_mode():
+                    output = engine.infer_batch(batch)["model_output"]
+                assert (AUG_LOG_PROBS_KEY in output) == (name == "vppo")
+
+                def tail(key):
+                    return torch.stack([t[-response - 1:-1] for t in output[key].unbind()]).float()
+
+                advantage(name, tail("log_probs"), tail("entropy"),
+                          tail(AUG_LOG_PROBS_KEY) if name == "vppo" else None)
+            return run
+
+        times = interleaved({name: arm(name) for name in ARMS}, args.repeats)
+    torch.distributed.destroy_process_group()
+    report(times, "cpu")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=["verl", "hf"], default="verl")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--text-len", type=int, default=200, help="text tokens per sample (plus the image's)")
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.mode == "verl" and args.device != "cpu":
+        sys.exit("--mode verl runs verl's engine on the CPU platform; on a GPU use --mode hf (verl-free)")
+    (run_verl if args.mode == "verl" else run_hf)(args, PRESETS[args.preset])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Entropy-shaped advantage: hand-computed cases, the loop reference, alpha = 0 is GRPO, verl's path."""
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import verl  # noqa: F401  (the plugin entry point registers our estimators on core_algos import)
+from verl import DataProto
+from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+from verl.trainer.ppo.ray_trainer import compute_advantage
+
+from methods_reference import reference_entropy_shaping
+from vgpo_verl.entropy_shaping import EntropyShapingConfig, entropy_metrics, shape_advantages
+from vgpo_verl.estimator import compute_entropy_shaped_advantage, estimator_inputs, pop_metrics
+
+
+def test_hand_computed_bonus_is_clipped_by_abs_advantage_over_kappa():
+    # alpha = 0.4, kappa = 2: bonus = min(0.4 H, |A| / 2)
+    adv = torch.tensor([[1.0, 1.0, 1.0, 0.0], [-1.0, -1.0, -1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    entropy = torch.tensor([[0.5, 2.0, 0.1, 9.0], [0.5, 2.0, 0.1, 9.0], [3.0, 3.0, 3.0, 3.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]])
+    shaped = shape_advantages(adv, entropy, mask, EntropyShapingConfig(alpha=0.4, kappa=2.0))
+    # 0.4 * 0.5 = 0.2 < 0.5; 0.4 * 2 = 0.8 > 0.5 -> 0.5 (clipped); 0.4 * 0.1 = 0.04
+    expected = torch.tensor([[1.2, 1.5, 1.04, 0.0], [-0.8, -0.5, -0.96, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    torch.testing.assert_close(shaped.advantages, expected)
+    assert shaped.clipped.tolist() == [[False, True, False, False], [False, True, False, False], [True] * 4]
+    # a zero advantage stays zero, a negative one stays negative
+    assert (shaped.advantages[1, :3] < 0).all() and (shaped.advantages[2] == 0).all()
+
+
+def test_matches_the_loop_reference_on_random_batches():
+    gen = torch.Generator().manual_seed(3)
+    for alpha, kappa in [(0.4, 2.0), (1.5, 1.0), (0.05, 7.0)]:
+        adv = torch.randn(6, 11, generator=gen)
+        entropy = torch.rand(6, 11, generator=gen) * 3
+        mask = (torch.arange(11)[None] < torch.randint(0, 12, (6, 1), generator=gen)).long()
+        adv = adv * mask
+        got = shape_advantages(adv, entropy, mask, EntropyShapingConfig(alpha=alpha, kappa=kappa)).advantages
+        expected = torch.tensor(reference_entropy_shaping(adv, entropy, mask, alpha, kappa))
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_entropy_is_detached():
+    adv = torch.tensor([[1.0, -1.0]])
+    entropy = torch.tensor([[0.3, 0.3]], requires_grad=True)
+    shaped = shape_advantages(adv, entropy, torch.ones(1, 2), EntropyShapingConfig())
+    assert not shaped.advantages.requires_grad
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"alpha": -0.1}, "alpha=-0.1"), ({"kappa": 0.5}, "kappa=0.5"), ({"kappa": float("inf")}, "finite"),
+    ({"alpha": True}, "alpha=True"), ({"kapa": 2}, "unknown key.*kapa"),
+])
+def test_config_errors_name_the_key(bad, match):
+    with pytest.raises(ValueError, match=match):
+        EntropyShapingConfig.from_mapping(bad)
+
+
+def test_bad_entropy_names_the_rows():
+    entropy = torch.tensor([[0.1, float("nan")], [0.1, 0.2]])
+    with pytest.raises(ValueError, match=r"rows \[0\]"):
+        shape_advantages(torch.zeros(2, 2), entropy, torch.ones(2, 2), EntropyShapingConfig())
+    with pytest.raises(ValueError, match="negative"):
+        shape_advantages(torch.zeros(2, 2), -torch.ones(2, 2), torch.ones(2, 2), EntropyShapingConfig())
+
+
+def _batch(seed=0, prompts=3, n=4, length=10):
+    gen = torch.Generator().manual_seed(seed)
+    batch = prompts * n
+    lengths = torch.randint(1, length + 1, (batch,), generator=gen)
+    mask = (torch.arange(length)[None] < lengths[:, None]).float()
+    rewards = torch.zeros(batch, length)
+    rewards[torch.arange(batch), lengths - 1] = torch.randint(0, 2, (batch,), generator=gen).float()
+    uid = np.repeat(np.array([f"prompt-{i}" for i in range(prompts)], dtype=object), n)
+    entropy = torch.rand(batch, length, generator=gen) * 2
+    return rewards, mask, uid, entropy
+
+
+def _verl_advantages(rewards, mask, uid, estimator, algo):
+    data = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask}, non_tensors={"uid": uid})
+    return compute_advantage(data, adv_estimator=estimator, config=algo, norm_adv_by_std_in_grpo=True).batch["advantages"]
+
+
+def test_registered_in_verl_and_alpha_zero_is_exactly_grpo():
+    assert get_adv_estimator_fn("entropy_shaping") is compute_entropy_shaped_advantage
+    rewards, mask, uid, entropy = _batch()
+    algo = OmegaConf.create({"adv_estimator": "entropy_shaping", "norm_adv_by_std_in_grpo": True, "gamma": 1.0,
+                             "lam": 1.0, "entropy_shaping": {"alpha": 0.0}})
+    grpo = _verl_advantages(rewards, mask, uid, "grpo", algo)
+    with estimator_inputs(entropy=entropy):
+        off = _verl_advantages(rewards, mask, uid, "entropy_shaping", algo)
+    torch.testing.assert_close(off, grpo, atol=0, rtol=0)
+    algo.entropy_shaping.alpha = 0.4
+    with estimator_inputs(entropy=entropy):
+        on = _verl_advantages(rewards, mask, uid, "entropy_shaping", algo)
+    expected = shape_advantages(grpo, entropy, mask, EntropyShapingConfig()).advantages
+    torch.testing.assert_close(on, expected, atol=0, rtol=0)
+    assert not torch.equal(on, grpo)
+    metrics = pop_metrics()
+    assert 0 < metrics["entropy/bonus_mean"] and 0 <= metrics["entropy/clip_rate"] <= 1
+    assert metrics["entropy/token_entropy_mean"] == pytest.approx(entropy[mask.bool()].mean().item())
+
+
+def test_missing_entropy_says_what_to_do():
+    rewards, mask, uid, _ = _batch()
+    with pytest.raises(RuntimeError, match=r"entropy_shaping needs \['entropy'\].*bypass_mode"):
+        compute_entropy_shaped_advantage(rewards, mask, uid)
+
+
+def test_metrics_on_hand_case():
+    adv = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    entropy = torch.tensor([[0.5, 2.0], [1.0, 1.0]])
+    mask = torch.ones(2, 2)
+    shaped = shape_advantages(adv, entropy, mask, EntropyShapingConfig())
+    m = entropy_metrics(shaped, adv, entropy, mask)
+    assert m["entropy/bonus_mean"] == pytest.approx((0.2 + 0.5) / 4)
+    assert m["entropy/nonzero_advantage_fraction"] == pytest.approx(0.5)
+    assert m["entropy/bonus_to_abs_advantage"] == pytest.approx(0.7 / 2)
+
+
+def test_methods_table_lists_every_registered_estimator_of_ours():
+    from vgpo_verl.estimator import ESTIMATORS
+    from vgpo_verl.methods import ESTIMATOR_NAMES, method_of, methods
+
+    assert set(methods()) == set(ESTIMATOR_NAMES) == set(ESTIMATORS)
+    assert method_of("grpo") is None and method_of("entropy_shaping").metric_prefix == "entropy/"
+    assert not method_of("entropy_shaping").needs_engine_pass and method_of("vppo").needs_engine_pass
