@@ -69,6 +69,8 @@ def ws1(setup, qwen3):
     model, model_dir, samples = setup
     _, qwen3_dir, qwen3_samples = qwen3
     runs = WS1_RUNS + [{"name": "qwen3_padded", "remove_padding": False, "flags": SCORE,
+                        "model_dir": qwen3_dir, "samples": qwen3_samples},
+                       {"name": "qwen3_vppo", "remove_padding": False, "flags": PERTURB,
                         "model_dir": qwen3_dir, "samples": qwen3_samples}]
     return run_engine(model_dir, samples, runs, f"{model_dir}/ws1.pt")
 
@@ -229,6 +231,14 @@ def test_perturbed_pass_leaves_verls_outputs_alone_and_changes_only_visual_sampl
             torch.testing.assert_close(aug, clean, atol=1e-6, rtol=0)
         else:
             assert (aug - clean).abs().max() > 1e-3, f"sample {i}: the perturbation changed nothing"
+
+
+def test_qwen3_vl_perturbed_forward(ws1, qwen3):
+    """Qwen3-VL (deepstack, frame-split video): the same per-sample blackened log-probs."""
+    model, _, samples = qwen3
+    for i, (sample, aug) in enumerate(zip(samples, ws1["qwen3_vppo"]["outputs"]["vppo_aug_log_probs"])):
+        torch.testing.assert_close(aug[:-1].double(), reference_log_probs(model, sample, perturbed=True),
+                                   atol=1e-4, rtol=0, msg=f"sample {i}")
 
 
 def test_scores_are_unchanged_next_to_the_perturbed_pass(ws1):
