@@ -195,3 +195,19 @@ def test_comparison_methods_are_checked_at_start_up(estimator, key, value, expec
     found = preflight.problems(config(**{"algorithm.adv_estimator": estimator, key: value}), "verl.trainer.main_ppo",
                                environ={}, engine_key=NVIDIA)
     assert len(found) == 1 and expected in found[0], found
+
+
+def test_the_cpu_demo_passes_the_checks():
+    """The demo's real overrides and CPU-platform environment (vgpo_verl.demo.run, vgpo_verl.cpu)."""
+    from hydra import compose, initialize_config_module
+
+    from vgpo_verl.cpu import environment
+    from vgpo_verl.demo.run import overrides
+
+    path = pathlib.Path("/nonexistent")
+    with initialize_config_module("verl.trainer.config", version_base=None):
+        cfg = compose("ppo_trainer", overrides=overrides(path, path, path, "vgpo"))
+    env = environment(hidden_modules=[])
+    assert preflight.problems(cfg, "verl.trainer.main_ppo", environ=env,
+                              engine_key=preflight.resolved_engine_key(env)) == []
+    assert preflight.warnings_for(cfg, "verl.trainer.main_ppo") == []
