@@ -228,3 +228,16 @@ def test_blacken_patches_sets_exactly_the_masked_rows():
 def test_step_seeds_differ_per_step_and_repeat_per_seed():
     assert step_seed(0, 1) == step_seed(0, 1)
     assert len({step_seed(0, s) for s in range(50)}) == 50 and step_seed(0, 1) != step_seed(1, 1)
+
+
+def test_balance_batch_padding_rows_take_no_part_in_the_statistics():
+    adv, aug, old, mask = _random(2)
+    cfg = VPPOConfig()
+    real = compute_vppo_weights(aug[:-1], old[:-1], mask[:-1], cfg).factor
+    aug_pad = aug.clone()
+    aug_pad[-1] = old[-1] + 15.0  # a padding row with an extreme score would move min / max / mean
+    counted = torch.ones(len(aug), dtype=torch.bool)
+    counted[-1] = False
+    padded = compute_vppo_weights(aug_pad, old, mask, cfg, counted=counted).factor
+    torch.testing.assert_close(padded[:-1], real)
+    assert padded[-1] == 1.0
