@@ -3,7 +3,8 @@
 One run of the demo as a user starts it (`make demo`), into a temporary cache directory, then
 checks what the demo promises: exit 0, two training steps with a reward, a validation pass, the
 `vgpo/` metrics on every step computed from image tokens (no response without a visual token),
-and no process of the run left behind.
+and no process of the run left behind. A second run has its vLLM engine killed after the first step
+and must end quickly with the cause named.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import json
 import math
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -33,17 +36,38 @@ def _processes_with_run_id() -> list[int]:
     return found
 
 
+def _demo_command(cache) -> list[str]:
+    return [sys.executable, "-m", "vgpo_verl.demo", "--cache-dir", str(cache)]
+
+
+def _demo_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != RUN_ID_VAR}
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM first: the demo then ends its run's Ray and vLLM processes itself."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     cache = tmp_path_factory.mktemp("demo")
     before = set(_processes_with_run_id())
-    proc = subprocess.run(
-        [sys.executable, "-m", "vgpo_verl.demo", "--cache-dir", str(cache)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        env={k: v for k, v in os.environ.items() if k != RUN_ID_VAR},
-    )
+    # the demo ends a dead or stalled run itself (vgpo_verl.demo.watchdog); this limit is the backstop
+    proc = subprocess.Popen(_demo_command(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_demo_env())
+    try:
+        stdout, stderr = proc.communicate(timeout=1800)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        stdout, stderr = proc.communicate()
+    proc = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     runs = sorted((cache / "runs").glob("*/metrics.jsonl"))
     metrics = {}
     if runs:
@@ -87,3 +111,63 @@ def test_demo_vgpo_metrics_come_from_image_tokens(demo_run):
 def test_demo_leaves_no_process_behind(demo_run):
     _, _, leftovers = demo_run
     assert not leftovers
+
+
+def _engine_core_pids(exclude: set[int]) -> list[int]:
+    """vLLM EngineCore processes of a demo run (its process title is "VLLM::EngineCore...")."""
+    found = []
+    for pid in set(_processes_with_run_id()) - exclude:
+        try:
+            if b"EngineCore" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+KILL_TO_EXIT_LIMIT_S = 120  # issue 9: a killed vLLM engine ends the demo, with a clear message, within 2 min
+
+
+@pytest.mark.slow
+def test_demo_ends_fast_when_its_vllm_engine_is_killed(tmp_path):
+    """Kill the rollout engine after the first training step (the next weight sync and rollouts need
+    it; before the watchdog the trainer waited forever): the demo must stop the run, name the dead
+    engine, exit non-zero and leave no process."""
+    import threading
+
+    before = set(_processes_with_run_id())
+    proc = subprocess.Popen(_demo_command(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_demo_env())
+    lines: list[str] = []
+    first_step = threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if "step:1" in line:
+                first_step.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert first_step.wait(timeout=1500), "".join(lines[-60:])
+        engines = _engine_core_pids(before)
+        assert engines, "no EngineCore process found:\n" + "".join(lines[-60:])
+        for pid in engines:
+            os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        try:
+            proc.wait(timeout=KILL_TO_EXIT_LIMIT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the demo still ran {KILL_TO_EXIT_LIMIT_S} s after its EngineCore was killed:\n"
+                        + "".join(lines[-60:]))
+        took = time.monotonic() - killed_at
+    finally:
+        _stop(proc)
+    reader.join(timeout=30)
+    out = "".join(lines)
+    print(f"\nEngineCore {engines} killed; the demo exited {proc.returncode} after {took:.0f} s; its report:\n"
+          + "\n".join(l for l in out.splitlines() if l.startswith(("[demo] run stopped", "[demo] root", "  ! "))))
+    assert proc.returncode != 0
+    assert "[demo] run stopped: the vLLM engine died" in out, out[-6000:]
+    assert not set(_processes_with_run_id()) - before

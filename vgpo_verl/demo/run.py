@@ -19,6 +19,8 @@ import sys
 import time
 import uuid
 
+from vgpo_verl.demo import watchdog
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO / ".cache" / "demo"
 RUN_ID_VAR = "VGPO_DEMO_RUN_ID"
@@ -70,8 +72,10 @@ def overrides(model_dir: pathlib.Path, train: pathlib.Path, val: pathlib.Path, e
         f"{rollout}.tensor_model_parallel_size=1",
         f"{rollout}.log_prob_micro_batch_size_per_gpu={BATCH_PROMPTS * RESPONSES_PER_PROMPT}",
         f"{rollout}.enforce_eager=true",
-        # (vLLM stays bf16: in fp32 its CPU linears pack the weights into oneDNN handles and drop the
-        # parameters, so verl's weight sync after each step cannot load into them)
+        # fp32 like the actor (no bf16 rounding between rollout and actor log-probs; bf16 matmuls are
+        # the slow path without AVX-512-BF16). vLLM would pack fp32 linears into oneDNN on any x86 CPU;
+        # vgpo_verl.cpu.vllm_linear keeps them on the synced weights, so the demo runs that path everywhere
+        f"{rollout}.dtype=float32",
         f"+{rollout}.engine_kwargs.vllm.skip_mm_profiling=true",
         # images rescaled/normalized by the HF processor, not by vLLM's `visual.input_norm` buffers:
         # verl starts vLLM on dummy weights (load_format=dummy), which turns those buffers into noise
@@ -176,6 +180,8 @@ def run_verl(run_dir: pathlib.Path, args: list[str], echo=None, on_start=None) -
     """Run main_ppo with `args` in run_dir; stream its output to run_dir/train.log and to `echo`.
 
     `on_start(run_id)` is called once the process is started (to watch its memory).
+    A run whose Ray actor, vLLM engine or trainer died, or that went silent, is stopped at once
+    (vgpo_verl.demo.watchdog), with its root-cause lines printed; its exit code is then non-zero.
     Returns (exit code, run id). Whatever way it ends, no process of the run is left behind.
     """
     run_id = uuid.uuid4().hex
@@ -189,14 +195,24 @@ def run_verl(run_dir: pathlib.Path, args: list[str], echo=None, on_start=None) -
         )
         if on_start is not None:
             on_start(run_id)
+
+        def on_line(line: str) -> None:
+            log.write(line)
+            log.flush()
+            if echo is not None:
+                echo(line)
+
         try:
-            for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace")
-                log.write(line)
-                log.flush()
-                if echo is not None:
-                    echo(line)
+            dog = watchdog.Watchdog()
+            failure = watchdog.stream(proc.stdout, on_line, dog)
+            if failure is not None:
+                _end_group(proc)  # dead or stalled: nothing more will come of it
             code = proc.wait()
+            if failure is None and code != 0:
+                failure = dog.exit_failure(code)
+            if failure is not None:
+                print(failure.report(log_path), flush=True)
+                code = code if code > 0 else 1  # ended by our signal: still a failure
         except BaseException:
             _end_group(proc)
             raise

@@ -6,9 +6,9 @@ on a Ray actor or a vLLM engine that is gone).
   error", "engine core exited unexpectedly", EngineDeadError), a Ray actor or worker (ActorDiedError,
   "The actor died", "A worker died or was killed"), or the trainer's top-level exception (Hydra's
   "Error executing job"); it waits FATAL_GRACE_S more for the traceback's last lines, then fires;
-- or no progress line came for SILENCE_S seconds. A progress line is any output line except
-  periodic chatter that a stalled run keeps printing (Ray's autoscaler "cannot be scheduled"
-  warnings, vLLM's throughput stats).
+- or no progress line came for SILENCE_S seconds (5 min). A progress line is any output line
+  except periodic chatter that a stalled run may keep printing (Ray's autoscaler "cannot be
+  scheduled" warnings, vLLM's throughput stats, TransferQueue's operation statistics).
 
 The failure names the root cause: the exception lines ("SomeError: message", the last line of each
 traceback), in order of first appearance, without Ray's process prefixes and without repeats.
@@ -23,10 +23,11 @@ import re
 import threading
 import time
 
-# On 2 cores the longest quiet stretch of a healthy demo is vLLM's start-up (about 2 min, under load
-# more); a stalled run shows nothing new at all. Ten minutes keeps a loaded machine from being
-# mistaken for a stall while a hang still ends long before CI's job limit.
-SILENCE_S = 600.0
+# A healthy demo is never quiet for long: on a 2-core AVX2 EPYC the longest stretch between two
+# progress lines was 33 s (vLLM's start-up and the first update included; 7.1 min run). Five
+# minutes is about ten times that, for slower or busier machines, and still ends a stalled run
+# long before a CI job limit.
+SILENCE_S = 300.0
 # Time for the rest of a traceback to arrive after its first fatal line.
 FATAL_GRACE_S = 5.0
 MAX_CAUSE_LINES = 12
@@ -38,9 +39,12 @@ FATAL = (
                 r"|A worker died or was killed|WorkerCrashedError"), "a Ray actor or worker died"),
     (re.compile(r"Error executing job with overrides"), "the trainer raised an exception"),
 )
-NOT_PROGRESS = re.compile(r"\(autoscaler|cannot be scheduled right now|Avg prompt throughput|Avg generation throughput")
-# "(TaskRunner pid=123)", "(vLLMHttpServer pid=9, ip=10.0.0.1)", "[repeated 3x across cluster]"
-RAY_PREFIX = re.compile(r"^\s*\([\w.:-]+ pid=\d+(?:, ip=[\d.]+)?\)\s*")
+NOT_PROGRESS = re.compile(r"\(autoscaler|cannot be scheduled right now|Avg prompt throughput|Avg generation throughput"
+                          r"|Per-operation statistics")
+# Ray colours its process prefixes, and a vLLM subprocess adds its own after the Ray actor's:
+# "\x1b[36m(vLLMHttpServer pid=9, ip=10.0.0.1)\x1b[0m (EngineCore pid=12) ...", "[repeated 3x across cluster]"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+RAY_PREFIX = re.compile(r"^\s*(?:\([\w.:-]+ pid=\d+(?:, ip=[\d.]+)?\)\s*)+")
 RAY_REPEAT = re.compile(r"\s*\[repeated \d+x across cluster\]\s*$")
 # The last line of a Python traceback: "SomeError: message", "pkg.mod.SomeException", "ray::X ... Error: ..."
 EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Exit|Interrupt)\b(?::.*)?$")
@@ -63,7 +67,7 @@ class Failure:
 
 
 def strip_ray_prefix(line: str) -> str:
-    return RAY_REPEAT.sub("", RAY_PREFIX.sub("", line.rstrip("\n"))).strip()
+    return RAY_REPEAT.sub("", RAY_PREFIX.sub("", ANSI.sub("", line.rstrip("\n")))).strip()
 
 
 def classify(line: str) -> str | None:
