@@ -182,3 +182,17 @@ def test_verl_loads_it_as_custom_reward_function():
     fn = get_custom_reward_fn(config)
     assert fn(data_source="geo3k", solution_str=r"\boxed{C. 5}", ground_truth="C", extra_info={}) == 1.0
     assert fn(data_source="geo3k", solution_str=r"\boxed{31}", ground_truth="30", extra_info={}) == 0.0
+
+
+def test_the_demo_counting_answers_grade(tmp_path):
+    """The CPU demo's shapes task trains on compute_score: its integer counts grade right and wrong."""
+    import pyarrow.parquet as pq
+
+    from vgpo_verl.demo.shapes_data import make_dataset
+
+    train, _ = make_dataset(tmp_path, n_train=8, n_val=2)
+    golds = {row["reward_model"]["ground_truth"] for row in pq.read_table(train).to_pylist()}
+    for gold in golds:
+        assert compute_score("vgpo_shapes", f"<think>I count.</think> \\boxed{{{gold}}}", gold) == 1.0
+        assert compute_score("vgpo_shapes", f"\\boxed{{{int(gold) + 1}}}", gold) == 0.0
+        assert compute_score("vgpo_shapes", f"The answer is {gold}.", gold) == 0.0  # no box, no reward
