@@ -11,7 +11,9 @@ the next forward:
   "follows"      the output is F.linear with the new weight;
   "stale"        the output is still the old weight's (a packed copy is in use: the silent trap);
   "dropped"      `layer.weight` was replaced by a Parameter without weight_loader (sync would fail);
-  "raised: ..."  vLLM's dispatch itself failed (claimed AMX on a build without its kernel).
+  "raised: ..."  vLLM's dispatch itself failed (claimed AMX on a build without its kernel);
+  "packed: ..."  under a claimed ISA, the forward would call this packed kernel (named, not run:
+                 the CPU may lack the instructions).
 It does this with the patched dispatch and, as the control, with vLLM's original one.
 Prints one line FACTS=<json>.
 """
@@ -35,7 +37,11 @@ def _loader(param, loaded):
     param.data.copy_(loaded)
 
 
-def classify(method_cls, dtype) -> str:
+# vLLM's packed-kernel calls, as named inside the cpu_linear it builds
+PACKED_KERNELS = ("weight_packed_linear_cpu", "onednn_mm", "zentorch_linear_unary")
+
+
+def classify(method_cls, dtype, native: bool) -> str:
     from vllm.model_executor.utils import set_weight_attrs
 
     gen = torch.Generator().manual_seed(0)
@@ -52,6 +58,10 @@ def classify(method_cls, dtype) -> str:
     weight = layer.weight
     if weight.numel() == 0 or not hasattr(weight, "weight_loader"):
         return "dropped"
+    if not native and layer.cpu_linear is not torch.nn.functional.linear:
+        # a kernel chosen for an ISA this CPU may lack (AMX tiles): name it rather than run it
+        names = getattr(getattr(layer.cpu_linear, "__code__", None), "co_names", ())
+        return "packed: " + ",".join(n for n in names if n in PACKED_KERNELS)
     weight.weight_loader(weight, synced)
     out = method.apply(layer, x)
     if torch.allclose(out.float(), torch.nn.functional.linear(x, synced).float(), atol=1e-2, rtol=1e-2):
@@ -84,7 +94,7 @@ def main() -> None:
                 for method_cls in (UnquantizedLinearMethod, UnquantizedEmbeddingMethod):
                     for dtype in (torch.bfloat16, torch.float32):
                         key = f"{which}/{claim}/{method_cls.__name__}/{str(dtype)[6:]}"
-                        facts["results"][key] = classify(method_cls, dtype)
+                        facts["results"][key] = classify(method_cls, dtype, native=not answers)
     print("FACTS=" + json.dumps(facts), flush=True)
 
 
