@@ -58,10 +58,10 @@ def classify(method_cls, dtype, native: bool) -> str:
     weight = layer.weight
     if weight.numel() == 0 or not hasattr(weight, "weight_loader"):
         return "dropped"
-    if not native and layer.cpu_linear is not torch.nn.functional.linear:
+    kernels = [n for n in getattr(getattr(layer.cpu_linear, "__code__", None), "co_names", ()) if n in PACKED_KERNELS]
+    if kernels and not native:
         # a kernel chosen for an ISA this CPU may lack (AMX tiles): name it rather than run it
-        names = getattr(getattr(layer.cpu_linear, "__code__", None), "co_names", ())
-        return "packed: " + ",".join(n for n in names if n in PACKED_KERNELS)
+        return "packed: " + ",".join(kernels)
     weight.weight_loader(weight, synced)
     out = method.apply(layer, x)
     if torch.allclose(out.float(), torch.nn.functional.linear(x, synced).float(), atol=1e-2, rtol=1e-2):
