@@ -51,6 +51,8 @@ def test_hand_computed_scores_filter_and_factors():
     torch.testing.assert_close(w.trajectory_score, torch.tensor(S))
     torch.testing.assert_close(w.factor, torch.tensor(f))
     assert f[1] == pytest.approx(0.9) and f[0] == pytest.approx(beta_max)
+    # by construction TAS keeps the mean factor at 1 (beta_max = beta_min + (1 - beta_min) / mean n)
+    assert w.factor.mean().item() == pytest.approx(1.0)
     adv = torch.tensor([[1.0] * 4, [-1.0] * 4, [2.0] * 4]) * mask
     shaped = apply_vppo(adv, w, VPPOConfig())
     torch.testing.assert_close(shaped, torch.tensor([[0, 0, f[0], f[0]], [-f[1], 0, 0, 0], [2 * f[2], 2 * f[2], 0, 0]]))
