@@ -249,3 +249,41 @@ def test_single_node_real_path_checks_the_plugin_then_trains(tmp_path, plugin_im
         assert train.endswith("VERL_USE_EXTERNAL_MODULES=vgpo_verl.plugin")
     else:
         assert result.returncode == 1 and "not importable" in result.stderr and len(calls) == 1
+
+
+AUTH_SRUN = """#!/usr/bin/env bash
+echo "srun $* | RAY_AUTH_MODE=${RAY_AUTH_MODE:-unset}" >> "$FAKE_LOG"
+case "$*" in
+  *"hostname --ip-address"*) echo "10.9.8.7" ;;
+  *cluster_resources*) echo 16 ;;
+esac
+"""
+FAKE_RAY = """#!/usr/bin/env bash
+if [[ "$1" == get-auth-token ]]; then [[ -n "${HAS_TOKEN:-}" ]] && echo secret; exit $(( ${HAS_TOKEN:-0} ? 0 : 1 )); fi
+echo "ray $*" >> "$FAKE_LOG"
+"""
+
+
+@pytest.mark.parametrize("has_token, user_mode, expected", [
+    ("1", None, "token"), ("0", None, "disabled"), ("1", "disabled", "disabled"),
+])
+def test_every_node_gets_one_ray_auth_mode(tmp_path, has_token, user_mode, expected):
+    """`ray start --head` enables token auth by itself when a token exists; workers and ray.init only
+    when told: the launcher decides once and every srun task inherits it (a mismatch: InvalidAuthToken)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("srun", AUTH_SRUN), ("scontrol", FAKE_SCONTROL), ("ray", FAKE_RAY)):
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log), "HAS_TOKEN": has_token,
+        "SLURM_JOB_NODELIST": "gpu-[a-b]", "HEAD_START_SECONDS": "0", "RAY": str(bin_dir / "ray"),
+    }
+    if user_mode:
+        env["RAY_AUTH_MODE"] = user_mode
+    result = run([SLURM, "vgpo_qwen2_5_vl_7b"], env={k: v for k, v in env.items()})
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = [c for c in log.read_text().splitlines() if c.startswith("srun")]
+    assert len(calls) >= 5 and all(c.endswith(f"RAY_AUTH_MODE={expected}") for c in calls), calls
+    assert "secret" not in result.stdout  # the token itself is never printed
