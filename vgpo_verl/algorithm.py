@@ -31,6 +31,8 @@ EPS = 1e-8  # the fork's epsilon in every min-max normalisation
 SCHEDULES = ("linear", "exponential", "step")
 RHO_NORMS = ("group", "trajectory", "batch")
 PHIS = ("sum", "mean")
+# Keys of `algorithm.vgpo` read by the trainer wiring, not by the weighting (vgpo_verl.dump).
+TRAINER_KEYS = ("dump_dir",)
 
 
 def _knob(default, help):
@@ -85,14 +87,17 @@ class VGPOConfig:
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None) -> VGPOConfig:
-        """Build from `algorithm.vgpo` (a dict or an OmegaConf DictConfig); unknown keys are errors."""
+        """Build from `algorithm.vgpo` (a dict or an OmegaConf DictConfig); unknown keys are errors.
+
+        TRAINER_KEYS (the debugging dump's `dump_dir`) are accepted and left to the trainer wiring.
+        """
         if mapping is None:
             return cls()
         known = {f.name for f in dataclasses.fields(cls)}
-        values = {str(k): mapping[k] for k in mapping.keys()}
+        values = {str(k): mapping[k] for k in mapping.keys() if str(k) not in TRAINER_KEYS}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"algorithm.vgpo: unknown key(s) {unknown}; allowed: {sorted(known)}")
+            raise ValueError(f"algorithm.vgpo: unknown key(s) {unknown}; allowed: {sorted(known | set(TRAINER_KEYS))}")
         return cls(**values)
 
 

@@ -147,12 +147,15 @@ def _wrap_v1_advantage(original):
         method = method_of(self.config.algorithm.adv_estimator)
         if method is None:
             return original(self, batch, metrics)
+        from vgpo_verl.dump import dump_step
         from vgpo_verl.estimator import estimator_inputs, pop_metrics
 
         is_padding = torch.tensor([bool(tag.get("is_padding", False)) for tag in batch.tags], dtype=torch.bool)
-        with estimator_inputs(**fetch_v1_inputs(method, batch), is_padding=is_padding):
+        inputs = fetch_v1_inputs(method, batch)
+        with estimator_inputs(**inputs, is_padding=is_padding):
             result = original(self, batch, metrics)
         metrics.update(pop_metrics())
+        dump_step(self, result, inputs)  # no-op unless algorithm.vgpo.dump_dir is set
         return _without_engine_outputs(result, method)  # the batch update_actor receives next
 
     return _compute_advantage
