@@ -3,8 +3,14 @@
 One run of the demo as a user starts it (`make demo`), into a temporary cache directory, then
 checks what the demo promises: exit 0, two training steps with a reward, a validation pass, the
 `vgpo/` metrics on every step computed from image tokens (no response without a visual token),
-and no process of the run left behind. A second run has its vLLM engine killed after the first step
-and must end quickly with the cause named.
+non-zero advantages (the warm start gets some answers right), and no process of the run left behind.
+A second run has its vLLM engine killed after the first step and must end quickly with the cause named.
+
+The same run has the debugging dump on (`algorithm.vgpo.dump_dir`, vgpo_verl.dump), and the
+fidelity tests check from it what verl actually trained on: the advantages it stored equal verl's
+GRPO advantage x alpha x psi recomputed with vgpo_verl.algorithm from the dumped scores, and the
+dumped scores of a few responses equal a plain-transformers recomputation from the warm start
+(so the row / uid / response alignment survived Ray, the TransferQueue and the micro-batching).
 """
 
 from __future__ import annotations
@@ -56,12 +62,17 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("demo")
+def demo_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo")
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_cache):
+    cache = demo_cache
     before = set(_processes_with_run_id())
     # the demo ends a dead or stalled run itself (vgpo_verl.demo.watchdog); this limit is the backstop
-    proc = subprocess.Popen(_demo_command(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_demo_env())
+    command = _demo_command(cache) + [f"+algorithm.vgpo.dump_dir={cache / 'dump'}"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_demo_env())
     try:
         stdout, stderr = proc.communicate(timeout=1800)
     except subprocess.TimeoutExpired:
@@ -105,6 +116,14 @@ def test_demo_vgpo_metrics_come_from_image_tokens(demo_run):
         # every response was scored against its image: similarities are real cosines, weights vary
         assert math.isfinite(vgpo["vgpo/similarity_mean"]) and -1.0 <= vgpo["vgpo/similarity_mean"] <= 1.0
         assert vgpo["vgpo/psi_min"] < vgpo["vgpo/psi_max"]
+
+
+@pytest.mark.slow
+def test_demo_advantages_are_not_all_zero(demo_run):
+    proc, metrics, _ = demo_run
+    for step in range(1, STEPS + 1):
+        assert metrics[step]["critic/advantages/max"] > 0 > metrics[step]["critic/advantages/min"], metrics[step]
+        assert "critic/advantages/max" in proc.stdout  # the summary shows them
 
 
 @pytest.mark.slow
@@ -171,3 +190,97 @@ def test_demo_ends_fast_when_its_vllm_engine_is_killed(tmp_path):
     assert proc.returncode != 0
     assert "[demo] run stopped: the vLLM engine died" in out, out[-6000:]
     assert not set(_processes_with_run_id()) - before
+
+
+# ----------------------------------------------------------------------------------------------
+# Fidelity: what verl trained on, from the dump of the same run
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dumps(demo_run, demo_cache):
+    import torch
+
+    paths = sorted((demo_cache / "dump").glob("step_*.pt"))
+    assert [p.name for p in paths] == [f"step_{s:06d}.pt" for s in range(1, STEPS + 1)], paths
+    return [torch.load(p, weights_only=False) for p in paths]
+
+
+def _expected_advantages(record):
+    """verl's GRPO advantage x alpha x psi, recomputed from the dumped rewards and scores."""
+    import numpy as np
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights
+
+    algorithm = record["algorithm"]
+    uid = np.array(record["uid"], dtype=object)
+    mask = record["response_mask"].float()
+    grpo, _ = compute_grpo_outcome_advantage(
+        record["token_level_rewards"], mask, uid, norm_adv_by_std_in_grpo=algorithm["norm_adv_by_std_in_grpo"]
+    )
+    psi, alpha = compute_vgpo_weights(record["similarity"], mask, uid, VGPOConfig.from_mapping(algorithm.get("vgpo")),
+                                      record["has_visual"])
+    return grpo, psi, alpha
+
+
+@pytest.mark.slow
+def test_dump_advantages_are_grpo_times_alpha_times_psi(dumps):
+    import torch
+
+    for record in dumps:
+        mask = record["response_mask"]
+        assert record["has_visual"].all() and not record["is_padding"].any()
+        assert len(set(record["uid"])) * 4 == len(record["uid"])  # 4 responses per prompt, rows of 4 groups
+        grpo, psi, alpha = _expected_advantages(record)
+        stored = record["advantages"]
+        assert stored[mask].abs().max() > 0, f"step {record['step']}: every advantage is 0"
+        assert (stored[~mask] == 0).all()
+        torch.testing.assert_close(stored, grpo * alpha[:, None] * psi, atol=1e-5, rtol=1e-5)
+        assert (psi[mask] != 1).any(), f"step {record['step']}: psi is 1 everywhere"
+        # the re-weighting changed what GRPO alone would have trained on
+        assert not torch.allclose(stored[mask], grpo[mask])
+
+
+# Recomputes dumped similarities with plain transformers: one sequence at a time from the dumped
+# token ids and pixels, the warm start's last_hidden_state (post-norm), cosine to the mean over
+# <|image_pad|> positions, at the response positions.
+REFERENCE = r"""
+import json, sys, torch
+import vgpo_verl.cpu; vgpo_verl.cpu.enable()
+from transformers import AutoModelForImageTextToText
+checkpoint, dump, rows = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+record = torch.load(dump, weights_only=False)
+model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
+image_token = model.config.image_token_id
+worst = []
+for i in rows:
+    ids = record["input_ids"][i][None]
+    start = int(record["prompt_length"][i])
+    n = ids.shape[1] - start
+    assert bool(record["response_mask"][i, :n].all()) and int(record["response_mask"][i].sum()) == n
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=record["pixel_values"][i],
+                             image_grid_thw=record["image_grid_thw"][i],
+                             mm_token_type_ids=(ids == image_token).int()).last_hidden_state[0]
+    mu = hidden[ids[0] == image_token].mean(dim=0)
+    expected = torch.nn.functional.cosine_similarity(hidden[start:], mu[None], dim=-1)
+    worst.append((expected - record["similarity"][i, :n]).abs().max().item())
+print(json.dumps(worst))
+"""
+
+
+@pytest.mark.slow
+def test_dumped_similarity_matches_a_plain_transformers_recomputation(dumps, demo_cache, tmp_path):
+    # step 1 scores come from the warm start itself (no update yet); rows from every group
+    first = dumps[0]
+    rows = list(range(0, len(first["uid"]), 3))
+    script = tmp_path / "reference.py"
+    script.write_text(REFERENCE)
+    out = subprocess.run(
+        [sys.executable, str(script), str(demo_cache / "warm_start"), str(demo_cache / "dump" / "step_000001.pt"),
+         json.dumps(rows)], capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    worst = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(worst) == len(rows) and max(worst) < 1e-4, worst

@@ -22,6 +22,7 @@ batch's key order (the order verl's `_compute_advantage` used), T = the longest 
                          for vgpo: visual_similarity and has_visual, also stored as:
     similarity           (B, T) float32, the actor's raw cosine scores (vgpo only)
     has_visual           (B,) bool (vgpo only)
+    is_padding           (B,) bool, rows verl's batch balancing added as padding (tag is_padding)
     advantages           (B, T) float32, what verl stored for the update (0 at padding)
     input_ids            list[(L_i,) int64] (B,), prompt + response token ids, unpadded
     prompt_length        (B,) int64, so input_ids[i][prompt_length[i]:] is the response
@@ -46,7 +47,7 @@ import pathlib
 import torch
 
 DUMP_KEY = "dump_dir"  # under algorithm.vgpo; read here, skipped by VGPOConfig (not a weighting knob)
-_FIELDS = ["uid", "response_mask", "rm_scores", "advantages", "input_ids", "prompts", "multi_modal_inputs", "index"]
+_FIELDS = ["uid", "response_mask", "rm_scores", "advantages", "input_ids", "multi_modal_inputs", "index"]
 
 
 def dump_dir_from(algorithm_config) -> pathlib.Path | None:
@@ -92,6 +93,9 @@ def collect(data, inputs: dict[str, torch.Tensor], step: int, algorithm: dict) -
     width = max(row.numel() for row in _rows(data["response_mask"]))
     mask = _padded(data["response_mask"], width, torch.bool)
     mm = _as_list(data["multi_modal_inputs"]) if "multi_modal_inputs" in keys else [None] * mask.shape[0]
+    input_ids = [row.long().cpu() for row in _rows(data["input_ids"])]
+    # TransferQueue keeps each sample unpadded: input_ids = prompt + response, response_mask per response token
+    response_lengths = [row.numel() for row in _rows(data["response_mask"])]
     record = {
         "step": int(step),
         "uid": [str(u) for u in _as_list(data["uid"])],
@@ -99,8 +103,8 @@ def collect(data, inputs: dict[str, torch.Tensor], step: int, algorithm: dict) -
         "token_level_rewards": _padded(data["rm_scores"], width, torch.float32),
         "estimator_inputs": {k: v.detach().cpu() for k, v in inputs.items()},
         "advantages": _padded(data["advantages"], width, torch.float32),
-        "input_ids": [row.long().cpu() for row in _rows(data["input_ids"])],
-        "prompt_length": torch.tensor([row.numel() for row in _rows(data["prompts"])], dtype=torch.long),
+        "input_ids": input_ids,
+        "prompt_length": torch.tensor([ids.numel() - n for ids, n in zip(input_ids, response_lengths)]),
         "image_grid_thw": [None if m is None or "image_grid_thw" not in m else m["image_grid_thw"].cpu() for m in mm],
         "pixel_values": [None if m is None or "pixel_values" not in m else m["pixel_values"].float().cpu() for m in mm],
         "index": _as_list(data["index"]) if "index" in keys else [None] * mask.shape[0],
@@ -129,6 +133,7 @@ def dump_step(trainer, batch, inputs: dict[str, torch.Tensor]) -> pathlib.Path |
     algorithm = OmegaConf.to_container(trainer.config.algorithm, resolve=True)
     record = collect(fetched, inputs, step, algorithm)
     record["keys"] = [str(k) for k in batch.keys]
+    record["is_padding"] = torch.tensor([bool(tag.get("is_padding", False)) for tag in batch.tags], dtype=torch.bool)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"step_{step:06d}.pt"
     tmp = path.with_suffix(".pt.tmp")

@@ -1,9 +1,14 @@
 """`python -m vgpo_verl.demo` (`make demo`): VGPO trains a tiny vision-language model on this CPU.
 
-Builds the tiny Qwen2.5-VL and the shapes task if missing (under .cache/demo in the repo), runs
-verl's `main_ppo` with `algorithm.adv_estimator=vgpo` for 2 steps plus one validation, shows its
-progress, and ends with a summary: steps, reward, the `vgpo/` metrics, wall time, peak memory and
-where the logs are. Exit code: verl's, or 1 if the run did not produce what the summary needs.
+Builds the tiny Qwen2.5-VL, its warm start (minutes of supervised fine-tuning, so rewards vary) and
+the shapes task if missing (under .cache/demo in the repo), runs verl's `main_ppo` with
+`algorithm.adv_estimator=vgpo` from the warm start for 2 steps plus one validation, shows its
+progress, and ends with a summary: per step the reward, verl's advantage range, the `vgpo/` and
+`rollout_corr/` metrics; wall time, peak memory and where the logs are. Exit code: verl's, or 1 if
+the run did not produce what the summary needs.
+
+`--learn`: VGPO and DAPO from the same warm start for vgpo_verl.demo.learn.STEPS steps each, with
+validation; writes learning_curve_tiny.{json,png} (see vgpo_verl.demo.learn).
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the tiny model, the data and the run directories go (default: %(default)s)")
     p.add_argument("--estimator", default="vgpo", help="algorithm.adv_estimator (default: %(default)s)")
     p.add_argument("--verbose", action="store_true", help="echo all of verl's output, not just progress")
+    p.add_argument("--learn", action="store_true",
+                   help="VGPO vs DAPO learning curves from the warm start (about 25 min on 2 cores)")
+    p.add_argument("--out", type=pathlib.Path, default=None,
+                   help="--learn: where learning_curve_tiny.{json,png} go (default: the cache directory)")
     p.add_argument("extra", nargs="*", help="extra Hydra overrides passed to main_ppo")
     return p
 
@@ -47,11 +56,24 @@ def main(argv: list[str] | None = None) -> int:
     cache = args.cache_dir.resolve()
 
     print(f"[demo] preparing the tiny Qwen2.5-VL and the shapes task under {cache}", flush=True)
-    from vgpo_verl.demo.shapes_data import make_dataset
+    from vgpo_verl.demo.shapes_data import DEFAULT_TASK, make_dataset
     from vgpo_verl.demo.tiny_model import build_tiny_vlm
+    from vgpo_verl.demo.warm_start import build_warm_start
 
-    model_dir = build_tiny_vlm(cache / "tiny_qwen2_5_vl")
-    data_dir = cache / "shapes"
+    model_dir = build_warm_start(build_tiny_vlm(cache / "tiny_qwen2_5_vl"), cache / "warm_start")
+
+    def echo(line: str) -> None:
+        if args.verbose or (PROGRESS.search(line) and not NOISE.search(line)):
+            print("  | " + line.rstrip()[:300], flush=True)
+
+    if args.learn:
+        from vgpo_verl.demo.learn import run_learn
+
+        result = run_learn(cache, model_dir, args.out or cache, extra=args.extra, echo=echo)
+        print(f"[learn] done in {(time.monotonic() - started) / 60:.1f} min; curves in {args.out or cache}", flush=True)
+        return max(result[arm]["exit_code"] for arm in ("vgpo", "dapo"))
+
+    data_dir = cache / f"shapes_{DEFAULT_TASK}"
     train, val = data_dir / "train.parquet", data_dir / "val.parquet"
     if not (train.exists() and val.exists()):
         train, val = make_dataset(data_dir, demo_run.TRAIN_PROMPTS, demo_run.VAL_PROMPTS, seed=0)
@@ -61,10 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     overrides = demo_run.overrides(model_dir, train, val, args.estimator) + list(args.extra)
     print(f"[demo] running verl main_ppo (adv_estimator={args.estimator}, {demo_run.STEPS} steps + validation); "
           f"full log: {run_dir / 'train.log'}", flush=True)
-
-    def echo(line: str) -> None:
-        if args.verbose or (PROGRESS.search(line) and not NOISE.search(line)):
-            print("  | " + line.rstrip()[:300], flush=True)
 
     with PeakMemory(demo_run.RUN_ID_VAR) as memory:
         code, _run_id = demo_run.run_verl(run_dir, overrides, echo=echo, on_start=memory.watch)

@@ -1,16 +1,24 @@
-"""A synthetic visual counting task in verl's RL parquet format: "How many red circles?".
+"""Synthetic visual tasks in verl's RL parquet format, on 112x112 white images of coloured shapes.
 
-Each image (112x112, white) holds 0-4 red circles among distractors: circles of other colours and
-red or other-coloured squares and triangles, none overlapping. The ground truth is the integer
-count, so a model that reads the image can solve it and one that ignores it cannot beat guessing;
-on a GPU that makes it a meaningful sanity task for VGPO.
+- "colour" (the demo's task): one shape (circle, square or triangle, radius 12-20 px) in one of
+  four colours; "What colour is the shape?", answer `red` / `blue` / `green` / `orange`. Easy
+  enough that the tiny 2-layer model learns it on a CPU in minutes (vgpo_verl.demo.warm_start),
+  and RL then has signal: a warm start that is right 25-60 % of the time gives groups of mixed
+  rewards. Guessing gives 25 %.
+- "count": 0-4 red circles among distractors (circles of other colours and red or other-coloured
+  squares and triangles), none overlapping; "How many red circles?", answer the integer. A model
+  that ignores the image cannot beat guessing; too hard for the tiny model to learn in minutes
+  (its warm start stayed at chance), kept as a GPU sanity task.
+
+Either way a model that ignores the image cannot beat guessing. Answers are a plain word or
+number, so every grader (math-verify's, mathruler's) compares them the same way.
 
 Columns (what verl's RLHFDataset reads, as in vgpo_verl.data):
     data_source   "vgpo_shapes"
-    prompt        [{"role": "user", "content": "<image>How many red circles ...? ... \\boxed{}."}]
+    prompt        [{"role": "user", "content": "<image>What colour is the shape? ... \\boxed{}."}]
     images        [{"bytes": PNG bytes}]
-    ability       "counting"
-    reward_model  {"style": "rule", "ground_truth": "3"}
+    ability       "colour" or "counting"
+    reward_model  {"style": "rule", "ground_truth": "red"} (or "3")
     extra_info    {"split", "index", "shapes"}  (shapes: what was drawn, for debugging)
 """
 
@@ -28,6 +36,9 @@ DATA_SOURCE = "vgpo_shapes"
 IMAGE_SIZE = 112
 MAX_TARGETS = 4
 QUESTION = "<image>How many red circles are in the image? Put the final answer in \\boxed{}."
+COLOUR_QUESTION = "<image>What colour is the shape? Put the final answer in \\boxed{}."
+TASKS = ("colour", "count")
+DEFAULT_TASK = "colour"
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 70, 220), "green": (30, 160, 60), "orange": (240, 150, 20)}
 KINDS = ("circle", "square", "triangle")
@@ -79,24 +90,53 @@ def make_example(rng: random.Random) -> tuple[bytes, int, list[dict]]:
     return buf.getvalue(), targets, drawn
 
 
-def _rows(split: str, n: int, rng: random.Random) -> list[dict]:
+def make_colour_example(rng: random.Random) -> tuple[bytes, str, list[dict]]:
+    """One image as PNG bytes with a single shape, its colour name, and the shape drawn."""
+    colour = rng.choice(list(COLOURS))
+    kind = rng.choice(KINDS)
+    r = rng.randint(12, 20)
+    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), "white")
+    cx, cy = _place(rng, [], r)
+    _draw(ImageDraw.Draw(image), kind, colour, cx, cy, r)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue(), colour, [{"kind": kind, "colour": colour, "x": cx, "y": cy, "r": r}]
+
+
+def example(task: str, rng: random.Random) -> tuple[bytes, str, list[dict]]:
+    """(PNG bytes, answer as the grader's ground truth string, shapes drawn) for `task`."""
+    if task == "colour":
+        return make_colour_example(rng)
+    if task == "count":
+        png, count, drawn = make_example(rng)
+        return png, str(count), drawn
+    raise ValueError(f"unknown shapes task {task!r}; allowed: {list(TASKS)}")
+
+
+def question(task: str) -> str:
+    """The user turn of `task`, with verl's `<image>` placeholder."""
+    return COLOUR_QUESTION if task == "colour" else QUESTION
+
+
+def _rows(split: str, n: int, rng: random.Random, task: str) -> list[dict]:
     rows = []
     for index in range(n):
-        png, count, drawn = make_example(rng)
+        png, answer, drawn = example(task, rng)
         rows.append(
             {
                 "data_source": DATA_SOURCE,
-                "prompt": [{"role": "user", "content": QUESTION}],
+                "prompt": [{"role": "user", "content": question(task)}],
                 "images": [{"bytes": png}],
-                "ability": "counting",
-                "reward_model": {"style": "rule", "ground_truth": str(count)},
+                "ability": "colour" if task == "colour" else "counting",
+                "reward_model": {"style": "rule", "ground_truth": answer},
                 "extra_info": {"split": split, "index": index, "shapes": drawn},
             }
         )
     return rows
 
 
-def make_dataset(out_dir, n_train: int, n_val: int, seed: int = 0) -> tuple[pathlib.Path, pathlib.Path]:
+def make_dataset(out_dir, n_train: int, n_val: int, seed: int = 0,
+                 task: str = DEFAULT_TASK) -> tuple[pathlib.Path, pathlib.Path]:
     """Write `train.parquet` and `val.parquet` under `out_dir`; the same seed gives the same files."""
     if n_train < 1 or n_val < 1:
         raise ValueError(f"make_dataset needs n_train >= 1 and n_val >= 1, got n_train={n_train}, n_val={n_val}")
@@ -105,7 +145,7 @@ def make_dataset(out_dir, n_train: int, n_val: int, seed: int = 0) -> tuple[path
     paths = []
     for split, n, split_seed in (("train", n_train, seed), ("val", n_val, seed + 1_000_003)):
         path = out / f"{split}.parquet"
-        pq.write_table(pa.Table.from_pylist(_rows(split, n, random.Random(split_seed))), path)
+        pq.write_table(pa.Table.from_pylist(_rows(split, n, random.Random(split_seed), task)), path)
         paths.append(path)
     return paths[0], paths[1]
 

@@ -6,6 +6,8 @@ import json
 import pathlib
 
 REWARD_KEY = "critic/score/mean"
+ADVANTAGE_KEYS = ("critic/advantages/max", "critic/advantages/min")
+ROLLOUT_CORR_PREFIX = "rollout_corr/"
 STEP_TIME_KEY = "timing_s/step"
 NO_VISUAL_KEY = "vgpo/no_visual_fraction"
 VAL_PREFIX = "val-core/"
@@ -43,34 +45,35 @@ def render_summary(metrics, steps: int, estimator: str, exit_code: int, wall_s: 
     lines = ["", "=" * 72, f"vgpo-verl demo summary (adv_estimator={estimator})", "=" * 72]
     lines.append(f"verl exit code      {exit_code}")
     lines.append(f"training steps      {len(done)} of {steps}")
+    problems = []
     for step in done:
         values = metrics[step]
         step_time = values.get(STEP_TIME_KEY)
         timing = f", step time {step_time:.1f} s" if step_time is not None else ""
         lines.append(f"  step {step}: reward (accuracy) {values[REWARD_KEY]:.3f}{timing}")
+        # one block per step: verl's reward and advantages next to VGPO's weights and the
+        # rollout (vLLM) vs actor agreement on the same tokens, images included
+        shown = {k: values[k] for k in (REWARD_KEY, *ADVANTAGE_KEYS) if k in values}
+        prefixes = (ROLLOUT_CORR_PREFIX,) if method is None else (method.metric_prefix, ROLLOUT_CORR_PREFIX)
+        shown.update({k: v for k, v in values.items() if k.startswith(prefixes) and isinstance(v, (int, float))})
+        lines.extend(f"    {k:<44} {v:+.4f}" for k, v in shown.items())
+        if method is not None:
+            own = {k: v for k, v in values.items() if k.startswith(method.metric_prefix)}
+            if not own:
+                problems.append(f"step {step} has no {method.metric_prefix} metrics")
+            elif estimator == "vgpo" and own.get(NO_VISUAL_KEY) != 0:
+                problems.append(f"step {step}: {NO_VISUAL_KEY} = {own.get(NO_VISUAL_KEY)} (expected 0)")
     for key, value in sorted(val.items()):
         lines.append(f"validation          {key} = {value:.3f}")
     if not val:
         lines.append("validation          (none logged)")
 
-    problems = []
     if exit_code != 0:
         problems.append(f"verl exited with code {exit_code}")
     if len(done) != steps:
         problems.append(f"{len(done)} training steps logged, expected {steps}")
     if not val:
         problems.append("no validation metrics logged")
-    if method is not None:
-        prefix = method.metric_prefix
-        for step in done:
-            own = {k: v for k, v in metrics[step].items() if k.startswith(prefix)}
-            if not own:
-                problems.append(f"step {step} has no {prefix} metrics")
-                continue
-            lines.append(f"  step {step} {prefix} metrics:")
-            lines.extend(f"    {k:<34} {v:.4f}" for k, v in sorted(own.items()))
-            if estimator == "vgpo" and own.get(NO_VISUAL_KEY) != 0:
-                problems.append(f"step {step}: {NO_VISUAL_KEY} = {own.get(NO_VISUAL_KEY)} (expected 0)")
 
     lines.append(f"wall time           {wall_s / 60:.1f} min ({wall_s:.0f} s)")
     lines.append(f"peak memory (PSS)   {peak_memory_bytes / 2**30:.1f} GiB, all processes of the run")
