@@ -49,10 +49,13 @@ def test_dump_holds_what_verl_stored_and_recomputes(v1, tmp_path):  # noqa: F811
 
     # the scores are the ones the estimator received (the fixture's keys put both rows of a uid in one
     # multi-output session, so its stored advantages are 0; the recomputation is checked on a real run)
-    from vgpo_verl.trainer_wiring import fetch_v1_scores
+    from vgpo_verl.methods import method_of
+    from vgpo_verl.trainer_wiring import fetch_v1_inputs
 
-    similarity, has_visual = fetch_v1_scores(batch)
-    torch.testing.assert_close(record["similarity"], similarity, atol=0, rtol=0)
+    inputs = fetch_v1_inputs(method_of("vgpo"), batch)
+    torch.testing.assert_close(record["similarity"], inputs["visual_similarity"], atol=0, rtol=0)
+    assert record["has_visual"].tolist() == inputs["has_visual"].tolist()
+    assert set(record["estimator_inputs"]) == {"visual_similarity", "has_visual"}
     assert record["algorithm"]["adv_estimator"] == "vgpo"
 
 

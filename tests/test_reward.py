@@ -184,15 +184,19 @@ def test_verl_loads_it_as_custom_reward_function():
     assert fn(data_source="geo3k", solution_str=r"\boxed{31}", ground_truth="30", extra_info={}) == 0.0
 
 
-def test_the_demo_counting_answers_grade(tmp_path):
-    """The CPU demo's shapes task trains on compute_score: its integer counts grade right and wrong."""
+@pytest.mark.parametrize("task", ["colour", "count"])
+def test_the_demo_answers_grade(tmp_path, task):
+    """The CPU demo's shapes tasks train on compute_score: their answers (colour words, integer counts)
+    grade right and wrong."""
     import pyarrow.parquet as pq
 
     from vgpo_verl.demo.shapes_data import make_dataset
 
-    train, _ = make_dataset(tmp_path, n_train=8, n_val=2)
+    train, _ = make_dataset(tmp_path, n_train=16, n_val=2, task=task)
     golds = {row["reward_model"]["ground_truth"] for row in pq.read_table(train).to_pylist()}
+    assert len(golds) > 1
     for gold in golds:
-        assert compute_score("vgpo_shapes", f"<think>I count.</think> \\boxed{{{gold}}}", gold) == 1.0
-        assert compute_score("vgpo_shapes", f"\\boxed{{{int(gold) + 1}}}", gold) == 0.0
+        wrong = next(g for g in golds if g != gold)
+        assert compute_score("vgpo_shapes", f"<think>I look.</think> \\boxed{{{gold}}}", gold) == 1.0
+        assert compute_score("vgpo_shapes", f"\\boxed{{{wrong}}}", gold) == 0.0
         assert compute_score("vgpo_shapes", f"The answer is {gold}.", gold) == 0.0  # no box, no reward
