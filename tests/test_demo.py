@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from vgpo_verl.demo.run import RUN_ID_VAR, STEPS
+from vgpo_verl.demo.run import RESPONSES_PER_PROMPT, RUN_ID_VAR, STEPS
 
 
 def _processes_with_run_id() -> list[int]:
@@ -231,7 +231,7 @@ def test_dump_advantages_are_grpo_times_alpha_times_psi(dumps):
     for record in dumps:
         mask = record["response_mask"]
         assert record["has_visual"].all() and not record["is_padding"].any()
-        assert len(set(record["uid"])) * 4 == len(record["uid"])  # 4 responses per prompt, rows of 4 groups
+        assert len(set(record["uid"])) * RESPONSES_PER_PROMPT == len(record["uid"])
         grpo, psi, alpha = _expected_advantages(record)
         stored = record["advantages"]
         assert stored[mask].abs().max() > 0, f"step {record['step']}: every advantage is 0"

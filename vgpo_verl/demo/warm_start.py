@@ -3,7 +3,8 @@
 A random model never answers correctly, so every reward, every GRPO advantage and every VGPO
 advantage is 0 and RL has nothing to learn from. This fine-tunes the tiny model (plain torch +
 transformers, no verl) on answers `\\boxed{<answer>}<|im_end|>` to the same chat prompt verl builds
-(image, then question), and stops as soon as its greedy held-out accuracy reaches TARGET_ACCURACY:
+(image, then question), and stops as soon as its greedy held-out accuracy reaches TARGET_ACCURACY
+(or keeps the previous evaluation's weights if that one interval jumped past UPPER_ACCURACY):
 right often enough that groups of sampled responses have mixed rewards, wrong often enough that
 RL has room to improve. Held-out accuracy is measured exactly as greedy decoding would score it:
 the prompt and every response token have the same length for every example, so a response is
@@ -37,6 +38,10 @@ HELDOUT_EXAMPLES = 128
 BATCH = 16
 LR = 2e-3
 TARGET_ACCURACY = 0.40
+# If one evaluation interval jumps past this (the format and the colours can click together), the
+# previous evaluation's weights are kept when they were right at least 25 % of the time.
+UPPER_ACCURACY = 0.60
+LOWER_ACCURACY = 0.25
 EVAL_EVERY = 5
 MAX_STEPS = 400
 # Its own data stream: neither the RL training prompts nor the validation prompts (shapes_data seeds).
@@ -124,6 +129,7 @@ def train(base_dir: pathlib.Path, out_dir: pathlib.Path, seed: int = SEED, task:
 
     history = []
     step, accuracy = 0, heldout_accuracy()
+    previous = (step, accuracy, {k: v.detach().clone() for k, v in model.state_dict().items()})
     generator = torch.Generator().manual_seed(seed)
     model.train()
     while accuracy < TARGET_ACCURACY and step < MAX_STEPS:
@@ -144,9 +150,14 @@ def train(base_dir: pathlib.Path, out_dir: pathlib.Path, seed: int = SEED, task:
                       flush=True)
                 if accuracy >= TARGET_ACCURACY or step >= MAX_STEPS:
                     break
-    if accuracy < TARGET_ACCURACY:
-        raise RuntimeError(f"warm start: held-out accuracy {accuracy:.3f} after {step} steps, below the "
-                           f"target {TARGET_ACCURACY}: RL would see (almost) no reward")
+                previous = (step, accuracy, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    if accuracy > UPPER_ACCURACY and previous[1] >= LOWER_ACCURACY:
+        step, accuracy, state = previous
+        model.load_state_dict(state)
+        print(f"[warm start] overshot; keeping step {step} (held-out greedy accuracy {accuracy:.3f})", flush=True)
+    if accuracy < LOWER_ACCURACY:
+        raise RuntimeError(f"warm start: held-out accuracy {accuracy:.3f} after {step} steps, below "
+                           f"{LOWER_ACCURACY}: RL would see (almost) no reward")
 
     model.save_pretrained(out_dir)
     for item in base_dir.iterdir():  # tokenizer, processor configs, chat template: as the base model's
@@ -155,6 +166,7 @@ def train(base_dir: pathlib.Path, out_dir: pathlib.Path, seed: int = SEED, task:
     info = {"base": str(base_dir), "task": task, "seed": seed, "steps": step, "batch": BATCH, "lr": LR,
             "train_examples": TRAIN_EXAMPLES, "heldout_examples": HELDOUT_EXAMPLES,
             "target_accuracy": TARGET_ACCURACY, "heldout_accuracy": accuracy, "history": history}
+    # (`steps` is the step whose weights were kept; `history` lists every evaluation)
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2))
     return info
 
