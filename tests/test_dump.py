@@ -63,7 +63,7 @@ def test_summary_shows_advantages_vgpo_and_rollout_corr_per_step(tmp_path):
     from vgpo_verl.demo.summary import render_summary
 
     step = {"critic/score/mean": 0.5, "critic/advantages/max": 1.2, "critic/advantages/min": -0.9,
-            "vgpo/no_visual_fraction": 0.0, "vgpo/psi_max": 1.5, "rollout_corr/log_ppl_diff": 0.01}
+            "vgpo/no_visual_fraction": 0.0, "vgpo/psi_max": 1.5, "rollout_corr/k3_kl": 1e-6}
     text, complete = render_summary({1: step, 2: dict(step), 3: {"val-core/x/acc/mean@1": 0.5}}, steps=2,
                                     estimator="vgpo", exit_code=0, wall_s=60, peak_memory_bytes=2**30, run_dir=tmp_path)
     assert complete, text
@@ -71,7 +71,7 @@ def test_summary_shows_advantages_vgpo_and_rollout_corr_per_step(tmp_path):
     for key in step:
         if key != "vgpo/no_visual_fraction":
             assert key in block, (key, block)
-    assert "+1.2000" in block and "-0.9000" in block
+    assert "+1.2" in block and "-0.9" in block and "+1e-06" in block
 
 
 def test_learn_overrides_replace_the_demo_ones_and_curves_start_at_the_warm_start():

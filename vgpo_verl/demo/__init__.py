@@ -1,2 +1,4 @@
-"""The CPU demo: a tiny random Qwen2.5-VL (tiny_model), a synthetic counting task (shapes_data), and
-`python -m vgpo_verl.demo`, which trains it with verl + VGPO for two steps (run, summary, memory)."""
+"""The CPU demo: a tiny random Qwen2.5-VL (tiny_model), synthetic shapes tasks (shapes_data), a warm
+start fine-tuned on the colour task so rewards vary (warm_start), and `python -m vgpo_verl.demo`,
+which trains it with verl + VGPO for two steps (run, summary, memory) or, with `--learn`, draws
+VGPO's and DAPO's learning curves from the same warm start (learn)."""

@@ -7,7 +7,8 @@ import pathlib
 
 REWARD_KEY = "critic/score/mean"
 ADVANTAGE_KEYS = ("critic/advantages/max", "critic/advantages/min")
-ROLLOUT_CORR_PREFIX = "rollout_corr/"
+# rollout (vLLM) vs actor agreement on the same tokens, images included: verl's rollout_corr/ metrics
+ROLLOUT_CORR_KEYS = ("rollout_corr/kl", "rollout_corr/k3_kl", "rollout_corr/log_ppl_abs_diff", "rollout_corr/ppl_ratio")
 STEP_TIME_KEY = "timing_s/step"
 NO_VISUAL_KEY = "vgpo/no_visual_fraction"
 VAL_PREFIX = "val-core/"
@@ -51,12 +52,12 @@ def render_summary(metrics, steps: int, estimator: str, exit_code: int, wall_s: 
         step_time = values.get(STEP_TIME_KEY)
         timing = f", step time {step_time:.1f} s" if step_time is not None else ""
         lines.append(f"  step {step}: reward (accuracy) {values[REWARD_KEY]:.3f}{timing}")
-        # one block per step: verl's reward and advantages next to VGPO's weights and the
-        # rollout (vLLM) vs actor agreement on the same tokens, images included
-        shown = {k: values[k] for k in (REWARD_KEY, *ADVANTAGE_KEYS) if k in values}
-        prefixes = (ROLLOUT_CORR_PREFIX,) if method is None else (method.metric_prefix, ROLLOUT_CORR_PREFIX)
-        shown.update({k: v for k, v in values.items() if k.startswith(prefixes) and isinstance(v, (int, float))})
-        lines.extend(f"    {k:<44} {v:+.4f}" for k, v in shown.items())
+        # one block per step: verl's reward and advantages, rollout/actor agreement, the method's metrics
+        shown = {k: values[k] for k in (REWARD_KEY, *ADVANTAGE_KEYS, *ROLLOUT_CORR_KEYS) if k in values}
+        if method is not None:
+            shown.update({k: v for k, v in values.items()
+                          if k.startswith(method.metric_prefix) and isinstance(v, (int, float))})
+        lines.extend(f"    {k:<34} {v:+.4g}" for k, v in shown.items())
         if method is not None:
             own = {k: v for k, v in values.items() if k.startswith(method.metric_prefix)}
             if not own:
