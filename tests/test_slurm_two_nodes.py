@@ -1,0 +1,374 @@
+"""examples/slurm/run_vgpo.slurm for real on one machine: two Slurm "nodes" on localhost (minutes).
+
+The stand-ins in tests/localhost_slurm/ (`srun`, `scontrol`, `ray`; tests/test_localhost_slurm.py
+pins them) execute what the launcher asks on this host, one Ray node per Slurm node, so the
+launcher's own head start, worker join, plugin check on every node, GPU wait and `ray stop` trap all
+run, and verl's main_ppo trains the CPU demo's model with trainer.nnodes=2 and one actor rank per node
+(the CPU platform gives each Ray node one logical GPU), 2 VGPO steps with rollouts. The debugging
+dump (vgpo_verl.dump) then shows what both ranks produced.
+
+Memory (the machine has 24 GiB for everything): two nodes double the actor ranks and the vLLM
+replicas of the one-node demo. Kept small by: one rollout replica per node at tensor parallel 1
+(TP 2 would need one vLLM spanning both Ray nodes), vLLM's KV cache at 1 GiB per replica
+(VLLM_CPU_KVCACHE_SPACE, the CPU platform's default), no dashboard UI, no dataloader workers.
+Peak PSS of every process of the run is measured and must stay under 22 GiB.
+
+To watch it: `.venv/bin/python -m pytest -s tests/test_slurm_two_nodes.py` (README).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import pytest
+
+from vgpo_verl.demo import run as demo_run
+from vgpo_verl.demo import watchdog
+from vgpo_verl.demo.memory import PeakMemory
+from vgpo_verl.demo.summary import read_metrics, training_steps
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SLURM = REPO / "examples" / "slurm" / "run_vgpo.slurm"
+STANDINS = REPO / "tests" / "localhost_slurm"
+NODES = ["node1", "node2"]
+NODELIST = "node[1-2]"
+RECIPE = "cpu_demo"
+PEAK_PSS_LIMIT = 22 * 2**30
+# The one-node demo's batch (4 prompts x 4 responses) split over two actor ranks: 8 rows each, and
+# dynamic batching by tokens (up to 2 rows of <= 160 tokens per micro-batch), so each rank re-orders
+# its rows and must put the scores back in row order.
+MAX_TOKENS_PER_MICRO_BATCH = 2 * (demo_run.MAX_PROMPT_TOKENS + demo_run.MAX_RESPONSE_TOKENS)
+PROGRESS = re.compile(r"nodes \(|step:\d|Error|Traceback|ray stop stand-in|did not reach")
+
+# verl's defaults only; the demo's overrides come on the launcher's command line.
+CPU_RECIPE = """\
+# The CPU demo as a recipe for examples/slurm/run_vgpo.slurm (tests/test_localhost_slurm.py):
+# verl's defaults here, vgpo_verl.demo.run.overrides() on the command line.
+hydra:
+  searchpath:
+    - pkg://verl.trainer.config
+defaults:
+  - ppo_trainer
+  - _self_
+"""
+
+
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_node_overrides(model_dir, train, val, dump_dir) -> list[str]:
+    """The demo's overrides for two actor ranks (the launcher sets trainer.nnodes/n_gpus_per_node),
+    with the debugging dump on and a reward that is mixed within groups (parity_reward.py says why)."""
+    replaced = ("trainer.nnodes=", "trainer.n_gpus_per_node=", "reward.custom_reward_function.")
+    base = [o for o in demo_run.overrides(model_dir, train, val, "vgpo") if not o.startswith(replaced)]
+    return base + [
+        f"reward.custom_reward_function.path={STANDINS / 'parity_reward.py'}",
+        "reward.custom_reward_function.name=compute_score",
+        f"+algorithm.vgpo.dump_dir={dump_dir}",
+        "actor_rollout_ref.actor.use_dynamic_bsz=true",
+        f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={MAX_TOKENS_PER_MICRO_BATCH}",
+        "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=true",
+        f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={MAX_TOKENS_PER_MICRO_BATCH}",
+        "trainer.experiment_name=tiny_qwen2_5_vl_shapes_two_nodes",
+    ]
+
+
+class ProcessPlacement:
+    """Which Ray process titles ran on which Slurm node (sampled from /proc while the run goes)."""
+
+    def __init__(self, run_id: str, interval_s: float = 2.0):
+        self.run_id = run_id
+        self.interval_s = interval_s
+        self.titles: dict[str, set[str]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="two-node-placement", daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            for pid in demo_run.pids_of_run(self.run_id):
+                try:
+                    environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                    title = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                except OSError:
+                    continue
+                node = next((e[len(b"SLURMD_NODENAME="):].decode() for e in environ
+                             if e.startswith(b"SLURMD_NODENAME=")), None)
+                if node and title.startswith("ray::"):
+                    self.titles.setdefault(node, set()).add(title.split()[0])
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _wait_until_gone(run_id: str, timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while (alive := demo_run.pids_of_run(run_id)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return alive
+
+
+@pytest.fixture(scope="module")
+def two_node_run(tmp_path_factory):
+    from vgpo_verl.demo.shapes_data import make_dataset
+    from vgpo_verl.demo.tiny_model import build_tiny_vlm
+
+    base = tmp_path_factory.mktemp("two_nodes")
+    model_dir = build_tiny_vlm(base / "tiny_qwen2_5_vl")
+    train, val = make_dataset(base / "shapes", demo_run.TRAIN_PROMPTS, demo_run.VAL_PROMPTS, seed=0)
+    run_dir = base / "run"
+    recipes = base / "recipes"
+    for d in (run_dir, recipes):
+        d.mkdir()
+    (recipes / f"{RECIPE}.yaml").write_text(CPU_RECIPE)
+    # Ray's socket paths must fit 107 bytes: a short temp root, not pytest's.
+    ray_tmp = pathlib.Path(tempfile.mkdtemp(prefix="vgpo2n-", dir="/tmp"))
+
+    run_id = uuid.uuid4().hex
+    env = demo_run.run_environment(run_dir, run_id)  # the CPU platform, caches in run_dir, the run marker
+    env.update({
+        "PATH": f"{STANDINS}{os.pathsep}{env['PATH']}",
+        "SLURM_JOB_ID": run_id,
+        "SLURM_JOB_NODELIST": NODELIST,
+        "SLURM_SUBMIT_DIR": str(REPO),
+        "LOCALHOST_SLURM_LOG": str(run_dir / "srun.log"),
+        "LOCALHOST_RAY_TEMP_DIR": str(ray_tmp),
+        # the launcher's own knobs
+        "PYTHON": sys.executable,
+        "RAY": str(STANDINS / "ray"),
+        "GPUS_PER_NODE": "1",
+        "RAY_PORT": str(_free_port()),
+        "HEAD_START_SECONDS": "5",
+        "GPU_WAIT_SECONDS": "300",
+        "VGPO_RECIPES_DIR": str(recipes),
+        "VERL_USE_EXTERNAL_MODULES": "",
+    })
+    cmd = [str(SLURM), RECIPE, *two_node_overrides(model_dir, train, val, run_dir / "dump")]
+    print(f"\n[two nodes] run directory {run_dir}; launcher log {run_dir / 'launcher.log'}", flush=True)
+    started = time.monotonic()
+    leftovers: list[int] = []
+    code = None
+    # A SIGTERM to pytest (a CI timeout) unwinds through the cleanup below instead of skipping it.
+    previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with PeakMemory(demo_run.RUN_ID_VAR) as memory, ProcessPlacement(run_id) as placement, \
+            open(run_dir / "launcher.log", "w") as log:
+        memory.watch(run_id)
+        proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+        def on_line(line: str) -> None:
+            log.write(line)
+            log.flush()
+            if PROGRESS.search(line):
+                print("  | " + line.rstrip()[:240], flush=True)
+
+        try:
+            # a dead Ray actor / vLLM engine or a silent run ends it at once (the demo's watchdog);
+            # the stream ends when the trap has stopped the Ray daemons (they hold the pipe too)
+            failure = watchdog.stream(proc.stdout, on_line, watchdog.Watchdog())
+            if failure is not None:
+                log.write(failure.report(run_dir / "launcher.log") + "\n")
+                print(failure.report(run_dir / "launcher.log"), flush=True)
+                code = proc.poll()  # None: still running, ended below
+            else:
+                code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)  # the launcher's trap then stops Ray on both nodes
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+            # What the launcher left (its trap should have left nothing), then the safety net.
+            leftovers = _wait_until_gone(run_id, timeout_s=30)
+            demo_run.stop_leftovers(run_id)
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+            signal.signal(signal.SIGTERM, previous_sigterm)
+    wall_s = time.monotonic() - started
+    print(f"[two nodes] exit {code}, wall {wall_s:.0f} s, peak PSS {memory.peak_bytes / 2**30:.2f} GiB", flush=True)
+    for node, titles in sorted(placement.titles.items()):
+        print(f"[two nodes] Ray processes on {node}: {', '.join(sorted(titles))}", flush=True)
+    return {
+        "code": code,
+        "log": (run_dir / "launcher.log").read_text(),
+        "srun": (run_dir / "srun.log").read_text().splitlines() if (run_dir / "srun.log").exists() else [],
+        "metrics": read_metrics(run_dir / "metrics.jsonl"),
+        "peak_pss": memory.peak_bytes,
+        "titles": placement.titles,
+        "leftovers": leftovers,
+        "run_dir": run_dir,
+        "model_dir": model_dir,
+    }
+
+
+def _tasks(srun_lines: list[str], needle: str) -> dict[str, str]:
+    """node -> exit status of the srun tasks whose command contains `needle`."""
+    found = {}
+    for line in srun_lines:
+        node, rest = line.split(" ", 1)
+        status, command = rest.split(": ", 1)
+        if needle in command:
+            found[node] = status
+    return found
+
+
+@pytest.mark.slow
+def test_two_node_launcher_exits_zero(two_node_run):
+    assert two_node_run["code"] == 0, two_node_run["log"][-8000:]
+
+
+@pytest.mark.slow
+def test_two_node_cluster_forms_from_the_launchers_own_commands(two_node_run):
+    srun = two_node_run["srun"]
+    # the plugin check ran, and passed, on every node before anything started
+    assert _tasks(srun, "ADV_ESTIMATOR_REGISTRY") == {"node1": "rc=0", "node2": "rc=0"}
+    # head on node1, worker on node2 (ended by the trap's ray stop: SIGKILL)
+    assert set(_tasks(srun, "start --head")) == {"node1"}
+    assert set(_tasks(srun, "start --address=")) == {"node2"}
+    # the GPU wait saw both logical GPUs: it gives up with "did not reach" otherwise
+    assert "did not reach" not in two_node_run["log"] and "nodes (2): node1 node2" in two_node_run["log"]
+    # main_ppo ran on the head, and the EXIT trap stopped Ray on both nodes
+    assert _tasks(srun, "verl.trainer.main_ppo") == {"node1": "rc=0"}
+    assert _tasks(srun, "stop --force") == {"node1": "rc=0", "node2": "rc=0"}
+
+
+@pytest.mark.slow
+def test_two_node_training_has_an_actor_rank_on_each_node(two_node_run):
+    titles = two_node_run["titles"]
+    for node in NODES:
+        # verl's actor rank: a WorkerDict (its colocated worker class) or the bare worker class
+        workers = {t for t in titles.get(node, set()) if "WorkerDict" in t or "ActorRolloutRefWorker" in t}
+        assert workers, f"no actor worker process seen on {node}: {sorted(titles.get(node, []))}"
+    metrics = two_node_run["metrics"]
+    assert training_steps(metrics) == list(range(1, demo_run.STEPS + 1)), sorted(metrics)
+    for step in training_steps(metrics):
+        assert metrics[step]["vgpo/no_visual_fraction"] == 0.0
+        assert metrics[step]["vgpo/psi_min"] < metrics[step]["vgpo/psi_max"]
+
+
+@pytest.mark.slow
+def test_two_node_run_fits_in_memory(two_node_run):
+    assert 0 < two_node_run["peak_pss"] < PEAK_PSS_LIMIT, f"peak PSS {two_node_run['peak_pss'] / 2**30:.2f} GiB"
+
+
+@pytest.mark.slow
+def test_two_node_run_leaves_no_process_behind(two_node_run):
+    assert not two_node_run["leftovers"]
+
+
+# ---------------------------------------------------------------------------------------------
+# What verl trained on across the two ranks, from the dump (vgpo_verl.dump)
+
+
+@pytest.fixture(scope="module")
+def dumps(two_node_run):
+    import torch
+
+    paths = sorted((two_node_run["run_dir"] / "dump").glob("step_*.pt"))
+    assert [p.name for p in paths] == [f"step_{s:06d}.pt" for s in range(1, demo_run.STEPS + 1)], paths
+    return [torch.load(p, weights_only=False) for p in paths]
+
+
+@pytest.mark.slow
+def test_two_node_advantages_are_grpo_times_alpha_times_psi(dumps):
+    import numpy as np
+    import torch
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights
+
+    for record in dumps:
+        rows = len(record["uid"])
+        assert rows == demo_run.BATCH_PROMPTS * demo_run.RESPONSES_PER_PROMPT and not record["is_padding"].any()
+        assert record["has_visual"].all()
+        mask = record["response_mask"]
+        algorithm = record["algorithm"]
+        uid = np.array(record["uid"], dtype=object)
+        grpo, _ = compute_grpo_outcome_advantage(record["token_level_rewards"], mask.float(), uid,
+                                                 norm_adv_by_std_in_grpo=algorithm["norm_adv_by_std_in_grpo"])
+        psi, alpha = compute_vgpo_weights(record["similarity"], mask.float(), uid,
+                                          VGPOConfig.from_mapping(algorithm.get("vgpo")), record["has_visual"])
+        stored = record["advantages"]
+        assert stored[mask].abs().max() > 0, f"step {record['step']}: every advantage is 0"
+        torch.testing.assert_close(stored, grpo * alpha[:, None] * psi, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(stored[mask], grpo[mask])  # the weights did change what GRPO gives
+
+
+# The dumped similarity of a row recomputed with plain transformers from the checkpoint the actor
+# scored with: its token ids and pixels from the dump, last_hidden_state (post-norm, layer -1),
+# cosine to the mean over <|image_pad|> positions, at the response positions. Prints the largest
+# difference per row.
+REFERENCE = r"""
+import json, sys, torch
+import vgpo_verl.cpu; vgpo_verl.cpu.enable()
+from transformers import AutoModelForImageTextToText
+checkpoint, dump = sys.argv[1], sys.argv[2]
+record = torch.load(dump, weights_only=False)
+model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
+image_token = model.config.image_token_id
+worst = []
+for i in range(len(record["uid"])):
+    ids = record["input_ids"][i][None]
+    start = int(record["prompt_length"][i])
+    n = ids.shape[1] - start
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=record["pixel_values"][i],
+                             image_grid_thw=record["image_grid_thw"][i],
+                             mm_token_type_ids=(ids == image_token).int()).last_hidden_state[0]
+    mu = hidden[ids[0] == image_token].mean(dim=0)
+    expected = torch.nn.functional.cosine_similarity(hidden[start:], mu[None], dim=-1)
+    worst.append((expected - record["similarity"][i, :n]).abs().max().item())
+print(json.dumps(worst))
+"""
+
+
+@pytest.mark.slow
+def test_two_node_scores_of_both_ranks_come_back_in_row_order(dumps, two_node_run, tmp_path):
+    """Every row of step 1 (scored by the initial checkpoint: no update yet) against a recomputation.
+
+    The batch is dispatched in halves, one per actor rank (one per node), and each rank re-orders its
+    half by dynamic batching; a row whose scores came from another row (within a rank or across the
+    two) fails, since no two rows' scores agree (checked, so a swap is observable).
+    """
+    import torch
+
+    first = dumps[0]
+    similarity, mask = first["similarity"], first["response_mask"]
+    half = len(first["uid"]) // 2
+    for i in range(half):
+        for j in range(half, 2 * half):
+            both = mask[i] & mask[j]
+            assert not torch.allclose(similarity[i][both], similarity[j][both], atol=1e-3), (i, j)
+    script = tmp_path / "reference.py"
+    script.write_text(REFERENCE)
+    out = subprocess.run([sys.executable, str(script), str(two_node_run["model_dir"]),
+                          str(two_node_run["run_dir"] / "dump" / "step_000001.pt")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    worst = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(worst) == len(first["uid"]) and max(worst) < 1e-4, worst
