@@ -86,6 +86,7 @@ def two_node_overrides(model_dir, train, val, dump_dir) -> list[str]:
         f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={MAX_TOKENS_PER_MICRO_BATCH}",
         "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=true",
         f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={MAX_TOKENS_PER_MICRO_BATCH}",
+        "trainer.test_freq=-1",  # no validation pass: the training steps are what crosses the nodes
         "trainer.experiment_name=tiny_qwen2_5_vl_shapes_two_nodes",
     ]
 
