@@ -11,7 +11,8 @@ Memory (the machine has 24 GiB for everything): two nodes double the actor ranks
 replicas of the one-node demo. Kept small by: one rollout replica per node at tensor parallel 1
 (TP 2 would need one vLLM spanning both Ray nodes), vLLM's KV cache at 1 GiB per replica
 (VLLM_CPU_KVCACHE_SPACE, the CPU platform's default), no dashboard UI, no dataloader workers.
-Peak PSS of every process of the run is measured and must stay under 22 GiB.
+Peak PSS of every process of the run is measured and must stay under 22 GiB (measured: 17.8 GiB,
+319 s wall, on a 2-core AMD EPYC, AVX2 only).
 
 To watch it: `.venv/bin/python -m pytest -s tests/test_slurm_two_nodes.py` (README).
 """
