@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from vgpo_verl.demo.run import RESPONSES_PER_PROMPT, RUN_ID_VAR, STEPS
+from vgpo_verl.demo.run import RESPONSES_PER_PROMPT, RUN_ID_VAR, STEPS, pids_of_run
 
 
 def _processes_with_run_id() -> list[int]:
@@ -132,10 +132,23 @@ def test_demo_leaves_no_process_behind(demo_run):
     assert not leftovers
 
 
-def _engine_core_pids(exclude: set[int]) -> list[int]:
-    """vLLM EngineCore processes of a demo run (its process title is "VLLM::EngineCore...")."""
+def _run_id_of(demo: subprocess.Popen) -> str | None:
+    """The run id that the demo gave its main_ppo (a direct child of the demo process)."""
+    for entry in pathlib.Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == demo.pid:
+                for item in (entry / "environ").read_bytes().split(b"\0"):
+                    if item.startswith(f"{RUN_ID_VAR}=".encode()):
+                        return item.split(b"=", 1)[1].decode()
+        except OSError:
+            continue
+    return None
+
+
+def _engine_core_pids(run_id: str) -> list[int]:
+    """vLLM EngineCore processes of this run only (their process title is "VLLM::EngineCore...")."""
     found = []
-    for pid in set(_processes_with_run_id()) - exclude:
+    for pid in pids_of_run(run_id):
         try:
             if b"EngineCore" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes():
                 found.append(pid)
@@ -154,7 +167,6 @@ def test_demo_ends_fast_when_its_vllm_engine_is_killed(tmp_path):
     engine, exit non-zero and leave no process."""
     import threading
 
-    before = set(_processes_with_run_id())
     proc = subprocess.Popen(_demo_command(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=_demo_env())
     lines: list[str] = []
@@ -170,7 +182,9 @@ def test_demo_ends_fast_when_its_vllm_engine_is_killed(tmp_path):
     reader.start()
     try:
         assert first_step.wait(timeout=1500), "".join(lines[-60:])
-        engines = _engine_core_pids(before)
+        run_id = _run_id_of(proc)
+        assert run_id, "the demo's main_ppo process was not found"
+        engines = _engine_core_pids(run_id)
         assert engines, "no EngineCore process found:\n" + "".join(lines[-60:])
         for pid in engines:
             os.kill(pid, signal.SIGKILL)
@@ -189,7 +203,7 @@ def test_demo_ends_fast_when_its_vllm_engine_is_killed(tmp_path):
           + "\n".join(l for l in out.splitlines() if l.startswith(("[demo] run stopped", "[demo] root", "  ! "))))
     assert proc.returncode != 0
     assert "[demo] run stopped: the vLLM engine died" in out, out[-6000:]
-    assert not set(_processes_with_run_id()) - before
+    assert pids_of_run(run_id) == []
 
 
 # ----------------------------------------------------------------------------------------------
