@@ -40,8 +40,9 @@ class Clock:
 @pytest.mark.parametrize("line, reason", [
     ("(vLLMHttpServer pid=2877) ERROR 11-27 09:12:44 [core.py:1368] EngineCore encountered a fatal error.",
      "the vLLM engine died"),
-    ("(vLLMHttpServer pid=88) WARNING 11-29 09:01:02 [core_client.py:790] [shutdown] MPClient: engine core "
-     "exited unexpectedly; starting cleanup", "the vLLM engine died"),
+    # copied from the real run of tests/test_demo.py's kill test (Ray's colour codes included)
+    ("\x1b[36m(vLLMHttpServer pid=10477)\x1b[0m WARNING 11-29 10:23:26 [core_client.py:791] [shutdown] MPClient: "
+     "engine core exited unexpectedly; starting cleanup", "the vLLM engine died"),
     ("vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) for "
      "the root cause.", "the vLLM engine died"),
     ("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.",
