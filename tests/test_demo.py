@@ -26,6 +26,9 @@ import time
 
 import pytest
 
+from _demo_cache import seeded_demo_cache
+from _dump_checks import expected_vgpo_advantages, load_dumps, similarity_errors
+
 from vgpo_verl.demo.run import RESPONSES_PER_PROMPT, RUN_ID_VAR, STEPS, pids_of_run
 
 
@@ -62,8 +65,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("demo")
+def demo_cache(demo_assets, tmp_path_factory):
+    return seeded_demo_cache(demo_assets, tmp_path_factory.mktemp("demo"))
 
 
 @pytest.fixture(scope="module")
@@ -161,13 +164,13 @@ KILL_TO_EXIT_LIMIT_S = 120  # issue 9: a killed vLLM engine ends the demo, with 
 
 
 @pytest.mark.slow
-def test_demo_ends_fast_when_its_vllm_engine_is_killed(tmp_path):
+def test_demo_ends_fast_when_its_vllm_engine_is_killed(demo_assets, tmp_path):
     """Kill the rollout engine after the first training step (the next weight sync and rollouts need
     it; before the watchdog the trainer waited forever): the demo must stop the run, name the dead
     engine, exit non-zero and leave no process."""
     import threading
 
-    proc = subprocess.Popen(_demo_command(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen(_demo_command(seeded_demo_cache(demo_assets, tmp_path / "cache")), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=_demo_env())
     lines: list[str] = []
     first_step = threading.Event()
@@ -213,29 +216,7 @@ def test_demo_ends_fast_when_its_vllm_engine_is_killed(tmp_path):
 
 @pytest.fixture(scope="module")
 def dumps(demo_run, demo_cache):
-    import torch
-
-    paths = sorted((demo_cache / "dump").glob("step_*.pt"))
-    assert [p.name for p in paths] == [f"step_{s:06d}.pt" for s in range(1, STEPS + 1)], paths
-    return [torch.load(p, weights_only=False) for p in paths]
-
-
-def _expected_advantages(record):
-    """verl's GRPO advantage x alpha x psi, recomputed from the dumped rewards and scores."""
-    import numpy as np
-    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
-
-    from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights
-
-    algorithm = record["algorithm"]
-    uid = np.array(record["uid"], dtype=object)
-    mask = record["response_mask"].float()
-    grpo, _ = compute_grpo_outcome_advantage(
-        record["token_level_rewards"], mask, uid, norm_adv_by_std_in_grpo=algorithm["norm_adv_by_std_in_grpo"]
-    )
-    psi, alpha = compute_vgpo_weights(record["similarity"], mask, uid, VGPOConfig.from_mapping(algorithm.get("vgpo")),
-                                      record["has_visual"])
-    return grpo, psi, alpha
+    return load_dumps(demo_cache / "dump", STEPS)
 
 
 @pytest.mark.slow
@@ -246,7 +227,7 @@ def test_dump_advantages_are_grpo_times_alpha_times_psi(dumps):
         mask = record["response_mask"]
         assert record["has_visual"].all() and not record["is_padding"].any()
         assert len(set(record["uid"])) * RESPONSES_PER_PROMPT == len(record["uid"])
-        grpo, psi, alpha = _expected_advantages(record)
+        grpo, psi, alpha = expected_vgpo_advantages(record)
         stored = record["advantages"]
         assert stored[mask].abs().max() > 0, f"step {record['step']}: every advantage is 0"
         assert (stored[~mask] == 0).all()
@@ -256,45 +237,10 @@ def test_dump_advantages_are_grpo_times_alpha_times_psi(dumps):
         assert not torch.allclose(stored[mask], grpo[mask])
 
 
-# Recomputes dumped similarities with plain transformers: one sequence at a time from the dumped
-# token ids and pixels, the warm start's last_hidden_state (post-norm), cosine to the mean over
-# <|image_pad|> positions, at the response positions.
-REFERENCE = r"""
-import json, sys, torch
-import vgpo_verl.cpu; vgpo_verl.cpu.enable()
-from transformers import AutoModelForImageTextToText
-checkpoint, dump, rows = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-record = torch.load(dump, weights_only=False)
-model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
-image_token = model.config.image_token_id
-worst = []
-for i in rows:
-    ids = record["input_ids"][i][None]
-    start = int(record["prompt_length"][i])
-    n = ids.shape[1] - start
-    assert bool(record["response_mask"][i, :n].all()) and int(record["response_mask"][i].sum()) == n
-    with torch.no_grad():
-        hidden = model.model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=record["pixel_values"][i],
-                             image_grid_thw=record["image_grid_thw"][i],
-                             mm_token_type_ids=(ids == image_token).int()).last_hidden_state[0]
-    mu = hidden[ids[0] == image_token].mean(dim=0)
-    expected = torch.nn.functional.cosine_similarity(hidden[start:], mu[None], dim=-1)
-    worst.append((expected - record["similarity"][i, :n]).abs().max().item())
-print(json.dumps(worst))
-"""
-
-
 @pytest.mark.slow
 def test_dumped_similarity_matches_a_plain_transformers_recomputation(dumps, demo_cache, tmp_path):
     # step 1 scores come from the warm start itself (no update yet); rows from every group
     first = dumps[0]
     rows = list(range(0, len(first["uid"]), 3))
-    script = tmp_path / "reference.py"
-    script.write_text(REFERENCE)
-    out = subprocess.run(
-        [sys.executable, str(script), str(demo_cache / "warm_start"), str(demo_cache / "dump" / "step_000001.pt"),
-         json.dumps(rows)], capture_output=True, text=True, timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    worst = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(worst) == len(rows) and max(worst) < 1e-4, worst
+    worst = similarity_errors(demo_cache / "warm_start", demo_cache / "dump" / "step_000001.pt", rows, tmp_path)
+    assert max(worst) < 1e-4, worst

@@ -45,15 +45,16 @@ def test_summary_of_verls_own_estimator_needs_no_method_metrics():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("estimator, prefix", [("entropy_shaping", "entropy/"), ("vppo", "vppo/")])
-def test_demo_trains_with_the_method_to_the_end(tmp_path, estimator, prefix):
+def test_demo_trains_with_the_method_to_the_end(demo_assets, tmp_path, estimator, prefix):
+    cache = seeded_demo_cache(demo_assets, tmp_path / "cache")
     proc = subprocess.run(
-        [sys.executable, "-m", "vgpo_verl.demo", "--estimator", estimator, "--cache-dir", str(tmp_path)],
+        [sys.executable, "-m", "vgpo_verl.demo", "--estimator", estimator, "--cache-dir", str(cache)],
         capture_output=True, text=True, timeout=1800,
         env={k: v for k, v in os.environ.items() if k != RUN_ID_VAR},
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert f"training steps      {STEPS} of {STEPS}" in proc.stdout and "INCOMPLETE" not in proc.stdout
-    (log,) = (tmp_path / "runs").glob("*/metrics.jsonl")
+    (log,) = (cache / "runs").glob("*/metrics.jsonl")
     metrics = {}
     for line in log.read_text().splitlines():
         record = json.loads(line)

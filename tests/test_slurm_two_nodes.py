@@ -19,7 +19,6 @@ To watch it: `.venv/bin/python -m pytest -s tests/test_slurm_two_nodes.py` (READ
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import re
@@ -34,6 +33,8 @@ import time
 import uuid
 
 import pytest
+
+from _dump_checks import expected_vgpo_advantages, load_dumps, similarity_errors
 
 from vgpo_verl.demo import run as demo_run
 from vgpo_verl.demo import watchdog
@@ -289,64 +290,23 @@ def test_two_node_run_leaves_no_process_behind(two_node_run):
 
 @pytest.fixture(scope="module")
 def dumps(two_node_run):
-    import torch
-
-    paths = sorted((two_node_run["run_dir"] / "dump").glob("step_*.pt"))
-    assert [p.name for p in paths] == [f"step_{s:06d}.pt" for s in range(1, demo_run.STEPS + 1)], paths
-    return [torch.load(p, weights_only=False) for p in paths]
+    return load_dumps(two_node_run["run_dir"] / "dump", demo_run.STEPS)
 
 
 @pytest.mark.slow
 def test_two_node_advantages_are_grpo_times_alpha_times_psi(dumps):
-    import numpy as np
     import torch
-    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
-
-    from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights
 
     for record in dumps:
         rows = len(record["uid"])
         assert rows == demo_run.BATCH_PROMPTS * demo_run.RESPONSES_PER_PROMPT and not record["is_padding"].any()
         assert record["has_visual"].all()
         mask = record["response_mask"]
-        algorithm = record["algorithm"]
-        uid = np.array(record["uid"], dtype=object)
-        grpo, _ = compute_grpo_outcome_advantage(record["token_level_rewards"], mask.float(), uid,
-                                                 norm_adv_by_std_in_grpo=algorithm["norm_adv_by_std_in_grpo"])
-        psi, alpha = compute_vgpo_weights(record["similarity"], mask.float(), uid,
-                                          VGPOConfig.from_mapping(algorithm.get("vgpo")), record["has_visual"])
+        grpo, psi, alpha = expected_vgpo_advantages(record)
         stored = record["advantages"]
         assert stored[mask].abs().max() > 0, f"step {record['step']}: every advantage is 0"
         torch.testing.assert_close(stored, grpo * alpha[:, None] * psi, atol=1e-5, rtol=1e-5)
         assert not torch.allclose(stored[mask], grpo[mask])  # the weights did change what GRPO gives
-
-
-# The dumped similarity of a row recomputed with plain transformers from the checkpoint the actor
-# scored with: its token ids and pixels from the dump, last_hidden_state (post-norm, layer -1),
-# cosine to the mean over <|image_pad|> positions, at the response positions. Prints the largest
-# difference per row.
-REFERENCE = r"""
-import json, sys, torch
-import vgpo_verl.cpu; vgpo_verl.cpu.enable()
-from transformers import AutoModelForImageTextToText
-checkpoint, dump = sys.argv[1], sys.argv[2]
-record = torch.load(dump, weights_only=False)
-model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
-image_token = model.config.image_token_id
-worst = []
-for i in range(len(record["uid"])):
-    ids = record["input_ids"][i][None]
-    start = int(record["prompt_length"][i])
-    n = ids.shape[1] - start
-    with torch.no_grad():
-        hidden = model.model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=record["pixel_values"][i],
-                             image_grid_thw=record["image_grid_thw"][i],
-                             mm_token_type_ids=(ids == image_token).int()).last_hidden_state[0]
-    mu = hidden[ids[0] == image_token].mean(dim=0)
-    expected = torch.nn.functional.cosine_similarity(hidden[start:], mu[None], dim=-1)
-    worst.append((expected - record["similarity"][i, :n]).abs().max().item())
-print(json.dumps(worst))
-"""
 
 
 @pytest.mark.slow
@@ -366,11 +326,6 @@ def test_two_node_scores_of_both_ranks_come_back_in_row_order(dumps, two_node_ru
         for j in range(half, 2 * half):
             both = mask[i] & mask[j]
             assert not torch.allclose(similarity[i][both], similarity[j][both], atol=1e-3), (i, j)
-    script = tmp_path / "reference.py"
-    script.write_text(REFERENCE)
-    out = subprocess.run([sys.executable, str(script), str(two_node_run["model_dir"]),
-                          str(two_node_run["run_dir"] / "dump" / "step_000001.pt")],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    worst = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(worst) == len(first["uid"]) and max(worst) < 1e-4, worst
+    worst = similarity_errors(two_node_run["model_dir"], two_node_run["run_dir"] / "dump" / "step_000001.pt",
+                              list(range(len(first["uid"]))), tmp_path)
+    assert max(worst) < 1e-4, worst
