@@ -20,6 +20,7 @@ CUDA, of this process's CPU time on CPU (wall time on a shared CPU host is print
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -227,12 +228,18 @@ def run_hf(args, preset: dict) -> None:
 # ---------------------------------------------------------------- verl engine mode
 
 
-def run_verl(args, preset: dict) -> None:
-    """verl's real FSDP2 engine (vgpo_verl.engine's subclass) on CPU, infer_batch with/without the flag."""
+@contextlib.contextmanager
+def cpu_verl_engine(preset: dict, n_samples: int, text_len: int, master_port: str):
+    """verl's real FSDP2 engine (this package's subclass, through verl's registry) on the CPU platform,
+    over a random model of `preset`'s shape and `n_samples` image+text samples, fp32, padded (sdpa).
+
+    Yields (engine, model, samples, infer): `infer(**flags)` runs one forward-only infer_batch of all
+    samples in one micro-batch with entropy and the given non-tensor flags, and returns its model_output.
+    """
     import vgpo_verl.cpu
 
     vgpo_verl.cpu.enable()
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29533"),
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", master_port),
                       RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     torch.distributed.init_process_group("gloo", rank=0, world_size=1)
     import transformers
@@ -243,32 +250,50 @@ def run_verl(args, preset: dict) -> None:
     from verl.workers.config.checkpoint import CheckpointConfig
     from verl.workers.engine import EngineRegistry
 
-    import vgpo_verl.engine
-
-    hook_timer = HookTimer()
-    vgpo_verl.engine._MicroBatchScorer.__call__ = hook_timer.wrap(vgpo_verl.engine._MicroBatchScorer.__call__)
     assert get_platform().device_name == "cpu", "vgpo_verl.cpu.enable() did not select the CPU platform"
-
     config = build_config(preset)
-    with tempfile.TemporaryDirectory() as model_dir:
-        torch.manual_seed(0)
-        model = transformers.AutoModelForImageTextToText.from_config(config).eval()
-        model.save_pretrained(model_dir)
-        samples = make_samples(config, preset, args.samples, args.text_len)
-        engine = EngineRegistry.new(
-            model_type="language_model", backend="fsdp2",
-            model_config=HFModelConfig(path=model_dir, load_tokenizer=False, use_remove_padding=False,
-                                       override_config={"attn_implementation": "sdpa"}),
-            engine_config=FSDPEngineConfig(strategy="fsdp2", forward_only=False, model_dtype="fp32",
-                                           mixed_precision={"param_dtype": "fp32", "reduce_dtype": "fp32",
-                                                            "buffer_dtype": "fp32"}, use_torch_compile=False),
-            optimizer_config=FSDPOptimizerConfig(lr=1e-6), checkpoint_config=CheckpointConfig(),
-        )
-        engine.initialize()
-        rows = [{"input_ids": s["input_ids"], "position_ids": position_ids_4d(model, s),
-                 "loss_mask": torch.ones(len(s["input_ids"]), dtype=torch.long),
-                 "multi_modal_inputs": {"pixel_values": s["pixel_values"], "image_grid_thw": s["image_grid_thw"]}}
-                for s in samples]
+    try:
+        with tempfile.TemporaryDirectory() as model_dir:
+            torch.manual_seed(0)
+            model = transformers.AutoModelForImageTextToText.from_config(config).eval()
+            model.save_pretrained(model_dir)
+            samples = make_samples(config, preset, n_samples, text_len)
+            engine = EngineRegistry.new(
+                model_type="language_model", backend="fsdp2",
+                model_config=HFModelConfig(path=model_dir, load_tokenizer=False, use_remove_padding=False,
+                                           override_config={"attn_implementation": "sdpa"}),
+                engine_config=FSDPEngineConfig(strategy="fsdp2", forward_only=False, model_dtype="fp32",
+                                               mixed_precision={"param_dtype": "fp32", "reduce_dtype": "fp32",
+                                                                "buffer_dtype": "fp32"}, use_torch_compile=False),
+                optimizer_config=FSDPOptimizerConfig(lr=1e-6), checkpoint_config=CheckpointConfig(),
+            )
+            engine.initialize()
+            rows = [{"input_ids": s["input_ids"], "position_ids": position_ids_4d(model, s),
+                     "loss_mask": torch.ones(len(s["input_ids"]), dtype=torch.long),
+                     "multi_modal_inputs": {"pixel_values": s["pixel_values"], "image_grid_thw": s["image_grid_thw"]}}
+                    for s in samples]
+
+            def infer(**flags):
+                batch = tu.list_of_dict_to_tensordict(rows)
+                tu.assign_non_tensor(batch, temperature=1.0, compute_loss=False, calculate_entropy=True,
+                                     use_remove_padding=False, use_dynamic_bsz=False,
+                                     micro_batch_size_per_gpu=len(rows), use_fused_kernels=False, **flags)
+                with engine.eval_mode():
+                    return engine.infer_batch(batch)["model_output"]
+
+            yield engine, model, samples, infer
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def run_verl(args, preset: dict) -> None:
+    """verl's real FSDP2 engine (vgpo_verl.engine's subclass) on CPU, infer_batch with/without the flag."""
+    hook_timer = HookTimer()
+    with cpu_verl_engine(preset, args.samples, args.text_len, master_port="29533") as (engine, model, samples, infer):
+        import vgpo_verl.engine  # only now: the CPU platform must be on before verl's modules pick one
+
+        scorer = vgpo_verl.engine._MicroBatchScorer
+        scorer.__call__ = hook_timer.wrap(scorer.__call__)
         n_tokens = sum(len(s["input_ids"]) for s in samples)
         print(f"verl engine {type(engine).__name__} (fsdp2, gloo, CPU), Qwen2.5-VL {args.preset} shape, "
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {len(samples)} samples, "
@@ -276,17 +301,11 @@ def run_verl(args, preset: dict) -> None:
 
         def arm(flag: bool):
             def run():
-                batch = tu.list_of_dict_to_tensordict(rows)
-                tu.assign_non_tensor(batch, temperature=1.0, compute_loss=False, calculate_entropy=True,
-                                     use_remove_padding=False, use_dynamic_bsz=False, micro_batch_size_per_gpu=len(rows),
-                                     use_fused_kernels=False, vgpo_score=flag)
-                with engine.eval_mode():
-                    output = engine.infer_batch(batch)["model_output"]
+                output = infer(vgpo_score=flag)
                 assert ("vgpo_visual_score" in output) == flag
             return run
 
         times = interleaved({"plain": arm(False), "scored": arm(True)}, args.repeats)
-    torch.distributed.destroy_process_group()
     report(times, hook_timer.seconds[1:], "cpu")
 
 

@@ -21,17 +21,15 @@ entropy math, the perturbed arm running vgpo_verl.perturb then one more forward.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import statistics
 import sys
-import tempfile
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_extractor import PRESETS, build_config, interleaved, make_samples, position_ids_4d  # noqa: E402
+from bench_extractor import PRESETS, build_config, cpu_verl_engine, interleaved, make_samples, position_ids_4d  # noqa: E402
 
 ARMS = ("plain", "entropy_shaping", "vppo")
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -114,41 +112,9 @@ def run_hf(args, preset: dict) -> None:
 
 
 def run_verl(args, preset: dict) -> None:
-    import vgpo_verl.cpu
-
-    vgpo_verl.cpu.enable()
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29534"),
-                      RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
-    import transformers
-    import vgpo_verl.plugin  # noqa: F401  (verl's entry point does this on `import verl`)
-    from verl.utils import tensordict_utils as tu
-    from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
-    from verl.workers.config.checkpoint import CheckpointConfig
-    from verl.workers.engine import EngineRegistry
-
     from vgpo_verl.perturb import AUG_LOG_PROBS_KEY
 
-    config = build_config(preset)
-    with tempfile.TemporaryDirectory() as model_dir:
-        torch.manual_seed(0)
-        model = transformers.AutoModelForImageTextToText.from_config(config).eval()
-        model.save_pretrained(model_dir)
-        samples = make_samples(config, preset, args.samples, args.text_len)
-        engine = EngineRegistry.new(
-            model_type="language_model", backend="fsdp2",
-            model_config=HFModelConfig(path=model_dir, load_tokenizer=False, use_remove_padding=False,
-                                       override_config={"attn_implementation": "sdpa"}),
-            engine_config=FSDPEngineConfig(strategy="fsdp2", forward_only=False, model_dtype="fp32",
-                                           mixed_precision={"param_dtype": "fp32", "reduce_dtype": "fp32",
-                                                            "buffer_dtype": "fp32"}, use_torch_compile=False),
-            optimizer_config=FSDPOptimizerConfig(lr=1e-6), checkpoint_config=CheckpointConfig(),
-        )
-        engine.initialize()
-        rows = [{"input_ids": s["input_ids"], "position_ids": position_ids_4d(model, s),
-                 "loss_mask": torch.ones(len(s["input_ids"]), dtype=torch.long),
-                 "multi_modal_inputs": {"pixel_values": s["pixel_values"], "image_grid_thw": s["image_grid_thw"]}}
-                for s in samples]
+    with cpu_verl_engine(preset, args.samples, args.text_len, master_port="29534") as (engine, _, samples, infer):
         print(f"verl engine {type(engine).__name__} (fsdp2, gloo, CPU), Qwen2.5-VL {args.preset} shape, "
               f"{len(samples)} samples, {sum(len(s['input_ids']) for s in samples)} tokens, one micro-batch, padded")
         response = args.text_len // 2  # the tail of every sample stands for its response
@@ -160,12 +126,7 @@ def run_verl(args, preset: dict) -> None:
                          "vppo_image_mean": CLIP_MEAN, "vppo_image_std": CLIP_STD}
 
             def run():
-                batch = tu.list_of_dict_to_tensordict(rows)
-                tu.assign_non_tensor(batch, temperature=1.0, compute_loss=False, calculate_entropy=True,
-                                     use_remove_padding=False, use_dynamic_bsz=False,
-                                     micro_batch_size_per_gpu=len(rows), use_fused_kernels=False, **flags)
-                with engine.eval_mode():
-                    output = engine.infer_batch(batch)["model_output"]
+                output = infer(**flags)
                 assert (AUG_LOG_PROBS_KEY in output) == (name == "vppo")
 
                 def tail(key):
@@ -176,7 +137,6 @@ def run_verl(args, preset: dict) -> None:
             return run
 
         times = interleaved({name: arm(name) for name in ARMS}, args.repeats)
-    torch.distributed.destroy_process_group()
     report(times, "cpu")
 
 
