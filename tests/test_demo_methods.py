@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from _demo_cache import seeded_demo_cache
+
 from vgpo_verl.demo.run import RUN_ID_VAR, STEPS
 from vgpo_verl.demo.summary import render_summary
 
