@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from vgpo_verl.knobs import knob_values
+
 EPS = 1e-8  # the fork's epsilon in every min-max normalisation
 
 SCHEDULES = ("linear", "exponential", "step")
@@ -91,14 +93,7 @@ class VGPOConfig:
 
         TRAINER_KEYS (the debugging dump's `dump_dir`) are accepted and left to the trainer wiring.
         """
-        if mapping is None:
-            return cls()
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {str(k): mapping[k] for k in mapping.keys() if str(k) not in TRAINER_KEYS}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"algorithm.vgpo: unknown key(s) {unknown}; allowed: {sorted(known | set(TRAINER_KEYS))}")
-        return cls(**values)
+        return cls(**knob_values(cls, mapping, "vgpo", passthrough=TRAINER_KEYS))
 
 
 def _choice(key, value, allowed):

@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from vgpo_verl.knobs import knob_values
+
 
 def _knob(default, help):
     return field(default=default, metadata={"help": help})
@@ -53,13 +55,7 @@ class EntropyShapingConfig:
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None) -> EntropyShapingConfig:
         """Build from `algorithm.entropy_shaping` (dict or DictConfig); unknown keys are errors."""
-        if mapping is None:
-            return cls()
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {str(k): mapping[k] for k in mapping.keys()}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"algorithm.entropy_shaping: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        values = knob_values(cls, mapping, "entropy_shaping")
         return cls(**values)
 
 

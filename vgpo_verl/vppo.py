@@ -38,6 +38,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from vgpo_verl.knobs import knob_values
+
 DELTA_CLIP = 20.0
 SCORE_MAX = 10.0
 RANGE_EPS = 1e-6  # the fork's: below this spread of S, no scaling
@@ -95,13 +97,7 @@ class VPPOConfig:
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None) -> VPPOConfig:
         """Build from `algorithm.vppo` (dict or DictConfig); unknown keys are errors."""
-        if mapping is None:
-            return cls()
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {str(k): mapping[k] for k in mapping.keys()}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"algorithm.vppo: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        values = knob_values(cls, mapping, "vppo")
         for name in ("image_mean", "image_std"):
             if values.get(name) is not None:
                 values[name] = [float(v) for v in values[name]]
