@@ -1,6 +1,5 @@
 """Entropy-shaped advantage: hand-computed cases, the loop reference, alpha = 0 is GRPO, verl's path."""
 
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -10,7 +9,9 @@ from verl import DataProto
 from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
+from _batches import grouped_outcome_batch
 from methods_reference import reference_entropy_shaping
+
 from vgpo_verl.entropy_shaping import EntropyShapingConfig, entropy_metrics, shape_advantages
 from vgpo_verl.estimator import compute_entropy_shaped_advantage, estimator_inputs, pop_metrics
 
@@ -66,13 +67,8 @@ def test_bad_entropy_names_the_rows():
 
 
 def _batch(seed=0, prompts=3, n=4, length=10):
-    gen = torch.Generator().manual_seed(seed)
-    batch = prompts * n
-    lengths = torch.randint(1, length + 1, (batch,), generator=gen)
-    mask = (torch.arange(length)[None] < lengths[:, None]).float()
-    rewards = torch.zeros(batch, length)
-    rewards[torch.arange(batch), lengths - 1] = torch.randint(0, 2, (batch,), generator=gen).float()
-    uid = np.repeat(np.array([f"prompt-{i}" for i in range(prompts)], dtype=object), n)
+    rewards, mask, uid, gen = grouped_outcome_batch(seed, prompts, n, length)
+    batch = rewards.shape[0]
     entropy = torch.rand(batch, length, generator=gen) * 2
     return rewards, mask, uid, entropy
 

@@ -10,18 +10,15 @@ from verl import DataProto
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage, get_adv_estimator_fn
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
+from _batches import grouped_outcome_batch
+
 from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights
 from vgpo_verl.estimator import compute_vgpo_advantage, estimator_inputs, pop_metrics
 
 
 def _batch(seed=0, prompts=3, n=4, length=10):
-    gen = torch.Generator().manual_seed(seed)
-    batch = prompts * n
-    lengths = torch.randint(1, length + 1, (batch,), generator=gen)
-    mask = (torch.arange(length)[None] < lengths[:, None]).float()
-    rewards = torch.zeros(batch, length)
-    rewards[torch.arange(batch), lengths - 1] = torch.randint(0, 2, (batch,), generator=gen).float()
-    uid = np.repeat(np.array([f"prompt-{i}" for i in range(prompts)], dtype=object), n)
+    rewards, mask, uid, gen = grouped_outcome_batch(seed, prompts, n, length)
+    batch = rewards.shape[0]
     similarity = torch.rand(batch, length, generator=gen) * 2 - 1
     return rewards, mask, uid, similarity
 

@@ -3,7 +3,6 @@ the image perturbation on pixel rows, and verl's compute_advantage path."""
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -13,7 +12,9 @@ from verl import DataProto
 from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
+from _batches import grouped_outcome_batch
 from methods_reference import reference_vppo
+
 from vgpo_verl.estimator import compute_vppo_advantage, estimator_inputs, pop_metrics
 from vgpo_verl.perturb import black_patch_mask, black_row, blacken_patches, step_seed
 from vgpo_verl.vppo import VPPOConfig, apply_vppo, compute_vppo_weights, perception_scores
@@ -134,13 +135,8 @@ def test_non_finite_log_probs_name_the_rows():
 
 
 def _batch(seed=0, prompts=3, n=4, length=10):
-    gen = torch.Generator().manual_seed(seed)
-    batch = prompts * n
-    lengths = torch.randint(1, length + 1, (batch,), generator=gen)
-    mask = (torch.arange(length)[None] < lengths[:, None]).float()
-    rewards = torch.zeros(batch, length)
-    rewards[torch.arange(batch), lengths - 1] = torch.randint(0, 2, (batch,), generator=gen).float()
-    uid = np.repeat(np.array([f"prompt-{i}" for i in range(prompts)], dtype=object), n)
+    rewards, mask, uid, gen = grouped_outcome_batch(seed, prompts, n, length)
+    batch = rewards.shape[0]
     old = -torch.rand(batch, length, generator=gen)
     aug = old + torch.randn(batch, length, generator=gen)
     return rewards, mask, uid, aug, old
