@@ -309,23 +309,33 @@ def run_verl(args, preset: dict) -> None:
     report(times, hook_timer.seconds[1:], "cpu")
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def benchmark_parser(description: str, repeats: int) -> argparse.ArgumentParser:
+    """The options every old-log-prob-pass benchmark takes (mode, model shape, device, rounds)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--mode", choices=["verl", "hf"], default="verl")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--text-len", type=int, default=200, help="text tokens per sample (plus the image's)")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--chunk-tokens", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_benchmark(args, run_verl, run_hf) -> None:
+    """Apply --threads, refuse --mode verl off the CPU, and run the chosen mode."""
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.mode == "verl" and args.device != "cpu":
         sys.exit("--mode verl runs verl's engine on the CPU platform; on a GPU use --mode hf (verl-free)")
     (run_verl if args.mode == "verl" else run_hf)(args, PRESETS[args.preset])
+
+
+def main(argv=None) -> None:
+    parser = benchmark_parser(__doc__.split("\n")[0], repeats=10)
+    parser.add_argument("--chunk-tokens", type=int, default=8192)
+    run_benchmark(parser.parse_args(argv), run_verl, run_hf)
 
 
 if __name__ == "__main__":

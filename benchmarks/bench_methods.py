@@ -20,7 +20,6 @@ entropy math, the perturbed arm running vgpo_verl.perturb then one more forward.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import statistics
 import sys
@@ -29,7 +28,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_extractor import PRESETS, build_config, cpu_verl_engine, interleaved, make_samples, position_ids_4d  # noqa: E402
+from bench_extractor import (  # noqa: E402
+    benchmark_parser, build_config, cpu_verl_engine, interleaved, make_samples, position_ids_4d, run_benchmark,
+)
 
 ARMS = ("plain", "entropy_shaping", "vppo")
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -141,21 +142,7 @@ def run_verl(args, preset: dict) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=["verl", "hf"], default="verl")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--text-len", type=int, default=200, help="text tokens per sample (plus the image's)")
-    parser.add_argument("--repeats", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.mode == "verl" and args.device != "cpu":
-        sys.exit("--mode verl runs verl's engine on the CPU platform; on a GPU use --mode hf (verl-free)")
-    (run_verl if args.mode == "verl" else run_hf)(args, PRESETS[args.preset])
+    run_benchmark(benchmark_parser(__doc__.split("\n")[0], repeats=6).parse_args(argv), run_verl, run_hf)
 
 
 if __name__ == "__main__":
