@@ -6,7 +6,6 @@ after verl's image-token dedup, and mean |delta log-prob| of a fixed 24-token re
 without the image. Usage: python tests/_cpu_vision_agreement.py MODEL_DIR DATA_PARQUET
 """
 
-import json
 import os
 import sys
 
@@ -20,7 +19,7 @@ def main(model_dir: str, data: str) -> None:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from _image_prompt_logprobs import hf_response_logprobs, image_and_text_prompts, vllm_response_logprobs
+    from _image_prompt_logprobs import hf_response_logprobs, image_and_text_prompts, report_and_exit, vllm_response_logprobs
 
     proc, image, actor_in, ids = image_and_text_prompts(model_dir, data)
     facts = {}
@@ -51,7 +50,7 @@ def main(model_dir: str, data: str) -> None:
     for with_image, seq in ids.items():
         facts[f"prompt_equal_image_{with_image}"] = seen[with_image] == seq
         facts[f"mean_abs_dlogp_image_{with_image}"] = (vllm_logp[with_image] - hf_logp[with_image]).abs().mean().item()
-    print("AGREEMENT=" + json.dumps(facts), flush=True)
+    report_and_exit("AGREEMENT", facts, llm)
 
 
 if __name__ == "__main__":  # vLLM starts its engine in a spawned process, which re-imports this file

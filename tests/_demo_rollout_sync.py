@@ -80,7 +80,7 @@ def main(model_dir: str, data: str) -> None:
     from transformers import Qwen2_5_VLForConditionalGeneration
     from verl.utils.model import convert_weight_keys
 
-    from _image_prompt_logprobs import hf_response_logprobs, image_and_text_prompts, vllm_response_logprobs
+    from _image_prompt_logprobs import hf_response_logprobs, image_and_text_prompts, report_and_exit, vllm_response_logprobs
 
     proc, image, actor_in, ids = image_and_text_prompts(model_dir, data)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
@@ -140,7 +140,7 @@ def main(model_dir: str, data: str) -> None:
             "actor_moved": dlogp(new_hf, hf_logp),
         }
         hf_logp, vllm_logp = new_hf, new_vllm
-    print("SYNCED_AGREEMENT=" + json.dumps(facts), flush=True)
+    report_and_exit("SYNCED_AGREEMENT", facts, llm)
 
 
 if __name__ == "__main__":

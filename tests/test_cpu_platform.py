@@ -253,7 +253,7 @@ def test_vllm_and_actor_agree_on_image_prompts(tiny_model, tmp_path):
     env.update(VLLM_CACHE_ROOT=str(tmp_path / "vllm_cache"), XDG_CACHE_HOME=str(tmp_path / "cache"))
     proc = subprocess.run([PYTHON, script, str(tiny_model), str(val)], env=env, capture_output=True, text=True,
                           timeout=1200, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     facts = json.loads([l for l in proc.stdout.splitlines() if l.startswith("AGREEMENT=")][-1][len("AGREEMENT="):])
     assert facts["grid_equal"]
     assert facts["pixel_max_abs_diff"] < 1e-5

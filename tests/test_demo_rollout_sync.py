@@ -46,7 +46,7 @@ def test_synced_rollout_engine_agrees_with_actor_and_follows_each_sync(tmp_path)
     env.update(VLLM_CACHE_ROOT=str(tmp_path / "vllm_cache"), XDG_CACHE_HOME=str(tmp_path / "cache"))
     proc = subprocess.run([sys.executable, SCRIPT, str(model), str(val)], env=env, capture_output=True, text=True,
                           timeout=1200, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     line = [l for l in proc.stdout.splitlines() if l.startswith("SYNCED_AGREEMENT=")][-1]
     facts = json.loads(line[len("SYNCED_AGREEMENT="):])
     print(f"\nrollout dtype {facts['dtype']} on CPU {facts['cpu']} (vLLM packs fp32 linears into oneDNN on any "
