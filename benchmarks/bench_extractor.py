@@ -82,6 +82,19 @@ def make_samples(config, preset: dict, count: int, text_len: int, seed: int = 0)
     return samples
 
 
+def random_hf_model(args, preset: dict):
+    """(the preset's randomly initialised HF model on args.device in args.dtype, seed 0; its samples)."""
+    import transformers
+
+    config = build_config(preset)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    with torch.device(args.device):
+        model = transformers.AutoModelForImageTextToText.from_config(config, dtype=dtype).eval()
+    return model, make_samples(config, preset, args.samples, args.text_len)
+
+
 @torch.no_grad()
 def position_ids_4d(model, sample):
     """(4, L): [text positions; mRoPE t, h, w], as verl's agent loop stores them."""
@@ -149,8 +162,6 @@ def report(times: dict, hook_seconds: list[float], device: str, extra: str = "")
 
 def run_hf(args, preset: dict) -> None:
     """transformers forward + verl's log-prob math, with and without the scoring hook."""
-    import transformers
-
     from vgpo_verl.scoring import (
         HiddenStateCapture,
         cosine_to_prototypes,
@@ -159,13 +170,8 @@ def run_hf(args, preset: dict) -> None:
         visual_token_ids,
     )
 
-    device, dtype = torch.device(args.device), {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    config = build_config(preset)
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = transformers.AutoModelForImageTextToText.from_config(config, dtype=dtype).eval()
-    samples = make_samples(config, preset, args.samples, args.text_len)
+    model, samples = random_hf_model(args, preset)
+    device, dtype, config = model.device, model.dtype, model.config
     lengths = torch.tensor([len(s["input_ids"]) for s in samples], device=device)
     max_len = int(lengths.max())
     input_ids = torch.zeros(len(samples), max_len, dtype=torch.long, device=device)

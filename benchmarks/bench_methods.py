@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_extractor import (  # noqa: E402
-    benchmark_parser, build_config, cpu_verl_engine, interleaved, make_samples, position_ids_4d, run_benchmark,
+    benchmark_parser, cpu_verl_engine, interleaved, position_ids_4d, random_hf_model, run_benchmark,
 )
 
 ARMS = ("plain", "entropy_shaping", "vppo")
@@ -70,17 +70,10 @@ def report(times: dict, device: str) -> None:
 
 
 def run_hf(args, preset: dict) -> None:
-    import transformers
-
     from vgpo_verl.perturb import blacken_patches
 
-    device, dtype = torch.device(args.device), {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    config = build_config(preset)
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = transformers.AutoModelForImageTextToText.from_config(config, dtype=dtype).eval()
-    samples = make_samples(config, preset, args.samples, args.text_len)
+    model, samples = random_hf_model(args, preset)
+    device, dtype = model.device, model.dtype
     length = min(len(s["input_ids"]) for s in samples)  # same length: no padding needed
     input_ids = torch.stack([s["input_ids"][:length] for s in samples]).to(device)
     position_ids = torch.stack([position_ids_4d(model, s)[:, :length] for s in samples], dim=1).to(device)
