@@ -69,21 +69,41 @@ def install_torch_varlen_attention() -> None:
     qwen2_vl._flash_use_top_left_mask = False
 
 
-def build_batch(model, samples: list[Sample], **flags):
-    """The TensorDict verl's worker hands to engine.infer_batch: unpadded nested fields per sample."""
+def build_batch(model, samples: list[Sample], legacy_layout: bool = False, **flags):
+    """The TensorDict verl's worker hands to engine.infer_batch: unpadded nested fields per sample (v1
+    trainer), or with legacy_layout the legacy trainer's padded batch through verl's own
+    `left_right_2_no_padding` (prompts left-, responses right-padded; response_mask with a masked
+    tool-like token inside each response longer than 2, so it cannot stand for the response length)."""
     from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.padding import left_right_2_no_padding
 
     rows = []
+    max_prompt = max(len(s.input_ids) - s.response_len for s in samples)
+    max_response = max(s.response_len for s in samples)
     for sample in samples:
-        mm = visual_kwargs(sample) or None
-        rows.append({
-            "input_ids": sample.input_ids,
-            "position_ids": position_ids_4d(model, sample),
-            "loss_mask": torch.ones(len(sample.input_ids), dtype=torch.long),
-            "response_mask": torch.ones(sample.response_len, dtype=torch.long),
-            "multi_modal_inputs": mm,
-        })
+        row = {"multi_modal_inputs": visual_kwargs(sample) or None}
+        positions = position_ids_4d(model, sample)
+        if not legacy_layout:
+            row.update(input_ids=sample.input_ids, position_ids=positions,
+                       loss_mask=torch.ones(len(sample.input_ids), dtype=torch.long),
+                       response_mask=torch.ones(sample.response_len, dtype=torch.long))
+        else:
+            prompt_len, response_len = len(sample.input_ids) - sample.response_len, sample.response_len
+            left, right = max_prompt - prompt_len, max_response - response_len
+            valid = torch.cat([torch.zeros(left), torch.ones(prompt_len + response_len), torch.zeros(right)]).long()
+            input_ids = torch.zeros(len(valid), dtype=torch.long)
+            input_ids[valid.bool()] = sample.input_ids
+            position_ids = torch.zeros(positions.shape[0], len(valid), dtype=torch.long)
+            position_ids[:, valid.bool()] = positions
+            response_mask = valid[max_prompt:].clone()
+            if response_len > 2:
+                response_mask[1] = 0
+            row.update(prompts=input_ids[:max_prompt], responses=input_ids[max_prompt:], input_ids=input_ids,
+                       attention_mask=valid, position_ids=position_ids, response_mask=response_mask)
+        rows.append(row)
     batch = tu.list_of_dict_to_tensordict(rows)
+    if legacy_layout:
+        batch = left_right_2_no_padding(batch)
     tu.assign_non_tensor(batch, temperature=1.0, compute_loss=False, calculate_entropy=True, **flags)
     return batch
 
@@ -114,8 +134,8 @@ def build_engine(model_dir: str, remove_padding: bool, sp: int):
 
 def engine_worker(rank: int, world_size: int, port: int, model_dir: str, samples: list, runs: list,
                   out_path: str) -> None:
-    """One rank: for each run (remove_padding, sp, dynamic_bsz, flags, optionally its own model_dir and
-    samples), verl's engine.infer_batch; rank 0 saves {run name: {key: [per-sample tensors]}}.
+    """One rank: for each run (remove_padding, sp, dynamic_bsz, legacy_layout, flags, optionally its own
+    model_dir and samples), verl's engine.infer_batch; rank 0 saves {run name: {key: [per-sample tensors]}}.
 
     Engines are built in the order the runs first ask for them (the padded one first: building a
     remove-padding engine patches the model classes' attention for the whole process).
@@ -150,7 +170,8 @@ def engine_worker(rank: int, world_size: int, port: int, model_dir: str, samples
             if key not in engines:
                 engines[key] = build_engine(*key)
             engine = engines[key]
-            batch = build_batch(plain_models[run_dir], run_samples, **run.get("flags", {}))
+            batch = build_batch(plain_models[run_dir], run_samples, run.get("legacy_layout", False),
+                                **run.get("flags", {}))
             tu.assign_non_tensor(
                 batch, use_remove_padding=run["remove_padding"], use_dynamic_bsz=run.get("dynamic_bsz", False),
                 max_token_len_per_gpu=run.get("max_token_len", 4096), micro_batch_size_per_gpu=2,

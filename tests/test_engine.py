@@ -26,9 +26,11 @@ WS1_RUNS = [
     {"name": "rmpad_vppo_dynamic_bsz", "remove_padding": True, "dynamic_bsz": True, "max_token_len": 80,
      "flags": PERTURB},
     {"name": "rmpad_vppo_and_score", "remove_padding": True, "flags": {**PERTURB, **SCORE}},
+    {"name": "legacy_rmpad_vppo_and_score", "remove_padding": True, "legacy_layout": True,
+     "flags": {**PERTURB, **SCORE}},
 ]
-PERTURBED_RUNS = ["padded_vppo", "rmpad_vppo_dynamic_bsz", "rmpad_vppo_and_score"]
-SCORED_RUNS = ["padded", "rmpad", "rmpad_dynamic_bsz"]
+PERTURBED_RUNS = ["padded_vppo", "rmpad_vppo_dynamic_bsz", "rmpad_vppo_and_score", "legacy_rmpad_vppo_and_score"]
+SCORED_RUNS = ["padded", "rmpad", "rmpad_dynamic_bsz", "legacy_rmpad_vppo_and_score"]
 
 
 @pytest.fixture(scope="module")
@@ -84,20 +86,10 @@ def references(setup):
 def test_qwen3_vl_scores_through_verls_engine(ws1, qwen3):
     model, _, samples = qwen3
     result = ws1["qwen3_padded"]
-    got = response_scores(result["outputs"]["vgpo_visual_score"], samples)
-    for i, (sample, scores) in enumerate(zip(samples, got)):
+    for i, (sample, scores) in enumerate(zip(samples, result["outputs"]["vgpo_visual_score"])):
         expected, has_visual = reference_scores(model, sample)
         torch.testing.assert_close(scores.double(), expected[-sample.response_len :], atol=1e-4, rtol=0)
-        assert bool(result["outputs"]["vgpo_has_visual"][i][0]) == has_visual
-
-
-def response_scores(full_scores, samples):
-    """verl's own response slicing (trainer: `response_from_nested(log_probs, response_mask)`)."""
-    from verl.workers.utils.padding import response_from_nested
-
-    nested = torch.nested.as_nested_tensor(full_scores, layout=torch.jagged)
-    mask = torch.nested.as_nested_tensor([torch.ones(s.response_len) for s in samples], layout=torch.jagged)
-    return list(response_from_nested(nested, mask).unbind())
+        assert result["outputs"]["vgpo_has_visual"][i].tolist() == [has_visual]
 
 
 def test_verl_registry_picks_the_scoring_engine_on_nvidia_and_the_cpu_platform_only(monkeypatch):
@@ -118,35 +110,29 @@ def test_verl_registry_picks_the_scoring_engine_on_nvidia_and_the_cpu_platform_o
 
 @pytest.mark.parametrize("run", SCORED_RUNS)
 def test_response_scores_equal_plain_transformers_cosine(ws1, setup, references, run):
-    """After verl's response_from_nested, the score of response token y_t is cos(h at y_t, mu)."""
+    """The engine stores the response tokens only, and the score of response token y_t is cos(h at
+    y_t's own position, mu) (the plain reference's value at position prompt_len + t)."""
     _, _, samples = setup
     result = ws1[run]
     assert result["engine_class"] == "VGPOFSDPEngineWithLMHead"
     assert result["scoring_hooks"] > 0
-    got = response_scores(result["outputs"]["vgpo_visual_score"], samples)
-    for i, (sample, scores) in enumerate(zip(samples, got)):
+    for i, (sample, scores) in enumerate(zip(samples, result["outputs"]["vgpo_visual_score"])):
+        assert scores.shape == (sample.response_len,) and scores.dtype == torch.float32  # no prompt token
         expected = references[-1][i][0][-sample.response_len :]
         torch.testing.assert_close(scores.double(), expected, atol=1e-4, rtol=0, msg=f"sample {i}")
 
 
 @pytest.mark.parametrize("run", SCORED_RUNS)
-def test_full_sequence_slot_j_holds_the_next_tokens_score(ws1, references, run):
-    for i, full in enumerate(ws1[run]["outputs"]["vgpo_visual_score"]):
-        expected = references[-1][i][0]
-        torch.testing.assert_close(full[:-1].double(), expected[1:], atol=1e-4, rtol=0, msg=f"sample {i}")
-        assert torch.isnan(full[-1])  # no token after the last one
-
-
-@pytest.mark.parametrize("run", SCORED_RUNS)
-def test_has_visual_per_sample(ws1, run):
+def test_has_visual_is_one_flag_per_sample(ws1, run):
     has_visual = ws1[run]["outputs"]["vgpo_has_visual"]
-    assert [bool(h[0]) for h in has_visual] == [True, False, True, True]
-    assert all(bool((h == h[0]).all()) for h in has_visual)
+    assert [h.tolist() for h in has_visual] == [[True], [False], [True], [True]]
+    assert all(h.dtype == torch.bool for h in has_visual)
 
 
-def test_layer_flag_scores_another_decoder_layer(ws1, references):
-    for i, full in enumerate(ws1["rmpad_layer0"]["outputs"]["vgpo_visual_score"]):
-        torch.testing.assert_close(full[:-1].double(), references[0][i][0][1:], atol=1e-4, rtol=0)
+def test_layer_flag_scores_another_decoder_layer(ws1, setup, references):
+    _, _, samples = setup
+    for i, (sample, scores) in enumerate(zip(samples, ws1["rmpad_layer0"]["outputs"]["vgpo_visual_score"])):
+        torch.testing.assert_close(scores.double(), references[0][i][0][-sample.response_len :], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("plain, scored", [("padded_plain", "padded"), ("rmpad_plain", "rmpad")])
@@ -165,9 +151,9 @@ def test_ulysses_sp2_gives_the_sp1_scores(setup, ws1, references):
     sp2 = run_engine(model_dir, samples, runs, f"{model_dir}/sp2.pt", world_size=2)["sp2"]
     assert sp2["scoring_hooks"] > 0
     for i, (a, b) in enumerate(zip(sp2["outputs"]["vgpo_visual_score"], ws1["rmpad"]["outputs"]["vgpo_visual_score"])):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, equal_nan=True, msg=f"sample {i}")
-        torch.testing.assert_close(a[:-1].double(), references[-1][i][0][1:], atol=1e-4, rtol=0)
-    assert [bool(h[0]) for h in sp2["outputs"]["vgpo_has_visual"]] == [True, False, True, True]
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=f"sample {i}")
+        torch.testing.assert_close(a.double(), references[-1][i][0][-samples[i].response_len :], atol=1e-4, rtol=0)
+    assert [h.tolist() for h in sp2["outputs"]["vgpo_has_visual"]] == [[True], [False], [True], [True]]
 
 
 def test_training_forward_is_never_scored_even_with_the_flag(monkeypatch):
@@ -208,25 +194,29 @@ def reference_log_probs(model, sample, perturbed: bool):
 @pytest.mark.parametrize("run", PERTURBED_RUNS)
 def test_perturbed_forward_gives_each_samples_own_blackened_log_probs(ws1, setup, run):
     """One extra forward through verl's engine (padded, packed with dynamic micro-batches, next to
-    VGPO's scoring): slot j holds log pi(token j+1) with the sample's patches blackened, whatever
-    the batching; images, two images and image + video alike."""
+    VGPO's scoring, the legacy trainer's layout): entry t holds log pi(response token t) with the
+    sample's patches blackened, response tokens only, whatever the batching; images, two images and
+    image + video alike."""
     model, _, samples = setup
     result = ws1[run]
     assert result["engine_class"] == "VGPOFSDPEngineWithLMHead"
     for i, (sample, aug) in enumerate(zip(samples, result["outputs"]["vppo_aug_log_probs"])):
-        expected = reference_log_probs(model, sample, perturbed=True)
-        torch.testing.assert_close(aug[:-1].double(), expected, atol=1e-4, rtol=0, msg=f"sample {i}")
+        expected = reference_log_probs(model, sample, perturbed=True)[-sample.response_len :]
+        assert aug.shape == (sample.response_len,)
+        torch.testing.assert_close(aug.double(), expected, atol=1e-4, rtol=0, msg=f"sample {i}")
 
 
 @pytest.mark.parametrize("plain, perturbed", [("padded_plain", "padded_vppo"), ("rmpad_plain", "rmpad_vppo_and_score")])
-def test_perturbed_pass_leaves_verls_outputs_alone_and_changes_only_visual_samples(ws1, plain, perturbed):
+def test_perturbed_pass_leaves_verls_outputs_alone_and_changes_only_visual_samples(ws1, setup, plain, perturbed):
     # 1 ulp allowed: the extra forward between micro-batches moves later allocations, and the CPU
     # BLAS result may depend on buffer alignment (seen in the padded layout)
     for key in ("log_probs", "entropy"):
         for a, b in zip(ws1[plain]["outputs"][key], ws1[perturbed]["outputs"][key]):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
-    for i, (aug, clean) in enumerate(zip(ws1[perturbed]["outputs"]["vppo_aug_log_probs"],
-                                         ws1[plain]["outputs"]["log_probs"])):
+    _, _, samples = setup
+    for i, (aug, full) in enumerate(zip(ws1[perturbed]["outputs"]["vppo_aug_log_probs"],
+                                        ws1[plain]["outputs"]["log_probs"])):
+        clean = full[-samples[i].response_len - 1 : -1]  # verl's response slice of its own log_probs
         if i == 1:  # text only: nothing to perturb
             torch.testing.assert_close(aug, clean, atol=1e-6, rtol=0)
         else:
@@ -237,10 +227,10 @@ def test_qwen3_vl_perturbed_forward(ws1, qwen3):
     """Qwen3-VL (deepstack, frame-split video): the same per-sample blackened log-probs."""
     model, _, samples = qwen3
     for i, (sample, aug) in enumerate(zip(samples, ws1["qwen3_vppo"]["outputs"]["vppo_aug_log_probs"])):
-        torch.testing.assert_close(aug[:-1].double(), reference_log_probs(model, sample, perturbed=True),
-                                   atol=1e-4, rtol=0, msg=f"sample {i}")
+        expected = reference_log_probs(model, sample, perturbed=True)[-sample.response_len :]
+        torch.testing.assert_close(aug.double(), expected, atol=1e-4, rtol=0, msg=f"sample {i}")
 
 
 def test_scores_are_unchanged_next_to_the_perturbed_pass(ws1):
     for a, b in zip(ws1["rmpad"]["outputs"]["vgpo_visual_score"], ws1["rmpad_vppo_and_score"]["outputs"]["vgpo_visual_score"]):
-        torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True)
+        torch.testing.assert_close(a, b, atol=0, rtol=0)

@@ -7,6 +7,7 @@ from _scoring_utils import make_sample, position_ids_4d, reference_scores, tiny_
 from vgpo_verl.scoring import (
     HiddenStateCapture,
     resolve_layer,
+    response_slice,
     visual_mask_of,
     visual_similarity,
     visual_token_ids,
@@ -50,6 +51,30 @@ def test_visual_similarity_matches_per_sequence_loop(dtype, chunk_tokens):
     torch.testing.assert_close(similarity.double(), expected, atol=1e-5, rtol=0)
     assert has_visual.tolist() == expected_has_visual.tolist() == [True, False, False, True, True]
     assert similarity[9:24].eq(0).all()  # no prototype -> exactly 0
+
+
+def test_response_slice_takes_own_positions_and_verls_log_prob_slots():
+    """shift=0: response token t of sequence i gets the value at its own packed position; shift=1 gives
+    exactly verl's `response_from_nested` slice of a log-prob-style tensor (slot j = token j + 1)."""
+    from verl.workers.utils.padding import response_from_nested
+
+    lengths, responses = [9, 3, 14, 6], [4, 2, 14 - 1, 1]
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    values = torch.arange(sum(lengths), dtype=torch.float32) * 0.5
+    own = response_slice(values, cu_seqlens, torch.tensor(responses), shift=0)
+    assert own.offsets().tolist() == [0, *torch.tensor(responses).cumsum(0).tolist()]
+    for i, (row, r) in enumerate(zip(own.unbind(), responses)):
+        end = int(cu_seqlens[i + 1])
+        torch.testing.assert_close(row, values[end - r : end], atol=0, rtol=0)  # plain indexing, token by token
+
+    nested = torch.nested.nested_tensor_from_jagged(values, cu_seqlens)
+    mask = torch.nested.as_nested_tensor([torch.ones(r) for r in responses], layout=torch.jagged)
+    shifted = response_slice(values, cu_seqlens, torch.tensor(responses), shift=1)
+    for a, b in zip(shifted.unbind(), response_from_nested(nested, mask).unbind()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+    with pytest.raises(ValueError, match="exceed sequence lengths"):
+        response_slice(values, cu_seqlens, torch.tensor([4, 3, 1, 1]), shift=1)  # no prompt token left
 
 
 def test_visual_similarity_rejects_bad_shapes():

@@ -2,8 +2,10 @@
 
 The v1 trainer's methods run unmodified against an in-memory stand-in for the TransferQueue
 (same kv_batch_get / kv_batch_put contract: absent fields are skipped) and a stand-in actor worker
-group that answers like the scoring engine (tested for real in test_engine.py): full-sequence
-outputs, slot j holding the value of token j + 1, vgpo keys only when the flag is set.
+group that answers like the scoring engine (tested for real in test_engine.py): verl's own
+full-sequence outputs (slot j holding the value of token j + 1), the engine's response-aligned
+outputs (entry t for response token t) and one has-visual flag per sample, vgpo keys only when the
+flag is set.
 """
 
 import numpy as np
@@ -69,8 +71,16 @@ class FakeTransferQueue:
         return TensorDict(out, batch_size=len(keys))
 
 
+def response_values(sample: int, fn) -> torch.Tensor:
+    """(R,) float32: fn(sample, position) at each response token's own position prompt_len + t (the
+    engine's layout for its outputs, vgpo_verl/engine.py)."""
+    p, r = PROMPT_LENS[sample], RESPONSE_LENS[sample]
+    return torch.tensor([fn(sample, p + t) for t in range(r)], dtype=torch.float32)
+
+
 class FakeActorWorkerGroup:
-    """compute_log_prob like verl's worker + the VGPO engine: writes full-sequence outputs to the store."""
+    """compute_log_prob like verl's worker + the VGPO engine: writes verl's full-sequence outputs and the
+    engine's response-aligned / per-sample ones to the store."""
 
     def __init__(self, tq):
         self.tq, self.calls, self.fetched = tq, [], []
@@ -93,11 +103,10 @@ class FakeActorWorkerGroup:
             if with_entropy:
                 fields["entropy"].append(0.05 * torch.arange(length, dtype=torch.float32) + 0.1 * sample)
             if perturbed:
-                fields[AUG_LOG_PROBS_KEY].append(torch.tensor([aug_log_prob(sample, j + 1) for j in range(length)]))
+                fields[AUG_LOG_PROBS_KEY].append(response_values(sample, aug_log_prob))
             if scored:
-                nxt = torch.tensor([token_score(sample, j + 1) for j in range(length - 1)] + [float("nan")])
-                fields[SCORE_KEY].append(nxt.float())
-                fields[HAS_VISUAL_KEY].append(torch.full((length,), float(HAS_VISUAL[sample])))
+                fields[SCORE_KEY].append(response_values(sample, token_score))
+                fields[HAS_VISUAL_KEY].append(torch.tensor([HAS_VISUAL[sample]]))
         nested = {k: torch.nested.as_nested_tensor(v, layout=torch.jagged) for k, v in fields.items()}
         self.tq.kv_batch_put(batch.keys, batch.partition_id, TensorDict(nested, batch_size=len(batch.keys)))
         return batch
@@ -184,7 +193,7 @@ def test_v1_estimator_receives_own_position_scores_and_metrics_reach_the_trainer
     assert received["has_visual"].tolist() == HAS_VISUAL
     assert any(k.startswith("vgpo/") for k in metrics), metrics
 
-    # the full-sequence scores are stored once and fetched by no worker after the scoring pass
+    # the scores are stored once and fetched by no worker after the scoring pass
     assert SCORE_KEY in tq.store[batch.keys[0]]
     ref_fields = trainer.actor_rollout_wg.fetched[1]
     assert "old_log_probs" in ref_fields and SCORE_KEY not in ref_fields and HAS_VISUAL_KEY not in ref_fields
@@ -258,11 +267,10 @@ class FakeLegacyWorkerGroup:
             "entropy": [0.05 * torch.arange(n, dtype=torch.float32) + 0.1 * i for i, n in enumerate(lengths)],
         }
         if perturbed:
-            outputs[AUG_LOG_PROBS_KEY] = [torch.tensor([aug_log_prob(i, j + 1) for j in range(n)]) for i, n in enumerate(lengths)]
+            outputs[AUG_LOG_PROBS_KEY] = [response_values(i, aug_log_prob) for i in range(len(lengths))]
         if flag:
-            outputs[SCORE_KEY] = [torch.tensor([token_score(i, j + 1) for j in range(n - 1)] + [float("nan")])
-                                  for i, n in enumerate(lengths)]
-            outputs[HAS_VISUAL_KEY] = [torch.full((n,), float(HAS_VISUAL[i])) for i, n in enumerate(lengths)]
+            outputs[SCORE_KEY] = [response_values(i, token_score) for i in range(len(lengths))]
+            outputs[HAS_VISUAL_KEY] = [torch.tensor([HAS_VISUAL[i]]) for i in range(len(lengths))]
         nested = {k: torch.nested.as_nested_tensor(v, layout=torch.jagged) for k, v in outputs.items()}
         return tu.get_tensordict(nested, non_tensor_dict={"metrics": {"mfu": 0.0}})
 
@@ -464,3 +472,16 @@ def test_legacy_trainer_carries_entropy_and_aug_log_probs(estimator, prefix, fla
     assert not any(k.startswith(wiring.INPUT_PREFIX) for k in batch.batch.keys())
     metrics = ray_trainer.compute_data_metrics(batch=batch, use_critic=False)
     assert any(k.startswith(prefix) for k in metrics), metrics
+
+
+def test_per_sample_flags_arrive_nested_or_dense_and_responses_pad_to_the_batch_width():
+    """TransferQueue may hand back a field whose samples all have shape (1,) as (B, 1) dense or nested."""
+    import vgpo_verl.trainer_wiring as wiring
+
+    rows = [torch.tensor([True]), torch.tensor([False]), torch.tensor([True])]
+    assert wiring._per_sample_flags(torch.nested.as_nested_tensor(rows, layout=torch.jagged)).tolist() == [True, False, True]
+    assert wiring._per_sample_flags(torch.stack(rows)).tolist() == [True, False, True]
+    with pytest.raises(RuntimeError, match="one value per sample"):  # a per-token layout is refused
+        wiring._per_sample_flags(torch.nested.as_nested_tensor([torch.ones(3), torch.ones(2)], layout=torch.jagged))
+    scores = torch.nested.as_nested_tensor([torch.tensor([1.0, 2.0]), torch.tensor([3.0])], layout=torch.jagged)
+    torch.testing.assert_close(wiring._padded_response(scores, 4), torch.tensor([[1.0, 2.0, 0, 0], [3.0, 0, 0, 0]]))

@@ -7,19 +7,24 @@ old-log-prob pass only, from the estimator's row in vgpo_verl.methods):
 VPPO, `vppo_perturb=True` (vgpo_verl.perturb): after verl's own forward, one more forward of the
 same micro-batch with the images' patches blackened (`vppo_black_prob`, `vppo_seed`; on the pixel
 rows the model reads, in `prepare_model_inputs`), whose log-probs join the model output as
-`vppo_aug_log_probs`, a nested full-sequence tensor laid out exactly like verl's `log_probs`. That
-second forward is verl's own forward_step (packing, Ulysses, temperature), with entropy off.
+`vppo_aug_log_probs`, nested (bsz, response_len) float32: the response slice of that forward's
+`log_probs`, taken like verl takes its own (`response_from_nested`: slots [end-R-1, end-1), so entry
+t is log pi(y_t | ...)), i.e. exactly aligned with verl's `old_log_probs`. That second forward is
+verl's own forward_step (packing, Ulysses, temperature), with entropy off.
 
 VGPO, `vgpo_score=True`: a forward hook on one decoder layer (`vgpo_layer`, default -1: the
 final norm, i.e. lm_head's input) turns that layer's output into per-token cosine scores while the
-forward runs, and two nested full-sequence tensors join the model output:
+forward runs, and two nested tensors join the model output:
 
-- `vgpo_visual_score` (bsz, seq_len) float32. Like verl's `log_probs`, slot j holds the value for the
-  token at j + 1: cos(h_{j+1}, mu). verl's `response_from_nested` takes slots [end-R-1, end-1), so
-  response token y_t gets cos(h at y_t's own position, mu) (spec section 1). The last slot of each
-  sequence has no next token and holds NaN (never read by response_from_nested).
-- `vgpo_has_visual` (bsz, seq_len) float32: 1.0 on every token of a sample whose sequence contains a
-  visual placeholder token, 0.0 otherwise.
+- `vgpo_visual_score` (bsz, response_len) float32: entry t of a sample is cos(h at response token
+  y_t's own position, mu) (spec section 1), mu the mean hidden state over the sample's visual
+  placeholder tokens; 0 for a sample without any.
+- `vgpo_has_visual` (bsz, 1) bool: whether the sample's sequence contains a visual placeholder token.
+
+Only what the estimator reads leaves the engine: prompt tokens never enter the TransferQueue.
+Response lengths come from the micro-batch (`response_lengths`). A per-sample value still has one
+element per sample, not zero: verl's `postprocess_batch_func` unbinds every model-output key into
+per-sample rows and rebuilds a jagged nested tensor, which refuses zero-dim rows.
 
 verl concatenates any model-output key over micro-batches, restores the dynamic-batch order and
 writes it to the TransferQueue, so nothing else in verl needs to know about these keys.
@@ -74,13 +79,13 @@ from vgpo_verl.perturb import (  # noqa: E402
 from vgpo_verl.scoring import (  # noqa: E402
     CHUNK_KEY,
     DEFAULT_CHUNK_TOKENS,
-    HAS_VISUAL_KEY,
     LAYER_KEY,
     SCORE_FLAG,
-    SCORE_KEY,
     HiddenStateCapture,
     cosine_to_prototypes,
     padded_segment_ids,
+    response_slice,
+    score_outputs,
     segment_ids_from_cu_seqlens,
     visual_mask_of,
     visual_prototypes,
@@ -88,6 +93,20 @@ from vgpo_verl.scoring import (  # noqa: E402
 )
 
 logger = logging.getLogger(__name__)
+
+
+def response_lengths(micro_batch) -> torch.Tensor:
+    """(bsz,) long: each sample's response length, from the fields verl's own response slicing reads.
+
+    v1 trainer (TransferQueue batches): `response_mask` is nested (bsz, R_i), as `response_from_nested`
+    uses it. Legacy trainer (`left_right_2_no_padding` keeps the padded fields): `response_mask` is
+    (bsz, R_max) and may hold zeros inside a response (tool tokens), so count the attention mask over
+    the response columns, as `no_padding_2_padding` does.
+    """
+    response_mask = micro_batch["response_mask"]
+    if response_mask.is_nested:
+        return response_mask.offsets().diff()
+    return micro_batch["attention_mask"][:, -response_mask.shape[-1]:].sum(-1)
 
 
 class _MicroBatchScorer:
@@ -148,21 +167,6 @@ class _MicroBatchScorer:
         similarity = cosine_to_prototypes(hidden, segment_ids, mu, self.chunk_tokens)
         return similarity[valid.reshape(-1)], has_visual  # row-major = the nested values' order
 
-    def model_output(self, similarity: torch.Tensor, has_visual: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The two nested full-sequence outputs (see the module docstring for the alignment)."""
-        cu_seqlens = self.cu_seqlens.to(similarity.device)
-        shifted = torch.roll(similarity, shifts=-1)
-        shifted[cu_seqlens[1:] - 1] = float("nan")  # no token after a sequence's last one
-        seq_of_token = torch.repeat_interleave(torch.arange(cu_seqlens.numel() - 1, device=similarity.device),
-                                               cu_seqlens.diff())
-        has_visual_per_token = has_visual.float()[seq_of_token]
-        offsets = self.input_ids.offsets()
-        return {
-            SCORE_KEY: torch.nested.nested_tensor_from_jagged(shifted, offsets.to(shifted.device)),
-            HAS_VISUAL_KEY: torch.nested.nested_tensor_from_jagged(has_visual_per_token, offsets.to(shifted.device)),
-        }
-
-
 class VGPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
     """verl's FSDP LM engine; in forward-only passes flagged `vgpo_score` it scores visual focus, in
     passes flagged `vppo_perturb` it adds the log-probs under perturbed images."""
@@ -194,7 +198,9 @@ class VGPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
                 f"vgpo: the scored layer ran {capture.calls} times in one forward pass (expected once); "
                 "cannot tell which output belongs to the batch"
             )
-        output["model_output"].update(scorer.model_output(*capture.result))
+        similarity, has_visual = capture.result
+        output["model_output"].update(score_outputs(similarity, has_visual, scorer.cu_seqlens,
+                                                    response_lengths(micro_batch)))
         return loss, output
 
     def _image_normalisation(self, micro_batch) -> tuple[list[float], list[float]]:
@@ -214,7 +220,8 @@ class VGPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
         return list(mean), list(std)
 
     def _perturbed_log_probs(self, micro_batch, loss_function) -> torch.Tensor:
-        """verl's forward_step once more, on blackened image patches; its nested full-sequence log_probs."""
+        """verl's forward_step once more, on blackened image patches; the response slice of its log_probs,
+        nested (bsz, response_len)."""
         seed = int(tu.get_non_tensor_data(micro_batch, SEED_KEY, default=0))
         prob = float(tu.get_non_tensor_data(micro_batch, PROB_KEY, default=0.5))
         calculate_entropy = tu.get_non_tensor_data(micro_batch, "calculate_entropy", default=False)
@@ -225,7 +232,8 @@ class VGPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
         finally:
             self._pixel_perturbation = None
             tu.assign_non_tensor(micro_batch, calculate_entropy=calculate_entropy)
-        return output["model_output"]["log_probs"]
+        log_probs = output["model_output"]["log_probs"]  # nested (bsz, seq_len), slot j = token j + 1
+        return response_slice(log_probs.values(), log_probs.offsets(), response_lengths(micro_batch), shift=1)
 
     def prepare_model_inputs(self, micro_batch):
         model_inputs, output_args = super().prepare_model_inputs(micro_batch=micro_batch)

@@ -4,11 +4,14 @@ The trainer wiring reads it to flag the pass (`pass_flags`), to fetch the estima
 the TransferQueue (v1) or the batch (legacy) and to hand them over as keyword arguments; the demo
 reads the metric prefixes. Plain Python: the driver imports it without verl's engine.
 
-| estimator         | flagged pass adds (engine, full sequence)     | verl's own fields reused         |
-|-------------------|-----------------------------------------------|----------------------------------|
-| `vgpo`            | visual scores, has-visual flags (one hook)    | -                                |
-| `entropy_shaping` | nothing                                        | `entropy` (calculate_entropy)    |
-| `vppo`            | log-probs under a perturbed image (1 forward) | `old_log_probs`                  |
+| estimator         | flagged pass adds (engine)                           | verl's own fields reused      |
+|-------------------|------------------------------------------------------|-------------------------------|
+| `vgpo`            | visual scores (B, R), a has-visual flag (B, 1)       | -                             |
+| `entropy_shaping` | nothing                                              | `entropy` (calculate_entropy) |
+| `vppo`            | log-probs under a perturbed image (B, R), 1 forward  | `old_log_probs`               |
+
+(B, R): nested, response tokens only, aligned with verl's `old_log_probs` (vgpo_verl/engine.py);
+(B, 1): one value per sample. No prompt token of ours rides in the TransferQueue.
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ class Method:
     estimator: str  # algorithm.adv_estimator, and the registry name in verl
     config_key: str  # its knobs live under algorithm.<config_key>
     metric_prefix: str
-    # model-output keys the engine adds in the flagged pass (full sequence, slot j = token j + 1,
-    # like verl's log_probs) -> the estimator keyword receiving their response slice
+    # model-output keys the engine adds in the flagged pass -> the estimator keyword receiving them;
+    # nested (B, R_i), entry t for response token y_t, like verl's old_log_probs (padded (B, T) on arrival)
     engine_outputs: dict[str, str] = field(default_factory=dict)
-    # engine outputs that are per sample (constant along the sequence): the keyword gets (B,) bool
+    # engine outputs that are per sample, (B, 1) instead of (B, R_i): the keyword gets (B,) bool
     per_sample: frozenset[str] = frozenset()
     # response-aligned fields verl itself writes in the old-log-prob pass -> estimator keyword;
     # the name in the v1 TransferQueue and the name in the legacy trainer's old_log_prob output

@@ -29,7 +29,7 @@ PROB_KEY = "vppo_black_prob"  # non-tensor float: probability p that a patch goe
 SEED_KEY = "vppo_seed"  # non-tensor int: this step's seed
 MEAN_KEY = "vppo_image_mean"  # non-tensor tuple[float] (a list would be per-sample data); absent: the processor's
 STD_KEY = "vppo_image_std"  # non-tensor tuple[float]; absent: the processor's
-AUG_LOG_PROBS_KEY = "vppo_aug_log_probs"  # model output, nested full sequence, like verl's log_probs
+AUG_LOG_PROBS_KEY = "vppo_aug_log_probs"  # model output, nested (bsz, response_len), like verl's old_log_probs
 
 _MASK31 = (1 << 31) - 1
 # odd 31-bit multipliers; every product of two 31-bit values fits in int64

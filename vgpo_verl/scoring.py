@@ -25,8 +25,8 @@ DEFAULT_CHUNK_TOKENS = 8192
 SCORE_FLAG = "vgpo_score"  # non-tensor bool: score this forward-only pass
 LAYER_KEY = "vgpo_layer"  # non-tensor int: which layer (see resolve_layer)
 CHUNK_KEY = "vgpo_chunk_tokens"  # non-tensor int: rows per float32 work chunk
-SCORE_KEY = "vgpo_visual_score"  # model output, nested full sequence (see vgpo_verl.engine)
-HAS_VISUAL_KEY = "vgpo_has_visual"  # model output, nested full sequence, 1.0 / 0.0 per sample
+SCORE_KEY = "vgpo_visual_score"  # model output, nested (bsz, response_len) float32 (see vgpo_verl.engine)
+HAS_VISUAL_KEY = "vgpo_has_visual"  # model output, nested (bsz, 1) bool: one flag per sample
 
 # Module paths that wrap a module without changing what it computes (FSDP1, activation checkpointing,
 # torch.compile); stripped from names when looking for the text decoder.
@@ -74,6 +74,53 @@ def padded_segment_ids(lengths: torch.Tensor, max_len: int) -> tuple[torch.Tenso
     valid = torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(1)
     rows = torch.arange(num_seqs, device=lengths.device).unsqueeze(1).expand(-1, max_len)
     return torch.where(valid, rows, torch.full_like(rows, num_seqs)).reshape(-1), valid
+
+
+def response_slice(
+    values: torch.Tensor, cu_seqlens: torch.Tensor, response_lengths: torch.Tensor, shift: int = 0
+) -> torch.Tensor:
+    """Nested (S, j) jagged: each packed sequence's response part of a per-token tensor.
+
+    Sequence i keeps values[end_i - R_i - shift : end_i - shift] (end_i = cu_seqlens[i + 1], R_i its
+    response length): shift=0 for values at each token's own position (VGPO's scores: response token
+    y_t gets the value computed at y_t), shift=1 for verl's log-prob layout, where slot j holds token
+    j + 1 (the slice verl's `response_from_nested` / `no_padding_2_padding` take).
+
+    Args:
+        values: (N,) per-token values of S packed sequences.
+        cu_seqlens: (S+1,) long, cu_seqlens[0] == 0 and cu_seqlens[-1] == N.
+        response_lengths: (S,) long; each sequence must hold R_i + shift tokens.
+    """
+    cu_seqlens = cu_seqlens.to(values.device).long()
+    response_lengths = response_lengths.to(values.device).long()
+    lengths = cu_seqlens.diff()
+    if bool((response_lengths + shift > lengths).any()):
+        raise ValueError(f"response lengths {response_lengths.tolist()} (+{shift}) exceed sequence lengths "
+                         f"{lengths.tolist()}")
+    seq = torch.repeat_interleave(torch.arange(lengths.numel(), device=values.device), lengths,
+                                  output_size=values.shape[0])
+    end = cu_seqlens[1:][seq] - shift  # (N,) each token's sequence end, moved by the layout's shift
+    position = torch.arange(values.shape[0], device=values.device)
+    keep = (position >= end - response_lengths[seq]) & (position < end)
+    offsets = torch.nn.functional.pad(response_lengths.cumsum(0), (1, 0))
+    return torch.nested.nested_tensor_from_jagged(values[keep], offsets)
+
+
+def score_outputs(similarity: torch.Tensor, has_visual: torch.Tensor, cu_seqlens: torch.Tensor,
+                  response_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the engine adds to verl's model output for S scored sequences (see vgpo_verl.engine).
+
+    Args:
+        similarity: (N,) float32 packed cos(h_n, mu) of every token.
+        has_visual: (S,) bool.
+        cu_seqlens: (S+1,) long; response_lengths: (S,) long.
+
+    Returns:
+        SCORE_KEY: nested (S, R_i) float32, entry t = the score at response token y_t's own position.
+        HAS_VISUAL_KEY: (S, 1) bool, one flag per sample (verl rebuilds per-sample rows, never 0-d).
+    """
+    return {SCORE_KEY: response_slice(similarity, cu_seqlens, response_lengths, shift=0),
+            HAS_VISUAL_KEY: has_visual.unsqueeze(1)}
 
 
 def visual_prototypes(

@@ -11,13 +11,13 @@ v1 trainer (`trainer.use_v1=true`, default; verl/trainer/ppo/v1/trainer_base.py,
   vppo: vgpo_verl.perturb.PERTURB_FLAG + probability + this step's seed) in the batch's extra_info
   for the duration of the call, then removes them again, so the reference pass that follows (same
   batch object) is plain. The engine's extra outputs land in the TransferQueue next to `log_probs`.
-- `_compute_advantage`: fetches the method's fields for the same keys, slices the engine's
-  full-sequence outputs to the response like verl's own fields (`response_from_nested`, then padded
-  like `to_padded_tensor`), and runs the original inside `vgpo_verl.estimator.estimator_inputs(...)`;
+- `_compute_advantage`: fetches the method's fields for the same keys (the engine's outputs are
+  already response-aligned, like verl's `old_log_probs`; pads them like verl pads its own with
+  `to_padded_tensor`), and runs the original inside `vgpo_verl.estimator.estimator_inputs(...)`;
   the estimator's metrics (`vgpo/`, `entropy/`, `vppo/`) are merged into the trainer's `metrics`.
-- Both return their KVBatchMeta without the engine's extra full-sequence fields in `fields`, the
-  list workers fetch: the reference and update workers never receive them
-  (benchmarks/bench_transfer.py: bytes/step).
+- Both return their KVBatchMeta without the engine's extra fields in `fields`, the list workers
+  fetch: the reference and update workers never receive them (benchmarks/bench_transfer.py:
+  bytes/step).
 - `v1.utils.compute_advantage_for_multi_trajectories`: for agent loops returning several outputs
   per session (keys `{uid}_{session}_{i}`), tells the vgpo estimator which rows form a session
   (`estimator.agent_sessions`); how VGPO weights sessions is in vgpo_verl/estimator.py.
@@ -26,7 +26,8 @@ Legacy trainer (`trainer.use_v1=false`; verl/trainer/ppo/ray_trainer.py, RayPPOT
 present in verl 0.9.1 but deprecated):
 - `RayPPOTrainer._compute_old_log_prob`: the flags ride in `batch.meta_info` (verl turns meta_info
   into the worker batch's non-tensor data); the worker output is observed on its way back, and the
-  estimator's inputs (response-sliced engine outputs, copies of verl's `entropys` / `old_log_probs`,
+  estimator's inputs (the engine's response outputs padded to the batch's response width, copies of
+  verl's `entropys` / `old_log_probs`,
   which the fit loop pops or keeps) are added to the returned DataProto under INPUT_PREFIX keys.
 - `ray_trainer.compute_advantage` (module function the fit loop calls): takes those keys out of the
   batch and calls the original inside `estimator_inputs(...)`; the metrics wait for the next
@@ -55,9 +56,22 @@ _legacy_pending: dict[str, dict] = {}
 _WRAPPED = "_vgpo_wrapped"
 
 
-def _first_token_flags(per_token_nested: torch.Tensor) -> torch.Tensor:
-    """(B,) bool from a per-sample engine output (constant within each sample)."""
-    return per_token_nested.values()[per_token_nested.offsets()[:-1].long()] > 0.5
+def _per_sample_flags(value: torch.Tensor) -> torch.Tensor:
+    """(B,) bool from a per-sample engine output: (B, 1), nested or dense (TransferQueue returns a
+    field whose samples all have one shape either way)."""
+    flags = value.values() if value.is_nested else value.reshape(-1)
+    if flags.shape[0] != value.shape[0]:
+        raise RuntimeError(f"a per-sample engine output must hold one value per sample, got {flags.shape[0]} "
+                           f"values for {value.shape[0]} samples")
+    return flags.bool()
+
+
+def _padded_response(value: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) float32, 0 past each row, from a response-aligned engine output nested (B, R_i)."""
+    lengths = value.offsets().diff()
+    padded = torch.zeros(value.shape[0], width, dtype=torch.float32)
+    padded[torch.arange(width) < lengths.unsqueeze(1)] = value.values().float()
+    return padded
 
 
 def _missing_inputs_error(method: Method, fields: list[str], cause: Exception) -> RuntimeError:
@@ -103,7 +117,7 @@ def _wrap_v1_old_log_prob(original):
 
 
 def _without_engine_outputs(meta, method: Method):
-    """The KVBatchMeta minus the method's full-sequence engine outputs: workers fetch `meta.fields` from
+    """The KVBatchMeta minus the method's engine outputs: workers fetch `meta.fields` from
     the TransferQueue, so the reference and update passes no longer receive them (only the driver
     reads them, once, in `_compute_advantage`; TransferQueue frees them with the step's kv_clear)."""
     if meta.fields is not None:
@@ -117,7 +131,6 @@ def fetch_v1_inputs(method: Method, batch) -> dict[str, torch.Tensor]:
     per-sample outputs."""
     import transfer_queue as tq
     from tensordict import TensorDict
-    from verl.workers.utils.padding import response_from_nested
 
     fields = [*method.engine_outputs, *method.verl_fields]
     try:
@@ -132,10 +145,10 @@ def fetch_v1_inputs(method: Method, batch) -> dict[str, torch.Tensor]:
     per_sample, per_token = {}, {"response_mask": response_mask}
     for field, keyword in method.engine_outputs.items():
         if field in method.per_sample:
-            per_sample[keyword] = _first_token_flags(data[field])
-        else:
-            per_token[keyword] = response_from_nested(data[field], response_mask)
-    for field, keyword in method.verl_fields.items():  # already response-sliced by verl
+            per_sample[keyword] = _per_sample_flags(data[field])
+        else:  # response-aligned by the engine, like verl's own fields
+            per_token[keyword] = data[field]
+    for field, keyword in method.verl_fields.items():  # response-sliced by verl
         per_token[keyword] = data[field]
     padded = TensorDict(per_token, batch_size=len(batch)).to_padded_tensor()
     return {**{k: padded[k].float() for k in per_token if k != "response_mask"}, **per_sample}
@@ -204,7 +217,6 @@ def _wrap_legacy_old_log_prob(original):
         if method is None:
             return original(self, batch)
         from verl.utils import tensordict_utils as tu
-        from verl.workers.utils.padding import no_padding_2_padding
 
         worker_group = self.actor_rollout_wg
         compute_log_prob = worker_group.compute_log_prob
@@ -227,8 +239,8 @@ def _wrap_legacy_old_log_prob(original):
             if value is None:
                 raise _missing_inputs_error(method, [field], KeyError(field))
             old_log_prob.batch[INPUT_PREFIX + keyword] = (
-                _first_token_flags(value) if field in method.per_sample
-                else no_padding_2_padding(value, seen["input"]).float()
+                _per_sample_flags(value) if field in method.per_sample
+                else _padded_response(value, batch.batch["response_mask"].shape[-1])
             )
         for field, keyword in method.legacy_fields.items():
             old_log_prob.batch[INPUT_PREFIX + keyword] = old_log_prob.batch[field].clone()
