@@ -26,9 +26,9 @@ Legacy trainer (`trainer.use_v1=false`; verl/trainer/ppo/ray_trainer.py, RayPPOT
 present in verl 0.9.1 but deprecated):
 - `RayPPOTrainer._compute_old_log_prob`: the flags ride in `batch.meta_info` (verl turns meta_info
   into the worker batch's non-tensor data); the worker output is observed on its way back, and the
-  estimator's inputs (the engine's response outputs padded to the batch's response width, copies of
-  verl's `entropys` / `old_log_probs`,
-  which the fit loop pops or keeps) are added to the returned DataProto under INPUT_PREFIX keys.
+  estimator's inputs (the engine's response outputs padded to the batch's response width, copies
+  of verl's `entropys` / `old_log_probs`, which the fit loop pops or keeps) are added to the
+  returned DataProto under INPUT_PREFIX keys.
 - `ray_trainer.compute_advantage` (module function the fit loop calls): takes those keys out of the
   batch and calls the original inside `estimator_inputs(...)`; the metrics wait for the next
   `metric_utils.compute_data_metrics` call (the same step's), which merges them. That function is
@@ -223,7 +223,7 @@ def _wrap_legacy_old_log_prob(original):
         seen = {}
 
         def observed_compute_log_prob(batch_td, *args, **kwargs):
-            seen["input"], seen["output"] = batch_td, compute_log_prob(batch_td, *args, **kwargs)
+            seen["output"] = compute_log_prob(batch_td, *args, **kwargs)
             return seen["output"]
 
         flags = _pass_flags(method, self)
