@@ -1,10 +1,11 @@
 """Synthetic visual tasks in verl's RL parquet format, on 112x112 white images of coloured shapes.
 
-- "colour" (the demo's task): one shape (circle, square or triangle, radius 12-20 px) in one of
-  four colours; "What colour is the shape?", answer `red` / `blue` / `green` / `orange`. Easy
-  enough that the tiny 2-layer model learns it on a CPU in minutes (vgpo_verl.demo.warm_start),
-  and RL then has signal: a warm start that is right 25-60 % of the time gives groups of mixed
-  rewards. Guessing gives 25 %.
+- "colour" (the demo's task): one large shape (circle, square or triangle, radius 30-50 px, so it
+  covers several of the model's 16 image tokens) in one of four colours; "What colour is the
+  shape?", answer `red` / `blue` / `green` / `orange`. Easy enough that the tiny 2-layer model
+  learns it on a CPU in about a minute (vgpo_verl.demo.warm_start; with radius 12-20 px it stayed
+  at chance for 200+ steps), and RL then has signal: a warm start that is right 25-60 % of the
+  time gives groups of mixed rewards. Guessing gives 25 %.
 - "count": 0-4 red circles among distractors (circles of other colours and red or other-coloured
   squares and triangles), none overlapping; "How many red circles?", answer the integer. A model
   that ignores the image cannot beat guessing; too hard for the tiny model to learn in minutes
@@ -42,6 +43,7 @@ DEFAULT_TASK = "colour"
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 70, 220), "green": (30, 160, 60), "orange": (240, 150, 20)}
 KINDS = ("circle", "square", "triangle")
+COLOUR_RADIUS = (30, 50)  # px, the colour task's shape: large, so the colour reaches many image tokens
 
 
 def _draw(draw: ImageDraw.ImageDraw, kind: str, colour: str, cx: int, cy: int, r: int) -> None:
@@ -94,7 +96,7 @@ def make_colour_example(rng: random.Random) -> tuple[bytes, str, list[dict]]:
     """One image as PNG bytes with a single shape, its colour name, and the shape drawn."""
     colour = rng.choice(list(COLOURS))
     kind = rng.choice(KINDS)
-    r = rng.randint(12, 20)
+    r = rng.randint(COLOUR_RADIUS[0], COLOUR_RADIUS[1])
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), "white")
     cx, cy = _place(rng, [], r)
     _draw(ImageDraw.Draw(image), kind, colour, cx, cy, r)
