@@ -24,3 +24,37 @@ def test_colour_shapes_are_large_enough_for_the_tiny_vision_tower():
     radii = [example("colour", random.Random(seed))[2][0]["r"] for seed in range(50)]
     assert min(radii) >= COLOUR_RADIUS[0] and max(radii) <= COLOUR_RADIUS[1] and COLOUR_RADIUS[0] >= 30
     assert len(set(radii)) > 5
+
+
+def _cached(path, info: dict):
+    import json
+
+    from vgpo_verl.demo.warm_start import INFO_FILE
+
+    path.mkdir(parents=True)
+    (path / INFO_FILE).write_text(json.dumps(info))
+    return path
+
+
+def test_a_cached_warm_start_is_reused_only_under_the_same_recipe(tmp_path, monkeypatch):
+    import json
+
+    from vgpo_verl.demo import warm_start
+
+    builds = []
+
+    def fake_build(cmd, check):  # what the child process would leave: a checkpoint and its info
+        out = warm_start.pathlib.Path(cmd[4])
+        (out / warm_start.INFO_FILE).write_text(json.dumps({**warm_start.recipe(), "built": True}))
+        builds.append(cmd)
+
+    monkeypatch.setattr(warm_start.subprocess, "run", fake_build)
+    same = _cached(tmp_path / "same", {**warm_start.recipe(), "heldout_accuracy": 0.45})
+    assert warm_start.build_warm_start(tmp_path / "base", same) == same and builds == []
+
+    # an older release's checkpoint: stopped at 40 % greedy accuracy, small shapes, no hedging
+    old = _cached(tmp_path / "old", {"task": "colour", "seed": 0, "steps": 215, "batch": 16, "lr": 2e-3,
+                                     "train_examples": 1024, "heldout_examples": 128})
+    assert warm_start.build_warm_start(tmp_path / "base", old) == old and len(builds) == 1
+    assert json.loads((old / warm_start.INFO_FILE).read_text())["built"]
+    assert not list(tmp_path.glob("old.*"))  # no temporary build left beside it

@@ -23,7 +23,8 @@ the same token length); the greedy accuracy is whether every one of those tokens
 
 Deterministic given the seed on one machine (data from `random.Random(seed)`, init and batch order
 from `torch.manual_seed(seed)`). The checkpoint is saved in float32, so verl's float32 actor starts
-from exactly these weights; `warm_start.json` next to it records the step count and accuracies.
+from exactly these weights; `warm_start.json` next to it records the recipe and accuracies. A cached
+checkpoint made under another recipe (an older release's) is rebuilt, not reused.
 
 Run in its own process (`python -m vgpo_verl.demo.warm_start BASE OUT`): it turns on the CPU vision
 path (vgpo_verl.cpu.enable), which changes the process that turns it on.
@@ -41,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 
-from vgpo_verl.demo.shapes_data import DEFAULT_TASK, example, question
+from vgpo_verl.demo.shapes_data import COLOUR_RADIUS, DEFAULT_TASK, example, question
 
 SEED = 0
 TRAIN_EXAMPLES = 1024
@@ -56,6 +57,13 @@ EVAL_EVERY = 20
 # Its own data stream: neither the RL training prompts nor the validation prompts (shapes_data seeds).
 DATA_SEED_OFFSET = 7_000_001
 INFO_FILE = "warm_start.json"
+
+
+def recipe(seed: int = SEED, task: str = DEFAULT_TASK) -> dict:
+    """Everything the checkpoint depends on besides the base model (JSON values, as cached)."""
+    return {"task": task, "seed": seed, "steps": STEPS, "batch": BATCH, "lr": LR, "train_examples": TRAIN_EXAMPLES,
+            "heldout_examples": HELDOUT_EXAMPLES, "answer_smoothing": ANSWER_SMOOTHING,
+            "colour_radius": list(COLOUR_RADIUS)}
 
 
 def answer_text(answer: str) -> str:
@@ -189,10 +197,8 @@ def train(base_dir: pathlib.Path, out_dir: pathlib.Path, seed: int = SEED, task:
     for item in base_dir.iterdir():  # tokenizer, processor configs, chat template: as the base model's
         if not item.name.startswith(("model", "config.json", "generation_config.json")) and item.is_file():
             shutil.copy2(item, out_dir / item.name)
-    info = {"base": str(base_dir), "task": task, "seed": seed, "steps": step, "batch": BATCH, "lr": LR,
-            "train_examples": TRAIN_EXAMPLES, "heldout_examples": HELDOUT_EXAMPLES,
-            "answer_smoothing": ANSWER_SMOOTHING, "heldout_accuracy": accuracy, "heldout_greedy_accuracy": greedy,
-            "history": history}
+    info = {"base": str(base_dir), **recipe(seed, task), "heldout_accuracy": accuracy,
+            "heldout_greedy_accuracy": greedy, "history": history}
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2))
     return info
 
@@ -201,7 +207,11 @@ def build_warm_start(base_dir, out_dir, seed: int = SEED, task: str = DEFAULT_TA
     """The warm-started checkpoint under `out_dir`, trained (in a child process) if not there yet."""
     out = pathlib.Path(out_dir)
     if (out / INFO_FILE).exists():
-        return out
+        cached = json.loads((out / INFO_FILE).read_text())
+        stale = {k: (cached.get(k), v) for k, v in recipe(seed, task).items() if cached.get(k) != v}
+        if not stale:
+            return out
+        print(f"[warm start] {out} was made with another recipe ({stale}, cached vs now): rebuilding", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     try:
