@@ -62,8 +62,44 @@ def test_bad_entropy_names_the_rows():
     entropy = torch.tensor([[0.1, float("nan")], [0.1, 0.2]])
     with pytest.raises(ValueError, match=r"rows \[0\]"):
         shape_advantages(torch.zeros(2, 2), entropy, torch.ones(2, 2), EntropyShapingConfig())
-    with pytest.raises(ValueError, match="negative"):
+    with pytest.raises(ValueError, match=r"negative beyond rounding at valid tokens of rows \[0, 1\]"):
         shape_advantages(torch.zeros(2, 2), -torch.ones(2, 2), torch.ones(2, 2), EntropyShapingConfig())
+
+
+def test_rounding_level_negative_entropy_of_confident_tokens_counts_as_zero():
+    """verl's own entropy_from_logits on confident float32 logits over a Qwen-size vocabulary (the review's
+    case: randn * 2 + 40, top token +30) comes out slightly negative; the step must go on."""
+    from verl.utils.torch_functional import entropy_from_logits
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(256, 151936, generator=gen) * 2 + 40
+    logits[torch.arange(256), torch.randint(0, 151936, (256,), generator=gen)] += 30
+    entropy = entropy_from_logits(logits).reshape(16, 16)
+    assert entropy.min() < 0, "no rounding-level negative on this machine: the case does not test anything"
+    mask = torch.ones(16, 16)
+    adv = torch.randn(16, 1, generator=gen).expand(16, 16).contiguous()
+    shaped = shape_advantages(adv, entropy, mask, EntropyShapingConfig())
+    torch.testing.assert_close(shaped.bonus, torch.minimum(0.4 * entropy.clamp(min=0), adv.abs() / 2))
+    assert (shaped.bonus >= 0).all() and torch.equal(shaped.rounded, entropy < 0)
+    metrics = entropy_metrics(shaped, adv, entropy, mask)
+    assert metrics["entropy/rounded_negative_fraction"] == pytest.approx((entropy < 0).float().mean().item())
+
+
+@pytest.mark.parametrize("dtype, rounding, bug", [
+    (torch.float32, -4e-4, -1e-3),  # tolerance 2^12 * eps: 4.9e-4 nats
+    (torch.bfloat16, -0.25, -40.0),  # bf16 logits: 31 nats, the sign of a near-zero entropy is noise
+])
+def test_the_line_between_rounding_and_a_bug_follows_the_entropy_dtype(dtype, rounding, bug):
+    from vgpo_verl.entropy_shaping import rounding_tolerance
+
+    assert -rounding_tolerance(dtype) < rounding and bug < -rounding_tolerance(dtype)
+    mask, adv = torch.ones(2, 3), torch.ones(2, 3)
+    shaped = shape_advantages(adv, torch.tensor([[rounding, 0.5, 0.1], [0.2, 0.3, 0.4]], dtype=dtype), mask)
+    assert shaped.bonus[0, 0] == 0 and shaped.rounded[0].tolist() == [True, False, False]
+    with pytest.raises(ValueError, match=r"rows \[1\]"):
+        shape_advantages(adv, torch.tensor([[0.1, 0.5, 0.1], [0.2, bug, 0.4]], dtype=dtype), mask)
+    # padding is never judged
+    shape_advantages(adv, torch.tensor([[0.1, 0.5, bug], [0.2, 0.3, 0.4]], dtype=dtype), torch.tensor([[1, 1, 0], [1, 1, 1]]))
 
 
 def _batch(seed=0, prompts=3, n=4, length=10):

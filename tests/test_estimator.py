@@ -203,3 +203,83 @@ def test_single_output_sessions_are_the_plain_estimator():
         through_verl = _verl_multi(keys, rewards, mask, uid, "vgpo", _algo())
         direct, _ = compute_vgpo_advantage(rewards, mask, uid, config=_algo())
     assert torch.equal(through_verl, direct)
+
+
+# ---------------------------------------------------------------- the comparison methods on agent sessions
+
+
+def _review_case():
+    """The review's case: keys a_0_0, a_0_1, a_1_0, a_2_0 with rewards 1, 1, 0, 0 (verl's grpo gives
+    [1.1547, 1.1547, -0.5773, -0.5773]: session a_0 counts once, by its final output)."""
+    keys = ["a_0_0", "a_0_1", "a_1_0", "a_2_0"]
+    mask = torch.ones(4, 3)
+    rewards = torch.zeros(4, 3)
+    rewards[:2, -1] = 1.0
+    return keys, rewards, mask, np.array(["a"] * 4, dtype=object)
+
+
+@pytest.mark.parametrize("estimator, knobs, inputs", [
+    ("entropy_shaping", {"alpha": 0.0}, lambda b, t: {"entropy": torch.rand(b, t) * 2}),
+    ("vppo", {"token_filter": False, "trajectory_shaping": False},
+     lambda b, t: {"aug_log_probs": -torch.rand(b, t) * 3, "old_log_probs": -torch.rand(b, t)}),
+])
+def test_comparison_methods_with_switches_off_equal_verls_multi_output_grpo(estimator, knobs, inputs):
+    algo = OmegaConf.create({"adv_estimator": estimator, "norm_adv_by_std_in_grpo": True, "gamma": 1.0, "lam": 1.0,
+                             estimator: knobs})
+    grpo_algo = OmegaConf.create({"adv_estimator": "grpo"})
+    keys, rewards, mask, uid = _review_case()
+    with estimator_inputs(**inputs(*mask.shape)):
+        ours = _verl_multi(keys, rewards, mask, uid, estimator, algo)
+    torch.testing.assert_close(ours[:, 0], torch.tensor([1.1547, 1.1547, -0.5773, -0.5773]), atol=1e-4, rtol=0)
+    assert torch.equal(ours, _verl_multi(keys, rewards, mask, uid, "grpo", grpo_algo))
+    keys, rewards, mask, uid, _ = _multi_output(seed=7)
+    with estimator_inputs(**inputs(*mask.shape)):
+        ours = _verl_multi(keys, rewards, mask, uid, estimator, algo)
+    assert torch.equal(ours, _verl_multi(keys, rewards, mask, uid, "grpo", grpo_algo))
+
+
+def _sessions_of(keys):
+    from vgpo_verl.trainer_wiring import agent_session_codes
+
+    return agent_session_codes(keys)
+
+
+def test_entropy_shaping_on_sessions_shapes_each_token_of_the_sessions_advantage():
+    from vgpo_verl.entropy_shaping import EntropyShapingConfig, shape_advantages
+    from vgpo_verl.estimator import session_grpo_advantage
+
+    keys, rewards, mask, uid, _ = _multi_output(seed=8)
+    entropy = torch.rand(*mask.shape, generator=torch.Generator().manual_seed(8)) * 2
+    algo = OmegaConf.create({"adv_estimator": "entropy_shaping", "norm_adv_by_std_in_grpo": True, "gamma": 1.0,
+                             "lam": 1.0, "entropy_shaping": {}})
+    with estimator_inputs(entropy=entropy):
+        ours = _verl_multi(keys, rewards, mask, uid, "entropy_shaping", algo)
+    session, is_final = _sessions_of(keys)
+    base = session_grpo_advantage(rewards, mask, uid, session, is_final, 1e-6, True)
+    torch.testing.assert_close(ours, shape_advantages(base, entropy, mask, EntropyShapingConfig()).advantages)
+
+
+def test_vppo_on_sessions_filters_per_output_and_scales_per_session():
+    from vgpo_verl.estimator import session_grpo_advantage
+    from vgpo_verl.vppo import VPPOConfig, compute_vppo_weights, perception_scores, top_share_mask, trajectory_factors
+
+    keys, rewards, mask, uid, _ = _multi_output(seed=9)
+    gen = torch.Generator().manual_seed(9)
+    old = -torch.rand(*mask.shape, generator=gen)
+    aug = old - torch.rand(*mask.shape, generator=gen) * 2
+    algo = OmegaConf.create({"adv_estimator": "vppo", "norm_adv_by_std_in_grpo": True, "gamma": 1.0, "lam": 1.0,
+                             "vppo": {}})
+    with estimator_inputs(aug_log_probs=aug, old_log_probs=old):
+        ours = _verl_multi(keys, rewards, mask, uid, "vppo", algo)
+    session, is_final = _sessions_of(keys)
+    # by hand: S per session over all its outputs' tokens, one factor per session, TGF per output
+    score = perception_scores(aug, old, mask)
+    n_sessions = int(session.max()) + 1
+    per_session = torch.stack([score[session == k].sum() / mask[session == k].sum() for k in range(n_sessions)])
+    factor = trajectory_factors(per_session, torch.ones(n_sessions, dtype=torch.bool), VPPOConfig())[session]
+    keep = top_share_mask(score, mask, 0.4)
+    base = session_grpo_advantage(rewards, mask, uid, session, is_final, 1e-6, True)
+    torch.testing.assert_close(ours, torch.where(keep, base * factor[:, None], 0.0))
+    weights = compute_vppo_weights(aug, old, mask, VPPOConfig(), session=session)
+    assert all(weights.factor[session == k].unique().numel() == 1 for k in range(n_sessions))
+    assert not torch.allclose(weights.factor, compute_vppo_weights(aug, old, mask, VPPOConfig()).factor)

@@ -79,6 +79,41 @@ def test_disabled_entry_points_need_external_lib():
                               engine_key=NVIDIA) == []
 
 
+@pytest.mark.parametrize("plugins, external_lib, refused", [
+    ("none", None, True),
+    ("other", None, True),  # a list without our entry point
+    ("other, vgpo", None, False),
+    ("none", "other_lib", True),  # imports someone else's module, not ours
+    ("none", "vgpo_verl_extras", True),  # a name that only starts like ours
+    ("none", ["other_lib", "vgpo_verl"], False),  # verl accepts a list
+    ("none", "vgpo_verl.engine", False),  # a submodule imports the package, which installs the plugin
+])
+def test_plugin_reaches_the_workers_by_entry_point_or_external_lib(plugins, external_lib, refused):
+    cfg = config(**{"actor_rollout_ref.model.external_lib": external_lib})
+    found = preflight.problems(cfg, "verl.trainer.main_ppo", environ={"VERL_USE_EXTERNAL_PLUGINS": plugins},
+                               engine_key=NVIDIA)
+    assert bool(found) == refused, found
+    if refused:
+        assert found[0].startswith(f"VERL_USE_EXTERNAL_PLUGINS={plugins}") and "external_lib=vgpo_verl" in found[0]
+
+
+@pytest.mark.parametrize("estimator, strategy_refused", [("vgpo", True), ("vppo", True), ("entropy_shaping", False)])
+def test_each_method_gets_only_the_checks_its_table_row_implies(estimator, strategy_refused):
+    """Entropy shaping reads verl's own entropy, which every engine writes: Megatron and AMD are fine for
+    it; vgpo and vppo need outputs of our FSDP engine. Bypass mode and the plugin check stay for all."""
+    from vgpo_verl.methods import ENGINE_ESTIMATORS, method_of
+
+    assert (estimator in ENGINE_ESTIMATORS) == method_of(estimator).needs_engine_pass
+    cfg = config(**{"algorithm.adv_estimator": estimator, "actor_rollout_ref.actor.strategy": "megatron"})
+    found = preflight.problems(cfg, "verl.trainer.main_ppo", environ={}, engine_key=("cuda", "amd"))
+    assert len(found) == (2 if strategy_refused else 0), found
+    cfg.algorithm.rollout_correction.bypass_mode = True
+    found = preflight.problems(cfg, "verl.trainer.main_ppo", environ={"VERL_USE_EXTERNAL_PLUGINS": "none"},
+                               engine_key=("cuda", "amd"))
+    assert sum("bypass_mode=false" in f for f in found) == 1
+    assert sum("VERL_USE_EXTERNAL_PLUGINS=none" in f for f in found) == 1
+
+
 def test_other_estimators_are_never_refused():
     bad = config(**{"algorithm.adv_estimator": "grpo", "actor_rollout_ref.actor.strategy": "megatron",
                     "algorithm.rollout_correction.bypass_mode": True, "algorithm.vgpo.beta": -1.0})
@@ -185,6 +220,10 @@ def test_main_ppo_other_estimator_passes_our_check_and_legacy_filter_groups_warn
     ("vppo", "algorithm.vppo.top_share", 1.4, "algorithm.vppo.top_share=1.4: must be a number in [0, 1]"),
     ("vppo", "algorithm.vppo.top_p", 0.4, "algorithm.vppo: unknown key(s) ['top_p']"),
     ("entropy_shaping", "algorithm.entropy_shaping.kappa", 0.5, "algorithm.entropy_shaping.kappa=0.5"),
+    ("vppo", "algorithm.vppo.image_mean", 0.5, "algorithm.vppo.image_mean=0.5: must be null or a list of 3 numbers"),
+    ("vppo", "algorithm.vppo.image_std", [0.5, 0.5],
+     "algorithm.vppo.image_std=[0.5, 0.5]: must be null or a list of 3 numbers"),
+    ("vppo", "algorithm.vppo.image_mean", [0.5, 0.5, 0.5], "algorithm.vppo.image_mean and image_std: set both"),
     ("vppo", "algorithm.rollout_correction.bypass_mode", True, "set algorithm.rollout_correction.bypass_mode=false."),
     ("entropy_shaping", "algorithm.rollout_correction.bypass_mode", True, "bypass_mode=false"),
 ])

@@ -212,6 +212,16 @@ def test_v1_estimator_receives_own_position_scores_and_metrics_reach_the_trainer
     torch.testing.assert_close(adv, expected_adv)
 
 
+@pytest.mark.parametrize("layer", [0, 1, -2])
+def test_v1_vgpo_layer_knob_reaches_the_scoring_pass(v1, layer):
+    """algorithm.vgpo.layer travels to the engine's flag (test_engine checks the engine scores that layer)."""
+    make_trainer, batch, _ = v1
+    trainer = make_trainer("vgpo")
+    trainer.config.algorithm.vgpo = {"layer": layer}
+    trainer._compute_old_log_prob(batch, {})
+    assert trainer.actor_rollout_wg.calls[-1][LAYER_KEY] == layer
+
+
 def test_v1_grpo_is_untouched(v1, monkeypatch):
     import vgpo_verl.trainer_wiring as wiring
     from verl.trainer.ppo.v1.trainer_base import PPOTrainer

@@ -116,7 +116,11 @@ def test_scores_ignore_padding_and_stay_in_range():
     ({"top_share": 1.5}, "top_share=1.5"), ({"beta_min": -0.1}, "beta_min"),
     ({"scaling_scope": "micro"}, "scaling_scope='micro'"), ({"scaling_scope": "fork"}, "fork_minibatch_rows"),
     ({"token_filter": 1}, "token_filter=1"), ({"image_mean": [0.5, 0.5, 0.5]}, "set both"),
-    ({"image_mean": [0.5], "image_std": [0.0]}, "positive"), ({"top_p": 0.4}, "unknown key.*top_p"),
+    ({"image_mean": [0.5] * 3, "image_std": [0.5, 0.0, 0.5]}, "positive"), ({"top_p": 0.4}, "unknown key.*top_p"),
+    # the review's cases: a std that does not fit the mean, a scalar (was a raw TypeError)
+    ({"image_mean": [0.48, 0.46, 0.41], "image_std": [0.27, 0.26]}, r"image_std=\[0.27, 0.26\]: must be null or a list of 3"),
+    ({"image_mean": 0.5, "image_std": 0.5}, "image_mean=0.5: must be null or a list of 3 numbers"),
+    ({"image_mean": "0.5", "image_std": [0.5] * 3}, "image_mean='0.5'"),
 ])
 def test_config_errors_name_the_key(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -200,6 +204,14 @@ def test_mask_depends_on_seed_and_image_only_not_on_the_batch_around_it():
     assert torch.equal(together, torch.cat([alone_b, alone_a, alone_a]))  # any order, repeated prompts alike
     assert not torch.equal(alone_a, black_patch_mask(a, ga, 6, 0.5))  # another seed, other patches
     assert torch.equal(alone_a, black_patch_mask(a.clone(), ga, 5, 0.5))  # deterministic
+
+
+def test_mask_follows_the_image_content():
+    """Two different images of one size in one step get different patches; the same image the same."""
+    gen = torch.Generator().manual_seed(3)
+    a, b, grid = _image(gen, (1, 6, 8)), _image(gen, (1, 6, 8)), torch.tensor([[1, 6, 8]] * 3)
+    mask = black_patch_mask(torch.cat([a, b, a]), grid, 5, 0.5).reshape(3, -1)
+    assert not torch.equal(mask[0], mask[1]) and torch.equal(mask[0], mask[2])
 
 
 def test_black_probability_is_respected():

@@ -13,6 +13,15 @@ prompt whose responses all scored alike) stays zero. H comes from verl's old-log
 computes it there with `calculate_entropy=True` for its `actor/entropy` metric), so the method costs
 no extra forward. alpha = 0 is verl's GRPO advantage exactly.
 
+Rounding: verl computes H as logsumexp(z) - sum_v softmax(z)_v z_v (`entropy_from_logits`), two
+terms of the size of the largest logit that cancel for a confident token, so a true H of 0 comes out
+as a small number of either sign. Its error is at most about eps * (1 + log2 V) * max|z| (eps the
+precision of the logits' dtype, V the vocabulary): with V <= 2^18 and |z| <= 2^8 that is below
+2^12 * eps, `rounding_tolerance(dtype)`: 4.9e-4 nats for float32 logits, 3.9 for float16 and 31 for
+bfloat16 (bf16 logits leave the sign of a near-zero entropy undetermined). A negative H down to
+minus that tolerance is rounding and counts as 0; below it the values are not entropies (a sign error,
+log-probs in the wrong field, misaligned rows) and the estimator stops, naming the rows.
+
 Shapes: B responses, T padded response length.
 """
 
@@ -63,6 +72,12 @@ class EntropyShaping(NamedTuple):
     advantages: torch.Tensor  # (B, T) A + bonus, 0 at padding
     bonus: torch.Tensor  # (B, T) min(alpha * H, |A| / kappa), 0 at padding
     clipped: torch.Tensor  # (B, T) bool, valid tokens where |A| / kappa bounded the bonus
+    rounded: torch.Tensor  # (B, T) bool, valid tokens whose H was a rounding-level negative (counted as 0)
+
+
+def rounding_tolerance(dtype: torch.dtype) -> float:
+    """How far below 0 verl's entropy of logits in `dtype` can come out by rounding alone (module docstring)."""
+    return 2.0**12 * torch.finfo(dtype).eps
 
 
 def shape_advantages(advantages: torch.Tensor, entropy: torch.Tensor, response_mask: torch.Tensor,
@@ -71,7 +86,8 @@ def shape_advantages(advantages: torch.Tensor, entropy: torch.Tensor, response_m
 
     Args:
         advantages: (B, T) the outcome advantage (GRPO's), 0 at padding.
-        entropy: (B, T) the old policy's token entropy H_t (detached here), any value at padding.
+        entropy: (B, T) the old policy's token entropy H_t (detached here), any value at padding, in the
+            dtype verl computed it in (it sets the rounding tolerance; module docstring).
         response_mask: (B, T) 0/1 or bool, valid response tokens.
         config: alpha and kappa.
     """
@@ -81,17 +97,25 @@ def shape_advantages(advantages: torch.Tensor, entropy: torch.Tensor, response_m
             f"{tuple(response_mask.shape)} must all be (batch, response_length)"
         )
     valid = response_mask.bool()
+    tolerance = rounding_tolerance(entropy.dtype) if entropy.is_floating_point() else 0.0
     h = entropy.detach().to(advantages.dtype)
     if not bool(torch.isfinite(h[valid]).all()):
         bad = (~torch.isfinite(h) & valid).any(dim=1).nonzero().flatten().tolist()
         raise ValueError(f"entropy is not finite at valid tokens of rows {bad[:10]}")
-    if bool((h[valid] < 0).any()):
-        raise ValueError("entropy is negative at a valid token: it is not a token entropy")
+    below = valid & (h < -tolerance)
+    if bool(below.any()):
+        bad = below.any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(
+            f"entropy is negative beyond rounding at valid tokens of rows {bad[:10]} (min {h[valid].min().item():.3g}, "
+            f"tolerance {tolerance:.2g} for {entropy.dtype}): these values are not token entropies"
+        )
+    rounded = valid & (h < 0)
+    h = h.clamp(min=0.0)
     entropy_term = config.alpha * h
     bound = advantages.abs() / config.kappa
     bonus = torch.where(valid, torch.minimum(entropy_term, bound), 0.0)
     clipped = valid & (bound < entropy_term)
-    return EntropyShaping(advantages + bonus, bonus, clipped)
+    return EntropyShaping(advantages + bonus, bonus, clipped, rounded)
 
 
 def entropy_metrics(shaping: EntropyShaping, advantages: torch.Tensor, entropy: torch.Tensor,
@@ -103,7 +127,8 @@ def entropy_metrics(shaping: EntropyShaping, advantages: torch.Tensor, entropy: 
         return {}
     moving = valid & (advantages != 0)
     out = {
-        "token_entropy_mean": entropy.float()[valid].mean().item(),
+        "token_entropy_mean": entropy.float()[valid].clamp(min=0.0).mean().item(),
+        "rounded_negative_fraction": shaping.rounded[valid].float().mean().item(),
         "bonus_mean": shaping.bonus.float()[valid].mean().item(),
         "bonus_max": shaping.bonus.float()[valid].max().item(),
         "clip_rate": shaping.clipped[valid].float().mean().item(),

@@ -11,17 +11,21 @@ Direct callers may pass the same tensors as keyword arguments.
 
 Agent loops that return several outputs per session (verl v1 keys `{uid}_{session}_{i}`; the
 wiring opens `agent_sessions(...)` around verl's compute_advantage_for_multi_trajectories) are
-weighted per session, the way verl treats them for GRPO:
-- outcome advantage A: GRPO over the group's sessions using each session's final output only,
-  broadcast to every output of the session (verl's own rule for GRPO, copied in behaviour);
-- alpha: one per session, phi accumulated over all its outputs' response tokens, each session
-  counted once in its group's min-max and mean, broadcast to its outputs;
-- psi: per output, over that output's response tokens (each output is its own sequence, scored
-  against its own visual prototype);
-- rho: its min-max scope is the uid group (all outputs of its sessions), the session
-  (rho_norm=trajectory) or the batch.
-With every switch off this is exactly verl's multi-output GRPO (tested through verl's function).
-(vgpo only: entropy_shaping and vppo treat every output as its own response.)
+weighted per session, the way verl treats them for GRPO. For all three estimators the outcome
+advantage A is GRPO over the group's sessions using each session's final output only, broadcast to
+every output of the session (verl's own rule for GRPO, copied in behaviour), so with their own
+switches off all three equal verl's multi-output GRPO (tested through verl's function). The
+methods' own parts:
+- vgpo: alpha one per session, phi accumulated over all its outputs' response tokens, each session
+  counted once in its group's min-max and mean, broadcast to its outputs; psi per output, over that
+  output's response tokens (each output is its own sequence, scored against its own visual
+  prototype); rho's min-max scope is the uid group (all outputs of its sessions), the session
+  (rho_norm=trajectory) or the batch;
+- entropy_shaping: per token, as without sessions (each token's bonus is bounded by its own |A|,
+  which is its session's);
+- vppo: the token filter per output (the top share of that output's tokens); the trajectory factor
+  one per session, from the mean score over all its outputs' tokens, each session counted once in
+  the batch's min / max / mean (scaling_scope=fork cuts chunks of sessions, in order of first output).
 """
 
 from __future__ import annotations
@@ -177,17 +181,8 @@ def compute_vgpo_advantage(
             f"{tuple(response_mask.shape)}: the scores belong to another batch or were sliced wrongly"
         )
 
-    sessions = getattr(_state, "sessions", None)
-    if sessions is None:
-        session = None
-        advantages = _grpo_advantage("vgpo", token_level_rewards, response_mask, index, epsilon,
-                                     norm_adv_by_std_in_grpo, config)
-    else:
-        if norm_adv_by_std_in_grpo is None:
-            norm_adv_by_std_in_grpo = True if config is None else bool(config.get("norm_adv_by_std_in_grpo", True))
-        session, is_final = (torch.as_tensor(x, device=response_mask.device) for x in sessions)
-        advantages = session_grpo_advantage(token_level_rewards, response_mask, index, session, is_final.bool(),
-                                            epsilon, norm_adv_by_std_in_grpo)
+    advantages, session = _outcome_advantage("vgpo", token_level_rewards, response_mask, index, epsilon,
+                                             norm_adv_by_std_in_grpo, config)
     weights = compute_vgpo_weights_detailed(
         visual_similarity.to(response_mask.device), response_mask, index, vgpo,
         None if has_visual is None else torch.as_tensor(has_visual, device=response_mask.device),
@@ -199,20 +194,27 @@ def compute_vgpo_advantage(
     return advantages, advantages
 
 
-def _grpo_advantage(estimator: str, token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo,
-                    config) -> torch.Tensor:
-    """verl's GRPO outcome advantage (B, T), the base all three of our estimators reshape."""
+def _outcome_advantage(estimator: str, token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo,
+                       config) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The GRPO outcome advantage (B, T) all three of our estimators reshape, as verl computes it for
+    GRPO: per row, or per agent session inside an `agent_sessions(...)` block; and the (B,) session
+    codes of that block (None outside one)."""
     from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
     if index is None:
         raise ValueError(f"adv_estimator={estimator} needs the per-row prompt ids (non_tensor_batch['uid']); got none")
     if norm_adv_by_std_in_grpo is None:
         norm_adv_by_std_in_grpo = True if config is None else bool(config.get("norm_adv_by_std_in_grpo", True))
+    sessions = getattr(_state, "sessions", None)
+    if sessions is not None:
+        session, is_final = (torch.as_tensor(x, device=response_mask.device) for x in sessions)
+        return session_grpo_advantage(token_level_rewards, response_mask, index, session, is_final.bool(), epsilon,
+                                      norm_adv_by_std_in_grpo), session
     advantages, _ = compute_grpo_outcome_advantage(
         token_level_rewards=token_level_rewards, response_mask=response_mask, index=index, epsilon=epsilon,
         norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
     )
-    return advantages
+    return advantages, None
 
 
 def _check_shape(estimator: str, name: str, value: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -243,8 +245,8 @@ def compute_entropy_shaped_advantage(
     shaping_config = EntropyShapingConfig.from_mapping(None if config is None else config.get("entropy_shaping", None))
     entropy = _pending("entropy_shaping", ("entropy",), {"entropy": entropy})["entropy"]
     entropy = _check_shape("entropy_shaping", "entropy", entropy, response_mask)
-    advantages = _grpo_advantage("entropy_shaping", token_level_rewards, response_mask, index, epsilon,
-                                 norm_adv_by_std_in_grpo, config)
+    advantages, _ = _outcome_advantage("entropy_shaping", token_level_rewards, response_mask, index, epsilon,
+                                       norm_adv_by_std_in_grpo, config)
     shaped = shape_advantages(advantages, entropy, response_mask, shaping_config)
     counted = _counted_rows(response_mask.device)
     metric_mask = response_mask if counted is None else response_mask * counted[:, None]
@@ -275,10 +277,10 @@ def compute_vppo_advantage(
                       {"aug_log_probs": aug_log_probs, "old_log_probs": old_log_probs})
     aug = _check_shape("vppo", "aug_log_probs", inputs["aug_log_probs"], response_mask)
     old = _check_shape("vppo", "old_log_probs", inputs["old_log_probs"], response_mask)
-    advantages = _grpo_advantage("vppo", token_level_rewards, response_mask, index, epsilon,
-                                 norm_adv_by_std_in_grpo, config)
+    advantages, session = _outcome_advantage("vppo", token_level_rewards, response_mask, index, epsilon,
+                                             norm_adv_by_std_in_grpo, config)
     counted = _counted_rows(response_mask.device)
-    weights = compute_vppo_weights(aug, old, response_mask, vppo_config, counted=counted)
+    weights = compute_vppo_weights(aug, old, response_mask, vppo_config, counted=counted, session=session)
     _state.metrics = vppo_metrics(weights, response_mask if counted is None else response_mask * counted[:, None])
     advantages = apply_vppo(advantages, weights, vppo_config)
     return advantages, advantages

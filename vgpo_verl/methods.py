@@ -23,6 +23,9 @@ from typing import Any, Callable
 # The estimators of the table below, importable without torch-side modules (vgpo_verl.preflight
 # registers them at `import verl`, where nothing heavy may load).
 ESTIMATOR_NAMES = ("vgpo", "entropy_shaping", "vppo")
+# Those whose inputs only vgpo-verl's FSDP engine writes (`Method.needs_engine_pass`): the start-up
+# checks refuse other strategies and vendors for these only (entropy_shaping reads verl's own entropy).
+ENGINE_ESTIMATORS = ("vgpo", "vppo")
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,14 @@ that module (during `import verl`, before any entry point binds the name); the w
 function, then `check(config, entry)`, where `entry` is the module of the calling `main`. Cost: a
 few config reads, no model download, no worker.
 
-What is checked, for estimators in the registry (each refusal names its dotted key and what to set):
+What is checked, for estimators in the registry (each refusal names its dotted key and what to set).
+Each estimator gets only the checks its needs imply (`needs_engine` at registration: vgpo and vppo
+add outputs in the scoring engine, entropy_shaping reads only verl's own `entropy`, which every engine
+writes; see the table in vgpo_verl.methods):
 - the estimator's own knobs (`algorithm.vgpo.*` through VGPOConfig for vgpo);
-- `actor_rollout_ref.actor.strategy`: fsdp or fsdp2 (the scoring engine subclasses verl's FSDP engine);
-- the engine key the actor will resolve, (device, vendor) from verl's platform and the
+- needs_engine only: `actor_rollout_ref.actor.strategy`: fsdp or fsdp2 (the scoring engine
+  subclasses verl's FSDP engine);
+- needs_engine only: the engine key the actor will resolve, (device, vendor) from verl's platform and the
   VERL_ENGINE_DEVICE / VERL_ENGINE_VENDOR overrides (driver environment, then
   `ray_kwargs.ray_init.runtime_env.env_vars`): the scoring engine is registered for ("cuda", "nvidia")
   only (vgpo_verl.cpu's platform resolves to it too). A driver without an accelerator reads as
@@ -33,8 +37,9 @@ What is checked, for estimators in the registry (each refusal names its dotted k
 - the trainer kind: v1 (`trainer.use_v1=true`, any of verl's trainer modes), the legacy trainer and
   the experimental fully_async / one_step_off trainers run the wrapped old-log-prob and advantage
   methods; a `trainer.v1.trainer_mode` we do not know is let through with a warning;
-- the plugin reaching the workers: VERL_USE_EXTERNAL_PLUGINS=none (or a list without `vgpo`) needs
-  `actor_rollout_ref.model.external_lib=vgpo_verl`.
+- the plugin reaching the TaskRunner and workers (all: the estimator and the trainer wiring live in
+  the plugin): VERL_USE_EXTERNAL_PLUGINS=none (or a list without `vgpo`) needs
+  `actor_rollout_ref.model.external_lib=vgpo_verl` (that module, or a list naming it).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ ENTRY_POINTS: dict[str, str | None] = {
 IGNORES_FILTER_GROUPS = ("legacy", "fully_async", "one_step_off")
 
 _SCORING_ESTIMATORS: dict[str, Callable[[Any], None] | None] = {}
+_NEEDS_ENGINE: dict[str, bool] = {}
 _warned: set[str] = set()
 
 
@@ -73,14 +79,20 @@ class UnsupportedSetupError(ValueError):
     """The configuration asks for something the scoring engine cannot do; the message says what to set."""
 
 
-def register_scoring_estimator(name: str, validate: Callable[[Any], None] | None = None) -> None:
-    """Declare that estimator `name` needs the actor's scores from the flagged old-log-prob pass.
+def register_scoring_estimator(name: str, validate: Callable[[Any], None] | None = None,
+                               needs_engine: bool = True) -> None:
+    """Declare that estimator `name` needs verl's old-log-prob pass (and, with needs_engine, the
+    scoring engine's outputs from it).
 
     Args:
         name: the `algorithm.adv_estimator` value.
         validate: called with verl's `algorithm` config at start-up; raises ValueError naming the key.
+        needs_engine: the estimator reads outputs only vgpo-verl's FSDP engine writes (vgpo's scores,
+            vppo's perturbed log-probs): the FSDP strategy and NVIDIA engine-key checks apply. False
+            for an estimator that reads only fields every verl engine writes (entropy_shaping).
     """
     _SCORING_ESTIMATORS[str(name)] = validate
+    _NEEDS_ENGINE[str(name)] = bool(needs_engine)
 
 
 def requires_scoring_pass(estimator: str) -> bool:
@@ -102,13 +114,14 @@ register_scoring_estimator("vgpo", _validate_vgpo)
 
 def _register_comparison_methods() -> None:
     """entropy_shaping and vppo (vgpo_verl.methods): their knobs, and the old-log-prob pass they read
-    (vppo: the engine's perturbed forward; entropy_shaping: verl's entropy from that pass, which bypass
-    mode skips; the FSDP / vendor checks are stricter than it needs)."""
-    from vgpo_verl.methods import ESTIMATOR_NAMES, method_of, validate_knobs
+    (vppo: the engine's perturbed forward; entropy_shaping: verl's own entropy from that pass, which
+    bypass mode skips, on any engine)."""
+    from vgpo_verl.methods import ENGINE_ESTIMATORS, ESTIMATOR_NAMES, method_of, validate_knobs
 
     for name in ESTIMATOR_NAMES:
         if not requires_scoring_pass(name):
-            register_scoring_estimator(name, lambda algorithm, name=name: validate_knobs(method_of(name), algorithm))
+            register_scoring_estimator(name, lambda algorithm, name=name: validate_knobs(method_of(name), algorithm),
+                                       needs_engine=name in ENGINE_ESTIMATORS)
 
 
 _register_comparison_methods()
@@ -178,14 +191,43 @@ def problems(config: Any, entry: str | None, environ: dict[str, str] | None = No
         except ValueError as error:
             found.append(str(error))
 
+    env = worker_environment(config, environ)
+    if _NEEDS_ENGINE.get(estimator, True):
+        found.extend(_engine_problems(config, est, env, engine_key))
+
+    if bool(_get(config, "algorithm.rollout_correction.bypass_mode", False)):
+        kind = trainer_kind(config, entry)
+        default_note = (
+            f" (the experimental {kind} trainer's config sets it to true by default)"
+            if kind in ("fully_async", "one_step_off") else ""
+        )
+        found.append(
+            f"algorithm.rollout_correction.bypass_mode=true{default_note}: bypass mode skips the actor's "
+            f"old-log-prob forward pass, which {est} takes its inputs from; set "
+            "algorithm.rollout_correction.bypass_mode=false."
+        )
+
+    plugins = env.get("VERL_USE_EXTERNAL_PLUGINS", "auto").strip().lower()
+    plugin_off = plugins == "none" or (plugins != "auto" and PLUGIN_ENTRY_POINT not in
+                                       {p.strip() for p in plugins.split(",")})
+    if plugin_off and not _external_lib_loads_plugin(_get(config, "actor_rollout_ref.model.external_lib", None)):
+        found.append(
+            f"VERL_USE_EXTERNAL_PLUGINS={plugins}: verl will not load vgpo-verl's entry point in the workers, "
+            f"so {est} would have no scoring engine there; set actor_rollout_ref.model.external_lib=vgpo_verl "
+            f"(or add {PLUGIN_ENTRY_POINT!r} to VERL_USE_EXTERNAL_PLUGINS)."
+        )
+    return found
+
+
+def _engine_problems(config: Any, est: str, env: dict[str, str], engine_key: tuple[str, str] | None) -> list[str]:
+    """The FSDP-strategy and engine-key checks, for estimators that read the scoring engine's outputs."""
+    found = []
     strategy = str(_get(config, "actor_rollout_ref.actor.strategy", ""))
     if strategy not in SCORING_STRATEGIES:
         found.append(
             f"actor_rollout_ref.actor.strategy={strategy}: {est} scores in verl's FSDP actor engine only; "
             "use model_engine=dp (verl's default) with actor_rollout_ref.actor.strategy=fsdp2 (or fsdp)."
         )
-
-    env = worker_environment(config, environ)
     device, vendor = engine_key if engine_key is not None else resolved_engine_key(env)
     if (device, vendor) not in SCORING_ENGINE_KEYS:
         where = f"trainer.device={_get(config, 'trainer.device', '?')}, engine key ({device!r}, {vendor!r})"
@@ -198,30 +240,14 @@ def problems(config: Any, entry: str | None, environ: dict[str, str] | None = No
             f"{where}: {est} needs the scoring engine, registered for "
             f"{', '.join(map(str, SCORING_ENGINE_KEYS))} only; {hint}."
         )
-
-    if bool(_get(config, "algorithm.rollout_correction.bypass_mode", False)):
-        kind = trainer_kind(config, entry)
-        default_note = (
-            f" (the experimental {kind} trainer's config sets it to true by default)"
-            if kind in ("fully_async", "one_step_off") else ""
-        )
-        found.append(
-            f"algorithm.rollout_correction.bypass_mode=true{default_note}: bypass mode skips the actor's "
-            f"old-log-prob forward pass, where {est} computes its scores; set "
-            "algorithm.rollout_correction.bypass_mode=false."
-        )
-
-    plugins = env.get("VERL_USE_EXTERNAL_PLUGINS", "auto").strip().lower()
-    external = str(_get(config, "actor_rollout_ref.model.external_lib", "") or "")
-    plugin_off = plugins == "none" or (plugins != "auto" and PLUGIN_ENTRY_POINT not in
-                                       {p.strip() for p in plugins.split(",")})
-    if plugin_off and not external.startswith("vgpo_verl"):
-        found.append(
-            f"VERL_USE_EXTERNAL_PLUGINS={plugins}: verl will not load vgpo-verl's entry point in the workers, "
-            f"so {est} would have no scoring engine there; set actor_rollout_ref.model.external_lib=vgpo_verl "
-            f"(or add {PLUGIN_ENTRY_POINT!r} to VERL_USE_EXTERNAL_PLUGINS)."
-        )
     return found
+
+
+def _external_lib_loads_plugin(external_lib: Any) -> bool:
+    """Whether verl's `import_external_libs(actor_rollout_ref.model.external_lib)` imports vgpo_verl
+    (the module itself or one of its submodules; a str or a list, as verl accepts)."""
+    names = [external_lib] if isinstance(external_lib, str) else list(external_lib or [])
+    return any(str(name).strip() == "vgpo_verl" or str(name).strip().startswith("vgpo_verl.") for name in names)
 
 
 def warnings_for(config: Any, entry: str | None) -> list[str]:

@@ -19,8 +19,10 @@ v1 trainer (`trainer.use_v1=true`, default; verl/trainer/ppo/v1/trainer_base.py,
   fetch: the reference and update workers never receive them (benchmarks/bench_transfer.py:
   bytes/step).
 - `v1.utils.compute_advantage_for_multi_trajectories`: for agent loops returning several outputs
-  per session (keys `{uid}_{session}_{i}`), tells the vgpo estimator which rows form a session
-  (`estimator.agent_sessions`); how VGPO weights sessions is in vgpo_verl/estimator.py.
+  per session (keys `{uid}_{session}_{i}`), tells our estimators which rows form a session
+  (`estimator.agent_sessions`): verl itself gives the session treatment to its `grpo` only and would
+  hand ours every output as its own group member. How each method treats a session is in
+  vgpo_verl/estimator.py (all three start from verl's multi-output GRPO advantage).
 
 Legacy trainer (`trainer.use_v1=false`; verl/trainer/ppo/ray_trainer.py, RayPPOTrainer, still
 present in verl 0.9.1 but deprecated):
@@ -126,9 +128,9 @@ def _without_engine_outputs(meta, method: Method):
 
 
 def fetch_v1_inputs(method: Method, batch) -> dict[str, torch.Tensor]:
-    """The estimator's keyword tensors for a KVBatchMeta, in its key order: (B, T) float32 padded like
-    verl's `_compute_advantage` pads `response_mask` (to_padded_tensor, 0 at padding), (B,) bool for
-    per-sample outputs."""
+    """The estimator's keyword tensors for a KVBatchMeta, in its key order: (B, T) padded like verl's
+    `_compute_advantage` pads `response_mask` (to_padded_tensor, 0 at padding), in their stored dtype,
+    (B,) bool for per-sample outputs."""
     import transfer_queue as tq
     from tensordict import TensorDict
 
@@ -151,7 +153,9 @@ def fetch_v1_inputs(method: Method, batch) -> dict[str, torch.Tensor]:
     for field, keyword in method.verl_fields.items():  # response-sliced by verl
         per_token[keyword] = data[field]
     padded = TensorDict(per_token, batch_size=len(batch)).to_padded_tensor()
-    return {**{k: padded[k].float() for k in per_token if k != "response_mask"}, **per_sample}
+    # dtypes as stored (the engine's outputs are float32; verl's entropy keeps the dtype whose rounding
+    # the entropy_shaping estimator allows for)
+    return {**{k: padded[k] for k in per_token if k != "response_mask"}, **per_sample}
 
 
 def _wrap_v1_advantage(original):
@@ -188,7 +192,7 @@ def agent_session_codes(batch_keys: list[str]) -> tuple[torch.Tensor, torch.Tens
     last = torch.full((len(sessions),), -1, dtype=torch.long).scatter_reduce(0, session, output, "amax")
     is_final = output == last[session]
     if int(is_final.sum()) != len(sessions):
-        raise ValueError("adv_estimator=vgpo: a session has two outputs with the same index in its keys "
+        raise ValueError("agent sessions: a session has two outputs with the same index in its keys "
                          f"{[k for k, f in zip(batch_keys, is_final.tolist()) if f][:10]}")
     return session, is_final
 
@@ -196,7 +200,7 @@ def agent_session_codes(batch_keys: list[str]) -> tuple[torch.Tensor, torch.Tens
 def _wrap_multi_trajectories(original):
     @functools.wraps(original)
     def compute_advantage_for_multi_trajectories(data, batch_keys, adv_estimator, *args, **kwargs):
-        structure = agent_session_codes(batch_keys) if str(adv_estimator) == "vgpo" else None
+        structure = agent_session_codes(batch_keys) if method_of(adv_estimator) is not None else None
         if structure is None:
             return original(data, batch_keys, adv_estimator, *args, **kwargs)
         from vgpo_verl.estimator import agent_sessions

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -85,10 +85,7 @@ class VPPOConfig:
             raise ValueError("VPPOConfig.scaling_scope='fork' needs fork_minibatch_rows and fork_microbatch_rows > 0 "
                              "(the fork's PPO mini-batch and micro-batch sizes, in responses)")
         for name in ("image_mean", "image_std"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, (str, bytes)) or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-                raise ValueError(f"VPPOConfig.{name}={value!r}: must be null or a list of numbers, one per channel")
+            _check_channels(name, getattr(self, name))
         if (self.image_mean is None) != (self.image_std is None):
             raise ValueError("VPPOConfig.image_mean and image_std: set both or neither")
         if self.image_std is not None and any(v <= 0 for v in self.image_std):
@@ -100,8 +97,25 @@ class VPPOConfig:
         values = knob_values(cls, mapping, "vppo")
         for name in ("image_mean", "image_std"):
             if values.get(name) is not None:
+                _check_channels(name, values[name])
                 values[name] = [float(v) for v in values[name]]
         return cls(**values)
+
+
+IMAGE_CHANNELS = 3  # every vision tower verl trains reads RGB patch rows, channel-major (vgpo_verl.perturb)
+
+
+def _check_channels(name: str, value: Any) -> None:
+    """image_mean / image_std: null, or one number per RGB channel (else the perturbed forward would
+    fail, or silently mix channels, in the worker after a whole rollout)."""
+    if value is None:
+        return
+    if (isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            or len(list(value)) != IMAGE_CHANNELS):
+        raise ValueError(f"VPPOConfig.{name}={value!r}: must be null or a list of {IMAGE_CHANNELS} numbers, "
+                         "one per RGB channel (the image processor's normalisation, e.g. Qwen2.5-VL's "
+                         "image_mean [0.48145466, 0.4578275, 0.40821073])")
 
 
 class VPPOWeights(NamedTuple):
@@ -109,8 +123,8 @@ class VPPOWeights(NamedTuple):
 
     score: torch.Tensor  # s, 0 at padding
     keep: torch.Tensor  # bool, TGF's kept tokens (every valid token when TGF is off)
-    trajectory_score: torch.Tensor  # (B,) S = mean s over the response, 0 for empty rows
-    factor: torch.Tensor  # (B,) f, 1 when TAS is off or the spread of S is too small
+    trajectory_score: torch.Tensor  # (B,) S = mean s over the response (its session's), 0 for empty rows
+    factor: torch.Tensor  # (B,) f (its session's), 1 when TAS is off or the spread of S is too small
 
 
 def perception_scores(aug_log_probs: torch.Tensor, old_log_probs: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -166,7 +180,8 @@ def trajectory_factors(trajectory_score: torch.Tensor, has_tokens: torch.Tensor,
 
 
 def compute_vppo_weights(aug_log_probs: torch.Tensor, old_log_probs: torch.Tensor, response_mask: torch.Tensor,
-                         config: VPPOConfig = VPPOConfig(), counted: torch.Tensor | None = None) -> VPPOWeights:
+                         config: VPPOConfig = VPPOConfig(), counted: torch.Tensor | None = None,
+                         session: torch.Tensor | None = None) -> VPPOWeights:
     """s, TGF's mask and TAS's factor.
 
     Args:
@@ -176,6 +191,10 @@ def compute_vppo_weights(aug_log_probs: torch.Tensor, old_log_probs: torch.Tenso
         config: the knobs.
         counted: (B,) bool, rows that are real samples (None = all): verl's balance-batch padding rows
             take no part in the trajectory statistics and keep f = 1.
+        session: (B,) int codes of agent sessions whose outputs form one trajectory (None = every row
+            is one): S is the mean s over all the session's tokens, one f per session (each session
+            counted once in the statistics; scaling_scope=fork cuts sessions in order of their first
+            row); TGF stays per row.
     """
     if not aug_log_probs.shape == old_log_probs.shape == response_mask.shape or aug_log_probs.dim() != 2:
         raise ValueError(
@@ -189,13 +208,32 @@ def compute_vppo_weights(aug_log_probs: torch.Tensor, old_log_probs: torch.Tenso
             raise ValueError(f"{name} is not finite at valid tokens of rows {bad[:10]}")
     score = perception_scores(aug_log_probs, old_log_probs, valid)
     keep = top_share_mask(score, valid, config.top_share) if config.token_filter else valid
-    lengths = valid.sum(dim=1)
-    trajectory_score = score.sum(dim=1) / lengths.clamp(min=1)
+    trajectory, n_trajectories = _trajectory_codes(session, score.shape[0], score.device)
+    zeros = torch.zeros(n_trajectories, dtype=score.dtype, device=score.device)
+    lengths = zeros.index_add(0, trajectory, valid.sum(dim=1).to(score.dtype))
+    trajectory_score = zeros.index_add(0, trajectory, score.sum(dim=1)) / lengths.clamp(min=1)
     factor = torch.ones_like(trajectory_score)
     if config.trajectory_shaping:
-        takes_part = lengths > 0 if counted is None else (lengths > 0) & counted.to(lengths.device).bool()
+        takes_part = lengths > 0
+        if counted is not None:
+            counted_rows = torch.zeros(n_trajectories, dtype=torch.long, device=score.device).index_add(
+                0, trajectory, counted.to(score.device).long())
+            takes_part &= counted_rows > 0
         factor = trajectory_factors(trajectory_score, takes_part, config)
-    return VPPOWeights(score=score, keep=keep, trajectory_score=trajectory_score, factor=factor)
+    return VPPOWeights(score=score, keep=keep, trajectory_score=trajectory_score[trajectory], factor=factor[trajectory])
+
+
+def _trajectory_codes(session: torch.Tensor | None, batch: int, device) -> tuple[torch.Tensor, int]:
+    """(B,) long code of each row's trajectory, numbered in order of first row, and their number."""
+    if session is None:
+        return torch.arange(batch, device=device), batch
+    codes = torch.unique(torch.as_tensor(session, device=device).reshape(-1), return_inverse=True)[1]
+    n = int(codes.max()) + 1 if batch else 0
+    first_row = torch.full((n,), batch, dtype=torch.long, device=device).scatter_reduce(
+        0, codes, torch.arange(batch, device=device), "amin")
+    rank = torch.empty_like(first_row)
+    rank[torch.argsort(first_row)] = torch.arange(n, device=device)
+    return rank[codes], n
 
 
 def apply_vppo(advantages: torch.Tensor, weights: VPPOWeights, config: VPPOConfig) -> torch.Tensor:
