@@ -27,7 +27,7 @@ from vgpo_verl.vppo import VPPOConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
-MODELS = ["qwen2_5_vl_7b", "qwen2_5_vl_3b", "qwen2_5_vl_32b", "qwen3_vl_8b"]
+MODELS = ["qwen2_5_vl_7b", "qwen2_5_vl_3b", "qwen2_5_vl_32b", "qwen3_vl_8b", "qwen3_vl_30b_a3b", "qwen3_5_27b"]
 # The paper's comparison methods, paired with the 7B and 3B runs (estimator file only).
 COMPARISON_MODELS = ["qwen2_5_vl_7b", "qwen2_5_vl_3b"]
 METHOD_CONFIGS = {"entropy_shaping": EntropyShapingConfig, "vppo": VPPOConfig}
@@ -200,6 +200,46 @@ def test_model_variants():
     # The VGPO knobs of every variant are the published ones.
     for c in (small, big, qwen3):
         assert c.algorithm.vgpo == published.algorithm.vgpo
+
+
+# verl's own example scripts for these two models (verl-project/verl, release/v0.9.0): the batch and
+# parallel settings the recipes take over; the algorithm's settings stay the published ones.
+VERL_EXAMPLE_SETTINGS = {
+    "qwen3_vl_30b_a3b": {  # examples/grpo_trainer/run_qwen3_vl_30b_a3b_fsdp.sh
+        "data.train_batch_size": 512, "actor_rollout_ref.actor.ppo_mini_batch_size": 128,
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 10,
+        "actor_rollout_ref.actor.fsdp_config.fsdp_size": 8,
+        "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size": 2,
+        "actor_rollout_ref.rollout.tensor_model_parallel_size": 4,
+        "actor_rollout_ref.rollout.gpu_memory_utilization": 0.6,
+        "actor_rollout_ref.rollout.max_num_batched_tokens": 20000,
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": 2,
+        "actor_rollout_ref.model.path": "Qwen/Qwen3-VL-30B-A3B-Instruct", "data.image_patch_size": 16,
+    },
+    "qwen3_5_27b": {  # examples/grpo_trainer/run_qwen3_5_27b_fsdp.sh
+        "data.train_batch_size": 64, "actor_rollout_ref.actor.ppo_mini_batch_size": 16,
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 1,
+        "actor_rollout_ref.actor.fsdp_config.fsdp_size": 8,
+        "actor_rollout_ref.actor.fsdp_config.param_offload": True,
+        "actor_rollout_ref.actor.fsdp_config.optimizer_offload": True,
+        "actor_rollout_ref.rollout.tensor_model_parallel_size": 4,
+        "actor_rollout_ref.rollout.gpu_memory_utilization": 0.6,
+        "actor_rollout_ref.rollout.max_num_batched_tokens": 8192,
+        "actor_rollout_ref.model.path": "Qwen/Qwen3.5-27B", "data.image_patch_size": 16,
+    },
+}
+
+
+@pytest.mark.parametrize("model", sorted(VERL_EXAMPLE_SETTINGS))
+def test_new_family_recipes_take_verls_example_settings_and_the_published_algorithm(model):
+    config = compose_recipe(f"vgpo_{model}")
+    for key, value in VERL_EXAMPLE_SETTINGS[model].items():
+        assert OmegaConf.select(config, key) == value, key
+    published = compose_recipe("vgpo_qwen2_5_vl_7b")
+    assert config.algorithm == published.algorithm
+    actor, base = config.actor_rollout_ref.actor, published.actor_rollout_ref.actor
+    assert (actor.optim.lr, actor.clip_ratio_high, actor.use_kl_loss) == (base.optim.lr, base.clip_ratio_high, False)
+    assert config.actor_rollout_ref.rollout.n == 8  # the published group size (verl's examples use 5)
 
 
 def test_command_line_overrides_win():
