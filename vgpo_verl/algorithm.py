@@ -20,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from vgpo_verl.knobs import knob as _knob
 from vgpo_verl.knobs import knob_values
 
 EPS = 1e-8  # the fork's epsilon in every min-max normalisation
@@ -35,10 +36,6 @@ RHO_NORMS = ("group", "trajectory", "batch")
 PHIS = ("sum", "mean")
 # Keys of `algorithm.vgpo` read by the trainer wiring, not by the weighting (vgpo_verl.dump).
 TRAINER_KEYS = ("dump_dir",)
-
-
-def _knob(default, help):
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)

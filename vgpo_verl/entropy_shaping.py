@@ -30,16 +30,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 
+from vgpo_verl.knobs import knob as _knob
 from vgpo_verl.knobs import knob_values
-
-
-def _knob(default, help):
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)

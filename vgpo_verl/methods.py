@@ -93,11 +93,9 @@ def methods() -> dict[str, Method]:
 
 def validate_knobs(method: Method, algorithm_config: Any) -> None:
     """Build the method's config dataclass from `algorithm.<config_key>`; ValueError naming the key."""
-    from vgpo_verl.algorithm import VGPOConfig
-    from vgpo_verl.entropy_shaping import EntropyShapingConfig
-    from vgpo_verl.vppo import VPPOConfig
+    from vgpo_verl.knobs import config_class as config_class_of
 
-    config_class = {"vgpo": VGPOConfig, "entropy_shaping": EntropyShapingConfig, "vppo": VPPOConfig}[method.estimator]
+    config_class = config_class_of(method.config_key)
     block = None if algorithm_config is None else algorithm_config.get(method.config_key, None)
     try:
         config_class.from_mapping(block)

@@ -33,11 +33,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 
+from vgpo_verl.knobs import knob as _knob
 from vgpo_verl.knobs import knob_values
 
 DELTA_CLIP = 20.0
@@ -45,10 +46,6 @@ SCORE_MAX = 10.0
 RANGE_EPS = 1e-6  # the fork's: below this spread of S, no scaling
 MEAN_EPS = 1e-8
 SCALING_SCOPES = ("batch", "fork")
-
-
-def _knob(default, help):
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
