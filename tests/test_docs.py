@@ -127,3 +127,13 @@ def test_knobs_update_rewrites_a_stale_table(tmp_path):
     with pytest.raises(SystemExit) as stop:
         knobs.main(["--update", str(tmp_path / "missing.md")])
     assert stop.value.code == 2
+
+
+def test_the_readme_picture_is_drawn_by_the_training_code(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("overview", REPO / "docs" / "overview.py")
+    overview = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overview)
+    out = overview.draw(tmp_path / "overview.png")
+    assert out.stat().st_size > 10_000 and (REPO / "docs" / "vgpo_overview.png").exists()
