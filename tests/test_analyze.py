@@ -8,13 +8,15 @@ import math
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
 from vgpo_verl import analyze as an
 
-from _analysis_utils import PYTHON, TINY_PIXELS, build_tiny_setup, run_module
+from _analysis_utils import PYTHON, TINY_PIXELS, build_tiny_setup, run_module, write_benchmark, write_checkpoint_folder
+from _cli_utils import module_usage_error, usage_error
 
 TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
 
@@ -156,6 +158,69 @@ def test_tables_hold_the_bins(tmp_path):
     rows = list(csv.DictReader((tmp_path / "visual_forgetting.csv").open()))
     assert len(rows) == 20 and rows[0]["checkpoint"] == "a" and rows[-1]["bin"] == "9"
     assert float(rows[0]["similarity_mean"]) == pytest.approx(0.5)  # bin 0: tokens 0.4 and 0.6
+
+
+@pytest.fixture
+def command_inputs(tmp_path, monkeypatch):
+    """Paths that pass the command's checks (a 2-layer checkpoint folder, image prompts, a responses.jsonl),
+    and a command that fails the test if it gets as far as loading a model."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the mistake was reported")
+
+    monkeypatch.setattr(an, "analyze_checkpoint", refuse)
+    write_benchmark(tmp_path / "prompts.parquet", {"0": "1", "1": "2"})
+    frame = pd.read_parquet(tmp_path / "prompts.parquet")
+    frame["prompt"] = [[{"role": "user", "content": "1 + 1?"}]] * 2
+    frame["images"] = [[]] * 2
+    frame.to_parquet(tmp_path / "text_only.parquet")
+    (tmp_path / "responses.jsonl").write_text('{"checkpoint": "a", "sample_id": "0"}\n')
+    return {"tmp": tmp_path, "ckpt": write_checkpoint_folder(tmp_path / "ckpt", n_layers=2),
+            "data": tmp_path / "prompts.parquet"}
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--data", "{data}"], "error: the following arguments are required: --out; see --help"),
+    (["--out", "{tmp}/o", "--bins", "ten"], "argument --bins: invalid int value: 'ten'"),
+    (["--out", "{tmp}/o", "--n", "0"], "argument --n: expected an integer >= 1, got '0'"),
+    (["--out", "{tmp}/o", "--bins", "1"], "error: --bins 1 is out of range; use 2 to 100"),
+    (["--out", "{tmp}/o", "--data", "{data}"], "error: no --checkpoint or no --data given; give --checkpoint"),
+    (["--out", "{tmp}/o", "--checkpoint", "{ckpt}", "--data", "{tmp}/nowhere.parquet"],
+     "error: --data {tmp}/nowhere.parquet does not exist; pass a verl-format parquet"),
+    (["--out", "{tmp}/o", "--checkpoint", "{ckpt}", "--data", "{tmp}/text_only.parquet"],
+     "error: --data {tmp}/text_only.parquet holds no prompt with an image"),
+    (["--out", "{tmp}/o", "--checkpoint", "{tmp}/nowhere", "--data", "{data}"],
+     "error: --checkpoint {tmp}/nowhere does not exist"),
+    (["--out", "{tmp}/o", "--checkpoint", "a={ckpt}", "--checkpoint", "a={ckpt}", "--data", "{data}"],
+     "error: --checkpoint label 'a' is given twice"),
+    (["--out", "{tmp}/o", "--checkpoint", "{ckpt}", "--data", "{data}", "--layer", "2"],
+     "error: --layer 2 is not a layer of {ckpt} (2 decoder layers); use -1 (the final norm's output, the default) "
+     "or a layer in -2..1"),
+    (["--out", "{tmp}/o", "--replot", "{tmp}/responses.jsonl", "--checkpoint", "{ckpt}"],
+     "error: --replot redoes the plot from stored responses; it takes no --checkpoint or --data"),
+    (["--out", "{tmp}/o", "--replot", "{tmp}/nowhere.jsonl"], "error: --replot {tmp}/nowhere.jsonl does not exist"),
+    (["--out", "{tmp}/o", "--replot", "{tmp}/responses.jsonl"],
+     "error: --replot {tmp}/responses.jsonl line 1 is not a response record (missing ['checkpoint_path', 'group',"),
+])
+def test_command_mistakes_are_one_line_before_any_model(command_inputs, capsys, argv, expected):
+    line = usage_error(capsys, an.main, *[arg.format(**command_inputs) for arg in argv])
+    assert line.startswith("python -m vgpo_verl.analyze: ") and expected.format(**command_inputs) in line
+    assert not (command_inputs["tmp"] / "o").exists()
+
+
+def test_a_bug_is_not_a_usage_error(command_inputs, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("planted bug")
+
+    monkeypatch.setattr(an, "analyze_checkpoint", broken)
+    with pytest.raises(RuntimeError, match="planted bug"):
+        an.main(["--out", str(command_inputs["tmp"] / "o"), "--checkpoint", str(command_inputs["ckpt"]),
+                 "--data", str(command_inputs["data"]), "--layer", "-2"])
+
+
+def test_the_real_entry_reports_a_mistake_in_one_line(tmp_path):
+    line = module_usage_error("vgpo_verl.analyze", "--out", tmp_path / "o", "--replot", tmp_path / "nowhere.jsonl")
+    assert line == (f"python -m vgpo_verl.analyze: error: --replot {tmp_path / 'nowhere.jsonl'} does not exist; "
+                    "pass the responses.jsonl an earlier run of this command wrote into its --out")
 
 
 # ----------------------------------------------------------------------------------------------

