@@ -75,3 +75,18 @@ def log_probs_and_entropy(model, sample: Sample, perturbation: tuple | None = No
     log_p = torch.log_softmax(logits, dim=-1)
     entropy = -(log_p.exp() * log_p).sum(-1)
     return log_p[:-1].gather(1, sample.input_ids[1:, None])[:, 0], entropy
+
+
+def random_lora_adapter(model, out_dir: str, rank: int = 8, exclude_modules: str | None = None, seed: int = 0):
+    """Give `model` a LoRA adapter with random non-zero weights on every linear layer (verl's defaults:
+    target_modules "all-linear", lora_alpha 16; `exclude_modules` a regex of modules left alone, e.g. the
+    vision tower), save it to `out_dir` for verl's `lora_adapter_path`, and return the model with it
+    merged (the reference for the adapted model). `model` itself is changed."""
+    import peft
+
+    torch.manual_seed(seed)
+    config = peft.LoraConfig(task_type="CAUSAL_LM", r=rank, lora_alpha=16, target_modules="all-linear",
+                             exclude_modules=exclude_modules, init_lora_weights=False)
+    adapted = peft.get_peft_model(model, config)
+    adapted.save_pretrained(out_dir)
+    return adapted.merge_and_unload()
