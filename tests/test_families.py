@@ -45,18 +45,32 @@ def runs(family, adapter_dir, frozen_dir):
     ]
 
 
-@pytest.fixture(scope="module", params=RUNNABLE)
-def family(request, tmp_path_factory):
-    """One family's engine results and references: {"name", "samples", "results", "refs": {model: [...]}}."""
-    name = request.param
-    base = tmp_path_factory.mktemp(f"family_{name}")
+def family_batch(name, directory):
+    """The family's tiny model saved to `directory`, and the batch: one image, text only, two images, a video."""
     model = tiny_model(name)
-    model.save_pretrained(base / "model")
+    model.save_pretrained(directory)
     generator = torch.Generator().manual_seed(0)
     samples = [synthetic_sample(model.config, generator, images=1, response_len=9),
                synthetic_sample(model.config, generator, images=0, response_len=5),
                synthetic_sample(model.config, generator, images=2, response_len=12),
                synthetic_sample(model.config, generator, images=1, videos=1, response_len=7)]
+    return model, samples
+
+
+def references(name, model, samples):
+    """Per sample: scores at layer -1 and -2, has_visual, log-probs, entropy, perturbed log-probs."""
+    perturbation = (SEED, PROB, FAMILY_TABLE[name].image_mean, FAMILY_TABLE[name].image_std)
+    return [dict(zip(("scores", "has_visual"), reference.scores(model, s)), layer_2=reference.scores(model, s, -2)[0],
+                 **dict(zip(("log_probs", "entropy"), reference.log_probs_and_entropy(model, s))),
+                 perturbed=reference.log_probs_and_entropy(model, s, perturbation)[0]) for s in samples]
+
+
+@pytest.fixture(scope="module", params=RUNNABLE)
+def family(request, tmp_path_factory):
+    """One family's engine results and references: {"name", "samples", "results", "refs": {model: [...]}}."""
+    name = request.param
+    base = tmp_path_factory.mktemp(f"family_{name}")
+    model, samples = family_batch(name, base / "model")
     models = {
         "base": model,
         "lora": reference.random_lora_adapter(tiny_model(name), str(base / "adapter")),
@@ -65,13 +79,7 @@ def family(request, tmp_path_factory):
     }
     results = run_engine(str(base / "model"), samples, runs(name, str(base / "adapter"), str(base / "frozen")),
                          str(base / "results.pt"))
-    perturbation = (SEED, PROB, FAMILY_TABLE[name].image_mean, FAMILY_TABLE[name].image_std)
-    refs = {
-        key: [dict(zip(("scores", "has_visual"), reference.scores(m, s)), layer_2=reference.scores(m, s, -2)[0],
-                   **dict(zip(("log_probs", "entropy"), reference.log_probs_and_entropy(m, s))),
-                   perturbed=reference.log_probs_and_entropy(m, s, perturbation)[0]) for s in samples]
-        for key, m in models.items()
-    }
+    refs = {key: references(name, m, samples) for key, m in models.items()}
     return {"name": name, "samples": samples, "results": results, "refs": refs}
 
 
@@ -136,6 +144,21 @@ def test_lora_adapter_reaches_the_scores_and_the_perturbed_forward(family):
     # the frozen vision tower is the base one: its outputs are not the fully adapted model's
     frozen = family["results"]["lora_frozen_vision_padded"]["outputs"]
     assert max_delta(frozen, family["refs"]["lora"], samples, "vppo_aug_log_probs", "perturbed") > 100 * ATOL
+
+
+def test_ulysses_sp2_on_qwen3_vl_gives_the_plain_scores_and_perturbed_log_probs(tmp_path):
+    """Two gloo ranks, Ulysses SP = 2, packed: verl slices the sequence after the embedding (deepstack
+    features too), all-to-alls in attention; our scores all-reduce the prototypes over the SP group.
+    (Qwen3.5 cannot: verl's SP for its linear attention imports flash-linear-attention's `fla.ops.cp`,
+    a GPU-only package; docs/models.md.)"""
+    model, samples = family_batch("qwen3_vl", tmp_path / "model")
+    sp2 = {"name": "sp2", "remove_padding": True, "sp": 2, "flags": {**SCORE, **perturb_flags("qwen3_vl")}}
+    result = run_engine(str(tmp_path / "model"), samples, [sp2], str(tmp_path / "sp2.pt"), world_size=2)["sp2"]
+    refs = references("qwen3_vl", model, samples)
+    assert result["scored_modules"] == ["model.language_model.norm"]
+    assert max_delta(result["outputs"], refs, samples, "vgpo_visual_score", "scores") < ATOL
+    assert max_delta(result["outputs"], refs, samples, "vppo_aug_log_probs", "perturbed") < ATOL
+    assert [h.tolist() for h in result["outputs"]["vgpo_has_visual"]] == [[True], [False], [True], [True]]
 
 
 # ------------------------------------------------------------------ without verl

@@ -2,6 +2,7 @@
 model_type and what is missing; preflight.problems carries the refusal."""
 
 import logging
+import pathlib
 
 import pytest
 import transformers
@@ -84,3 +85,17 @@ def test_preflight_carries_the_refusal(tmp_path):
     found = preflight.problems(run_config(config_only(tmp_path, text_only)), "verl.trainer.main_ppo", environ={},
                                engine_key=NVIDIA)
     assert len(found) == 1 and "model_type=qwen2: config.json names no image_token_id" in found[0]
+
+
+def test_verls_freeze_vision_tower_switch_is_named_as_ignored(tmp_path, caplog):
+    """verl 0.9.1 declares actor.freeze_vision_tower but nothing reads it; the user hears so at start-up."""
+    import verl
+
+    readers = [p for p in pathlib.Path(verl.__file__).parent.rglob("*.py")
+               if "freeze_vision_tower" in p.read_text(errors="ignore")]
+    assert [p.name for p in readers] == ["actor.py"]  # the dataclass field only
+    cfg = run_config(config_only(tmp_path, tiny_config("qwen2_5_vl")))
+    OmegaConf.update(cfg, "actor_rollout_ref.actor.freeze_vision_tower", True)
+    with caplog.at_level(logging.WARNING, logger="vgpo_verl"):
+        assert model_problems(cfg) == []
+    assert "freeze_vision_tower=true is read by nothing in verl 0.9.1" in caplog.text

@@ -8,7 +8,8 @@ a model the estimator cannot work with, naming the `model_type` and what is miss
 - vppo: no placeholder id (nothing to perturb), or a family whose pixel rows vgpo_verl.perturb does
   not know (vgpo_verl.families: patch rows with `image_grid_thw`);
 - both: a family verl 0.9.1 cannot run with the installed transformers (UNRUNNABLE, with the reason).
-entropy_shaping reads only verl's own entropy and needs nothing of the model.
+entropy_shaping reads only verl's own entropy and needs nothing of the model. Logged, not refused:
+`actor_rollout_ref.actor.freeze_vision_tower=true`, which verl 0.9.1 declares but never reads.
 
 A family outside vgpo_verl.families that passes these checks is let through with a warning: nothing
 of it is tested. Where the config comes from: `actor_rollout_ref.model.hf_config_path` (else
@@ -125,6 +126,10 @@ def model_problems(config: Any) -> list[str]:
         logger.warning("vgpo-verl: %s is neither a local directory nor in the Hugging Face cache; the start-up "
                        "model check (visual token ids, text decoder) is skipped, nothing is downloaded", where)
         return []
+    if bool(_get(config, "actor_rollout_ref.actor.freeze_vision_tower", False)):
+        logger.warning("vgpo-verl: actor_rollout_ref.actor.freeze_vision_tower=true is read by nothing in verl 0.9.1 "
+                       "(only its config declares it): the vision tower trains. Under LoRA, keep it frozen with "
+                       "actor_rollout_ref.model.exclude_modules='.*visual.*' (no adapter there)")
     layer = _get(config, "algorithm.vgpo.layer", -1)
     if isinstance(layer, bool) or not isinstance(layer, int):
         layer = -1  # VGPOConfig's own check names a malformed value

@@ -44,7 +44,7 @@ def layer_outputs(model, sample: Sample) -> list[torch.Tensor]:
 def visual_positions(config, sample: Sample) -> torch.Tensor:
     """(L,) bool: the sample's image / video placeholder tokens (ids from the config)."""
     ids = [i for i in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None)) if i is not None]
-    return torch.isin(sample.input_ids, torch.tensor(ids, dtype=sample.input_ids.dtype))
+    return torch.isin(sample.input_ids, torch.tensor(ids, dtype=sample.input_ids.dtype, device=sample.input_ids.device))
 
 
 def scores(model, sample: Sample, layer: int = -1) -> tuple[torch.Tensor, bool]:
