@@ -7,15 +7,9 @@ Engines and batches are built by vgpo_verl.doctor.verl_run, as the doctor builds
 
 from __future__ import annotations
 
-import socket
-
 import torch
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from vgpo_verl.doctor.verl_run import free_port
 
 
 def engine_worker(rank: int, world_size: int, port: int, model_dir: str, samples: list, runs: list,

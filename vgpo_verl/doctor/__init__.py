@@ -95,10 +95,11 @@ def main(argv=None) -> int:
         except Exception as error:  # noqa: BLE001  (report any failure as the last line, with its traceback)
             sys.stderr.write(verl_output.getvalue())
             traceback.print_exc()
-            doctor.failures.append(f"{type(error).__name__}: {error}".splitlines()[0])
+            first_line = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+            doctor.check(False, f"{type(error).__name__}: {first_line}")
     seconds = time.monotonic() - start
     if doctor.failures:
-        print(f"{name}: FAILED ({len(doctor.failures)} of {max(doctor.checks, len(doctor.failures))} checks: "
+        print(f"{name}: FAILED ({len(doctor.failures)} of {doctor.checks} checks: "
               f"{'; '.join(doctor.failures)}; {seconds:.0f} s)")
         return 1
     print(f"{name}: ok ({doctor.checks} checks, {doctor.summary()}, {seconds:.0f} s)")

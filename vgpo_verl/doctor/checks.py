@@ -6,7 +6,6 @@ import dataclasses
 import gc
 import json
 import os
-import socket
 
 import torch
 
@@ -33,12 +32,6 @@ class Reference:
     entropy: torch.Tensor
     perturbed: torch.Tensor
     base_perturbed: torch.Tensor | None = None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Doctor:
@@ -187,7 +180,7 @@ class Doctor:
         from vgpo_verl.doctor import verl_run
         from vgpo_verl.scoring import resolve_layer
 
-        verl_run.init_process_group(self.args.device, port=_free_port())
+        verl_run.init_process_group(self.args.device)
         try:
             with torch.device("meta"):  # get_rope_index reads the config only
                 positions_model = transformers.AutoModelForImageTextToText.from_config(hf_config)

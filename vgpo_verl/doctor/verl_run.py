@@ -11,15 +11,25 @@ verl's flash-attention code on the torch kernels of vgpo_verl.cpu.packed_kernels
 from __future__ import annotations
 
 import os
+import socket
 
 import torch
 
 from vgpo_verl.families import Sample, position_ids
 
 
-def init_process_group(device: str, rank: int = 0, world_size: int = 1, port: int = 29571) -> None:
+def free_port() -> int:
+    """A TCP port nobody listens on, for the process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_process_group(device: str, rank: int = 0, world_size: int = 1, port: int | None = None) -> None:
     """The process group verl's engine runs in (gloo on CPU, nccl on CUDA); on CPU also verl's CPU
-    platform (vgpo_verl.cpu.enable) and the torch attention kernels. Call before importing verl's engine."""
+    platform (vgpo_verl.cpu.enable) and the torch kernels. Call before importing verl's engine.
+    port: the rendezvous port every rank shares (a free one for a single rank)."""
+    port = free_port() if port is None else port
     os.environ.update(MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"), MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
     if device == "cpu":
