@@ -42,6 +42,7 @@ setup(
             "vgpo-analyze = vgpo_verl.analyze:main",
             "vgpo-evaluate = vgpo_verl.evaluate:main",
             "vgpo-data = vgpo_verl.data:main",
+            "vgpo-doctor = vgpo_verl.doctor:main",
         ],
     },
 )

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from _engine_utils import run_engine
-from _scoring_utils import make_sample, reference_scores, tiny_vlm
+from vgpo_verl import reference
+from vgpo_verl.families import synthetic_sample, tiny_model
 
 SCORE = {"vgpo_score": True}
 # VPPO's perturbed pass with explicit normalisation (the test engine loads no image processor)
@@ -37,14 +38,14 @@ SCORED_RUNS = ["padded", "rmpad", "rmpad_dynamic_bsz", "legacy_rmpad_vppo_and_sc
 def setup(tmp_path_factory):
     """Tiny Qwen2.5-VL on disk, and a batch mixing one image, text only, two images, image + video."""
     model_dir = tmp_path_factory.mktemp("tiny_qwen2_5_vl")
-    model = tiny_vlm("qwen2_5_vl")
+    model = tiny_model("qwen2_5_vl")
     model.save_pretrained(model_dir)
     generator = torch.Generator().manual_seed(0)
     samples = [
-        make_sample(generator, images=1, response_len=9),
-        make_sample(generator, images=0, response_len=5),
-        make_sample(generator, images=2, response_len=12),
-        make_sample(generator, images=1, videos=1, response_len=7),
+        synthetic_sample(model.config, generator, images=1, response_len=9),
+        synthetic_sample(model.config, generator, images=0, response_len=5),
+        synthetic_sample(model.config, generator, images=2, response_len=12),
+        synthetic_sample(model.config, generator, images=1, videos=1, response_len=7),
     ]
     return model, str(model_dir), samples
 
@@ -53,14 +54,14 @@ def setup(tmp_path_factory):
 def qwen3(tmp_path_factory):
     """Tiny Qwen3-VL (verl patches its forward differently), image / text / images / frame-split video."""
     model_dir = tmp_path_factory.mktemp("tiny_qwen3_vl")
-    model = tiny_vlm("qwen3_vl")
+    model = tiny_model("qwen3_vl")
     model.save_pretrained(model_dir)
     generator = torch.Generator().manual_seed(5)
     samples = [
-        make_sample(generator, images=1, response_len=6),
-        make_sample(generator, images=0, response_len=4),
-        make_sample(generator, images=2, response_len=5),
-        make_sample(generator, images=1, videos=1, split_video_frames=True, response_len=7),
+        synthetic_sample(model.config, generator, images=1, response_len=6),
+        synthetic_sample(model.config, generator, images=0, response_len=4),
+        synthetic_sample(model.config, generator, images=2, response_len=5),
+        synthetic_sample(model.config, generator, images=1, videos=1, response_len=7),
     ]
     return model, str(model_dir), samples
 
@@ -80,14 +81,14 @@ def ws1(setup, qwen3):
 @pytest.fixture(scope="module")
 def references(setup):
     model, _, samples = setup
-    return {layer: [reference_scores(model, s, layer=layer) for s in samples] for layer in (-1, 0)}
+    return {layer: [reference.scores(model, s, layer=layer) for s in samples] for layer in (-1, 0)}
 
 
 def test_qwen3_vl_scores_through_verls_engine(ws1, qwen3):
     model, _, samples = qwen3
     result = ws1["qwen3_padded"]
     for i, (sample, scores) in enumerate(zip(samples, result["outputs"]["vgpo_visual_score"])):
-        expected, has_visual = reference_scores(model, sample)
+        expected, has_visual = reference.scores(model, sample)
         torch.testing.assert_close(scores.double(), expected[-sample.response_len :], atol=1e-4, rtol=0)
         assert result["outputs"]["vgpo_has_visual"][i].tolist() == [has_visual]
 
@@ -174,21 +175,11 @@ def test_training_forward_is_never_scored_even_with_the_flag(monkeypatch):
 # ------------------------------------------------------------------ VPPO's perturbed forward
 
 
-@torch.no_grad()
 def reference_log_probs(model, sample, perturbed: bool):
     """(L-1,) float64: log p(token j+1 | ..j) of one sample alone, plain transformers, with the sample's
     own pixels blackened by vgpo_verl.perturb (so the mask cannot depend on the batch it sat in)."""
-    from _scoring_utils import position_ids_4d, visual_kwargs
-    from vgpo_verl.perturb import blacken_patches
-
-    kwargs = visual_kwargs(sample)
-    if perturbed:
-        for pixels, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
-            if pixels in kwargs:
-                kwargs[pixels], _ = blacken_patches(kwargs[pixels], kwargs[grid], 7, 0.5, IMAGE_MEAN, IMAGE_STD)
-    logits = model(input_ids=sample.input_ids[None], position_ids=position_ids_4d(model, sample)[:, None],
-                   **kwargs).logits[0].double()
-    return torch.log_softmax(logits, dim=-1)[:-1].gather(1, sample.input_ids[1:, None])[:, 0]
+    perturbation = (7, 0.5, IMAGE_MEAN, IMAGE_STD) if perturbed else None
+    return reference.log_probs_and_entropy(model, sample, perturbation)[0]
 
 
 @pytest.mark.parametrize("run", PERTURBED_RUNS)

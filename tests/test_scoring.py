@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from _scoring_utils import make_sample, position_ids_4d, reference_scores, tiny_vlm, visual_kwargs
+from vgpo_verl import reference
+from vgpo_verl.families import FAMILIES, position_ids, synthetic_sample, tiny_model
 from vgpo_verl.scoring import (
     HiddenStateCapture,
     resolve_layer,
@@ -12,8 +13,6 @@ from vgpo_verl.scoring import (
     visual_similarity,
     visual_token_ids,
 )
-
-FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 
 
 def loop_similarity(hidden, lengths, visual_mask):
@@ -89,7 +88,7 @@ def test_visual_similarity_rejects_bad_shapes():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_visual_token_ids_come_from_the_config(family):
-    config = tiny_vlm(family).config
+    config = tiny_model(family).config
     assert visual_token_ids(config) == [config.image_token_id, config.video_token_id]
     ids = torch.tensor([1, config.image_token_id, 2, config.video_token_id])
     assert visual_mask_of(ids, visual_token_ids(config)).tolist() == [False, True, False, True]
@@ -102,14 +101,15 @@ def test_visual_token_ids_of_a_text_only_config_is_empty():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("layer", [-1, 0, -2])
+@pytest.mark.parametrize("layer", [-1, -2, -3, 0, 1, 2])
 def test_hooked_layer_scores_match_the_models_own_hidden_states(family, layer):
-    """Several images and a video in one prompt; the hook's scores equal a plain forward's."""
-    model = tiny_vlm(family)
-    sample = make_sample(torch.Generator().manual_seed(1), images=2, videos=1,
-                         split_video_frames=family == "qwen3_vl")
-    inputs = dict(input_ids=sample.input_ids[None], position_ids=position_ids_4d(model, sample)[:, None],
-                  **visual_kwargs(sample))
+    """Several images and a video in one prompt (GLM-4V: a video alone, see vgpo_verl.doctor.checks);
+    the hook's scores equal a plain forward's at the same index of [layer 0, layer 1, final norm]."""
+    model = tiny_model(family)
+    sample = synthetic_sample(model.config, torch.Generator().manual_seed(1), images=0 if family == "glm4v" else 2,
+                              videos=1)
+    inputs = dict(input_ids=sample.input_ids[None], position_ids=position_ids(model, sample)[:, None],
+                  **sample.visual_kwargs())
     mask = visual_mask_of(sample.input_ids, visual_token_ids(model.config))
     cu_seqlens = torch.tensor([0, len(sample.input_ids)])
 
@@ -118,14 +118,14 @@ def test_hooked_layer_scores_match_the_models_own_hidden_states(family, layer):
     assert output.hidden_states is None  # only one layer was kept, not every layer's
     similarity, has_visual = visual_similarity(capture.hidden[0], cu_seqlens, mask)
 
-    expected, expected_has_visual = reference_scores(model, sample, layer=layer)
+    expected, expected_has_visual = reference.scores(model, sample, layer=layer)
     torch.testing.assert_close(similarity.double(), expected, atol=1e-5, rtol=0)
     assert has_visual.tolist() == [expected_has_visual] == [True]
 
 
 def test_on_capture_reduces_inside_the_hook_and_keeps_no_activation():
-    model = tiny_vlm("qwen2_5_vl")
-    sample = make_sample(torch.Generator().manual_seed(2), images=1)
+    model = tiny_model("qwen2_5_vl")
+    sample = synthetic_sample(model.config, torch.Generator().manual_seed(2), images=1)
     mask = visual_mask_of(sample.input_ids, visual_token_ids(model.config))
     cu_seqlens = torch.tensor([0, len(sample.input_ids)])
 
@@ -133,25 +133,33 @@ def test_on_capture_reduces_inside_the_hook_and_keeps_no_activation():
         return visual_similarity(hidden[0], cu_seqlens, mask)
 
     with torch.no_grad(), HiddenStateCapture(model, on_capture=score) as capture:
-        model(input_ids=sample.input_ids[None], position_ids=position_ids_4d(model, sample)[:, None],
-              **visual_kwargs(sample))
+        model(input_ids=sample.input_ids[None], position_ids=position_ids(model, sample)[:, None],
+              **sample.visual_kwargs())
     assert capture.hidden is None and capture.calls == 1
-    torch.testing.assert_close(capture.result[0].double(), reference_scores(model, sample)[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(capture.result[0].double(), reference.scores(model, sample)[0], atol=1e-5, rtol=0)
 
 
 def test_hook_is_removed_on_exit():
-    model = tiny_vlm("qwen2_5_vl")
+    model = tiny_model("qwen2_5_vl")
     with HiddenStateCapture(model) as capture:
         pass
     assert not capture.module._forward_hooks
 
 
-def test_resolve_layer_default_is_the_final_norm_and_errors_are_clear():
-    model = tiny_vlm("qwen2_5_vl")
-    assert resolve_layer(model) is model.model.language_model.norm
-    assert resolve_layer(model, 1) is model.model.language_model.layers[1]
-    with pytest.raises(ValueError, match="out of range"):
-        resolve_layer(model, 2)
+def test_layer_indexes_the_decoder_layers_then_the_final_norm_on_a_two_layer_model():
+    """`layer` is a Python index into [layer 0, layer 1, final norm]: -1 the norm (lm_head's input),
+    -2 the last decoder layer's own output (before the norm), -3 layer 0; 0, 1, 2 the same from the front."""
+    model = tiny_model("qwen2_5_vl")
+    text = model.model.language_model
+    assert len(text.layers) == 2
+    expected = {-1: text.norm, -2: text.layers[1], -3: text.layers[0], 0: text.layers[0], 1: text.layers[1],
+                2: text.norm}
+    assert resolve_layer(model) is text.norm
+    for layer, module in expected.items():
+        assert resolve_layer(model, layer) is module, layer
+    for layer in (3, -4):
+        with pytest.raises(ValueError, match=r"out of range for a decoder with 2 layers: allowed -3\.\.2"):
+            resolve_layer(model, layer)
     with pytest.raises(ValueError, match="no text decoder"):
         resolve_layer(torch.nn.Linear(2, 2))
 
@@ -186,9 +194,22 @@ def test_resolve_layer_sees_through_fsdp1_style_wrappers():
             super().__init__()
             setattr(self, attribute, inner)
 
-    model = tiny_vlm("qwen2_5_vl")
+    model = tiny_model("qwen2_5_vl")
     text_model = model.model.language_model
     model.model.language_model = Wrapper(text_model, "_checkpoint_wrapped_module")
     root = Wrapper(model, "_fsdp_wrapped_module")
     assert resolve_layer(root) is text_model.norm
     assert resolve_layer(root, 0) is text_model.layers[0]
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_5"])
+def test_resolve_layer_sees_through_peft_lora_wrappers(family):
+    """verl's LoRA path wraps the model in PEFT (`base_model.model.`) and every linear in a LoRA layer."""
+    import peft
+
+    model = tiny_model(family)
+    text = model.model.language_model
+    adapted = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules="all-linear"))
+    assert resolve_layer(adapted) is text.norm
+    assert resolve_layer(adapted, -2) is text.layers[1]
+    assert any(isinstance(m, peft.tuners.lora.LoraLayer) for m in text.layers[1].modules())

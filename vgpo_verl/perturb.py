@@ -2,10 +2,11 @@
 
 VPPO (huaixuheqing/VPPO-RL, `verl/workers/perc_utils.py`, `random_patch_blackening`) blackens each
 14-px square of the PIL image with probability p = 0.5 before processing. Here the same happens
-after the HF processor, on what the actor's vision tower reads: Qwen2.5-VL / Qwen3-VL give
-`pixel_values` (N, C*T*P*P), one row per P-px vision patch (P = 14 for Qwen2.5-VL, 16 for Qwen3-VL;
-T = 2 temporal frames per image patch; values channel-major, normalised by the processor's
-mean/std), and `image_grid_thw` (n_images, 3) with t*h*w rows per image (videos likewise with
+after the HF processor, on what the actor's vision tower reads: every family of
+vgpo_verl.families gives `pixel_values` (N, C*T*P*P), one row per P-px vision patch (P = 14 for
+Qwen2/2.5-VL, 16 for Qwen3-VL and Qwen3.5; T = 2 temporal frames per image patch; values
+channel-major, normalised by the processor's mean/std; tests/test_families.py checks each family's
+processor), and `image_grid_thw` (n_images, 3) with t*h*w rows per image (videos likewise with
 `pixel_values_videos` / `video_grid_thw`). Blackening a patch sets its row to the normalised value
 of black, (0 - mean_c) / std_c for channel c. The difference from the fork: squares are cut in the
 resized image the model sees, not in the original image (the same 14 px once the processor resized).

@@ -50,6 +50,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from vgpo_verl.model_check import model_problems
+
 logger = logging.getLogger("vgpo_verl")
 
 # Engine keys (device, vendor) the scoring engine is registered under (vgpo_verl.engine registers them).
@@ -216,6 +218,7 @@ def problems(config: Any, entry: str | None, environ: dict[str, str] | None = No
             f"so {est} would have no scoring engine there; set actor_rollout_ref.model.external_lib=vgpo_verl "
             f"(or add {PLUGIN_ENTRY_POINT!r} to VERL_USE_EXTERNAL_PLUGINS)."
         )
+    found.extend(model_problems(config))
     return found
 
 

@@ -231,38 +231,58 @@ def visual_similarity(
     return cosine_to_prototypes(hidden, segment_ids, mu, chunk_tokens), has_visual
 
 
-def resolve_layer(model: torch.nn.Module, layer: int = -1) -> torch.nn.Module:
-    """The module whose output is scored.
+# What `layer` means, said once for VGPOConfig.layer, the analysis CLI and resolve_layer.
+LAYER_HELP = ("which output is scored, a Python index into [decoder layer 0, ..., decoder layer n-1, final norm]: "
+              "-1 = the final norm's output (lm_head's input), -2 = the last decoder layer's output (before "
+              "the norm), k >= 0 = decoder layer k")
 
-    layer = -1: the text decoder's final norm (its output is what lm_head reads);
-    layer = k >= 0: decoder layer k (0-based); layer <= -2: Python indexing into the decoder layers
-    (-2 = the last layer's output before the final norm).
 
-    Works on Qwen2-VL, Qwen2.5-VL, Qwen3-VL (`model.language_model`), text-only causal LMs
-    (`model.model`) and on FSDP1/FSDP2/checkpoint-wrapped copies of them.
+def find_text_decoder(model: torch.nn.Module) -> tuple[str, torch.nn.Module] | None:
+    """(name, module) of the text decoder: a module with a `layers` ModuleList and a `norm`, the one
+    named `language_model` if there is one (VLMs), else the first (`model` of a text-only LM).
+
+    Module names are searched through wrappers that leave the computation alone (FSDP1, activation
+    checkpointing, torch.compile) and PEFT's (`base_model.model.`); None if there is no such module.
     """
-    decoder = None
+    found = None
     for name, module in model.named_modules():
-        parts = [p for p in name.split(".") if p not in _WRAPPER_PARTS]
         has_stack = isinstance(getattr(module, "layers", None), torch.nn.ModuleList) and hasattr(module, "norm")
         if not has_stack:
             continue
+        parts = [p for p in name.split(".") if p not in _WRAPPER_PARTS]
         if parts and parts[-1] == "language_model":
-            decoder = module
-            break
-        if decoder is None:  # first decoder-shaped module, e.g. `model` of a text-only LM
-            decoder = module
-    if decoder is None:
+            return name, module
+        if found is None:
+            found = (name, module)
+    return found
+
+
+def scoreable_outputs(decoder: torch.nn.Module) -> list[torch.nn.Module]:
+    """[decoder layer 0, ..., decoder layer n-1, final norm]: the modules `layer` indexes."""
+    return [*decoder.layers, decoder.norm]
+
+
+def resolve_layer(model: torch.nn.Module, layer: int = -1) -> torch.nn.Module:
+    """The module whose output is scored: `scoreable_outputs(decoder)[layer]` (see LAYER_HELP).
+
+    On a decoder of n layers: -1 = the final norm (its output is what lm_head reads), -2 = decoder
+    layer n-1 (the last layer's output before the final norm), -(n+1) = layer 0; k in [0, n) =
+    decoder layer k, k = n = the final norm.
+
+    Works on every family in vgpo_verl.families (the decoder is `model.language_model`), text-only
+    causal LMs (`model.model`), and on FSDP1/FSDP2/checkpoint/PEFT-wrapped copies of them.
+    """
+    found = find_text_decoder(model)
+    if found is None:
         raise ValueError(
             f"no text decoder (a module with `layers` and `norm`) found in {type(model).__name__}; "
-            "VGPO scoring supports Qwen2-VL, Qwen2.5-VL, Qwen3-VL and HF causal LMs"
+            "VGPO scoring supports the families of vgpo_verl.families and HF causal LMs"
         )
-    if layer == -1:
-        return decoder.norm
-    layers = decoder.layers
-    if not -len(layers) <= layer < len(layers):
-        raise ValueError(f"VGPO layer={layer} is out of range for a decoder with {len(layers)} layers")
-    return layers[layer]
+    outputs = scoreable_outputs(found[1])
+    if not -len(outputs) <= layer < len(outputs):
+        raise ValueError(f"VGPO layer={layer} is out of range for a decoder with {len(outputs) - 1} layers: "
+                         f"allowed {-len(outputs)}..{len(outputs) - 1} ({LAYER_HELP})")
+    return outputs[layer]
 
 
 class HiddenStateCapture:
@@ -275,7 +295,7 @@ class HiddenStateCapture:
 
     Args:
         model: an HF model (possibly FSDP-wrapped).
-        layer: see `resolve_layer` (-1: final norm output = lm_head input).
+        layer: see `resolve_layer` (-1: final norm output = lm_head input; -2: last decoder layer).
         on_capture: optional callable (hidden tensor as the layer returned it) -> anything.
     """
 

@@ -1,0 +1,86 @@
+"""`python -m vgpo_verl.doctor` / `vgpo-doctor`: usage errors in one line with exit 2, a refused family
+with exit 1, a passing tiny family with LoRA (exit 0), and a checkpoint whose image processor does not fit
+its vision tower (exit 1, every other check still reported)."""
+
+import ast
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from vgpo_verl import doctor
+from vgpo_verl.families import tiny_model
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_doctor(*argv, timeout=300):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "vgpo_verl.doctor", *argv], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--tiny", "llava"], "--tiny"),
+    (["--model", "/no/such/checkpoint"], "--model /no/such/checkpoint"),
+    (["--tiny", "qwen3_vl", "--methods", "vgpo,grpo"], "--methods"),
+    (["--tiny", "qwen3_vl", "--lora-rank", "-8"], "--lora-rank -8"),
+    (["--tiny", "qwen3_vl", "--lora-rank", "eight"], "--lora-rank"),
+    (["--tiny", "qwen3_vl", "--model", "/tmp"], "--model"),
+    ([], "--model --tiny"),
+])
+def test_a_usage_error_is_one_line_naming_the_flag_and_exit_2(capsys, argv, flag):
+    assert doctor.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vgpo-doctor: error: ") and flag in lines[0], lines
+
+
+def test_the_console_script_and_module_entry_give_the_same_one_line_error():
+    tree = ast.parse((REPO / "setup.py").read_text())
+    scripts = next(ast.literal_eval(n.value) for n in ast.walk(tree) if isinstance(n, ast.keyword)
+                   and n.arg == "entry_points")["console_scripts"]
+    assert "vgpo-doctor = vgpo_verl.doctor:main" in scripts
+    result = run_doctor("--tiny", "llava")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "--tiny" in result.stderr
+
+
+def test_a_refused_family_fails_with_the_reason(capsys):
+    assert doctor.main(["--tiny", "glm4v"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("refused: model_type=glm4v: verl 0.9.1 cannot run GLM-4V")
+    assert lines[-1].startswith("glm4v: FAILED (1 of 1 checks: refused at start-up")
+
+
+def test_tiny_family_with_lora_passes_every_check():
+    """Qwen3.5 (hybrid linear attention) through verl's LoRA path: scores, VPPO, entropy, padded and packed."""
+    result = run_doctor("--tiny", "qwen3_5", "--lora-rank", "8")
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "visual token ids: image 250, video 251" in lines
+    assert "scored module (vgpo, layer -1): base_model.model.model.language_model.norm" in lines
+    for layout in ("padded", "packed"):
+        (line,) = [x for x in lines if x.startswith(f"{layout}: max |engine - reference|")]
+        assert "score" in line and "entropy" in line and "without the adapter it would differ by" in line
+    assert lines[-1].startswith("qwen3_5: ok (") and "max |delta score|" in lines[-1]
+
+
+def test_a_checkpoint_whose_processor_does_not_fit_its_vision_tower_fails(tmp_path):
+    """A Qwen2.5-VL checkpoint (14-px patches) shipped with a 16-px image processor: that check fails,
+    the doctor still runs and reports the rest, and shows the scoring memory of the model's hidden size."""
+    import transformers
+
+    tiny_model("qwen2_5_vl").save_pretrained(tmp_path)
+    transformers.Qwen2VLImageProcessorPil(patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(tmp_path)
+    result = run_doctor("--model", str(tmp_path), "--methods", "vgpo,vppo")
+    lines = result.stdout.splitlines()
+    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    assert "pixel normalisation (the checkpoint's preprocessor_config.json): mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5)" in lines
+    assert any(x.startswith("packed: max |engine - reference|: log-prob") for x in lines)
+    assert "scoring memory at hidden size 64: 2 MiB for one 8192-token float32 chunk" in result.stdout
+    assert lines[-1].startswith(f"{tmp_path}: FAILED (1 of ")
+    assert "the image processor cuts 16-px patches, the vision tower reads 14-px" in lines[-1]

@@ -1,0 +1,106 @@
+"""`python -m vgpo_verl.doctor` (console script `vgpo-doctor`): check a model before a cluster run.
+
+    vgpo-doctor --model PATH [--device cpu|cuda] [--lora-rank R] [--methods vgpo,vppo,entropy_shaping]
+    vgpo-doctor --tiny FAMILY [--lora-rank R] [--methods ...]      (FAMILY: see vgpo_verl.families)
+
+In this one process, through verl's real actor engine (the one our plugin registers, FSDP2, world
+size 1), on synthetic prompts laid out like the family's processor output (one image, text only, two
+images, a video): the padded and the packed (remove-padding, dynamic batch) layouts, each method's
+extra outputs compared with a plain-transformers recomputation of the same model (vgpo_verl.reference,
+run before verl patches the model classes). With --lora-rank, a random non-zero adapter goes through
+verl's LoRA path (`lora_adapter_path`); the reference is the merged model, and VPPO's perturbed
+log-probs must differ from the base model's. With --tiny, a random model of the family is built
+offline first.
+
+Output: the visual token ids, the scored module's name, per layout max |delta| against the reference
+(scores, log-probs, entropy), VPPO's perturbed log-prob gap; for --model the extra memory of one
+scoring chunk at the model's hidden size. The last line is `<family or path>: ok (...)` or
+`<family or path>: FAILED (...)`. Exit status: 0 every check passed; 1 a check failed or the model is
+refused; 2 a usage error (one line naming the flag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import tempfile
+import time
+import traceback
+
+from vgpo_verl.families import FAMILIES
+
+METHODS = ("vgpo", "vppo", "entropy_shaping")
+
+
+class UsageError(Exception):
+    """A bad flag value: reported in one line naming the flag, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vgpo-doctor", description=__doc__.split("\n\n")[0])
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", metavar="PATH", help="a local Hugging Face checkpoint directory")
+    which.add_argument("--tiny", metavar="FAMILY", choices=FAMILIES, help=f"a tiny random model: {', '.join(FAMILIES)}")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rank through verl's LoRA path (0: full model)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    return parser
+
+
+def parse_args(argv) -> argparse.Namespace:
+    """The checked arguments; UsageError naming the flag otherwise."""
+    args = build_parser().parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown or not args.methods:
+        raise UsageError(f"--methods: {unknown or 'empty'} not among {','.join(METHODS)}")
+    if args.lora_rank < 0:
+        raise UsageError(f"--lora-rank {args.lora_rank}: must be >= 0")
+    if args.model is not None:
+        args.model = os.path.abspath(os.path.expanduser(args.model))
+        if not os.path.isfile(os.path.join(args.model, "config.json")):
+            raise UsageError(f"--model {args.model}: no such checkpoint directory (no config.json)")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA device is visible")
+    return args
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as error:
+        print(f"vgpo-doctor: error: {error}", file=sys.stderr)
+        return 2
+    from vgpo_verl.doctor.checks import Doctor
+
+    name = args.tiny or args.model
+    start = time.monotonic()
+    verl_output = io.StringIO()  # verl prints its monkey patches; shown only if something breaks
+    with tempfile.TemporaryDirectory(prefix="vgpo-doctor-") as workdir:
+        doctor = Doctor(args, workdir, out=sys.stdout)
+        try:
+            with contextlib.redirect_stdout(verl_output):
+                doctor.run()
+        except Exception as error:  # noqa: BLE001  (report any failure as the last line, with its traceback)
+            sys.stderr.write(verl_output.getvalue())
+            traceback.print_exc()
+            first_line = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+            doctor.check(False, f"{type(error).__name__}: {first_line}")
+    seconds = time.monotonic() - start
+    if doctor.failures:
+        print(f"{name}: FAILED ({len(doctor.failures)} of {doctor.checks} checks: "
+              f"{'; '.join(doctor.failures)}; {seconds:.0f} s)")
+        return 1
+    print(f"{name}: ok ({doctor.checks} checks, {doctor.summary()}, {seconds:.0f} s)")
+    return 0

@@ -1,0 +1,5 @@
+import sys
+
+from vgpo_verl.doctor import main
+
+sys.exit(main())

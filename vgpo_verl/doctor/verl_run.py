@@ -1,0 +1,137 @@
+"""verl's real actor engine in this process, fed batches the way verl's worker feeds it: the doctor's
+and the engine tests' one way to build an engine, a batch and read its per-sample outputs.
+
+The engine is the one verl's EngineRegistry resolves (VGPOFSDPEngineWithLMHead through our plugin),
+FSDP2 over the process group of the caller (`init_process_group`), built from the model directory
+like a worker's (`HFModelConfig`, `FSDPEngineConfig`). On CPU the packed layouts attend through
+verl's flash-attention code on the torch kernels of vgpo_verl.cpu.packed_kernels (installed by
+`init_process_group`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+
+from vgpo_verl.families import Sample, position_ids
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on, for the process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_process_group(device: str, rank: int = 0, world_size: int = 1, port: int | None = None) -> None:
+    """The process group verl's engine runs in (gloo on CPU, nccl on CUDA); on CPU also verl's CPU
+    platform (vgpo_verl.cpu.enable) and the torch kernels. Call before importing verl's engine.
+    port: the rendezvous port every rank shares (a free one for a single rank)."""
+    port = free_port() if port is None else port
+    os.environ.update(MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"), MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    if device == "cpu":
+        import vgpo_verl.cpu as cpu
+
+        cpu.enable()
+        from verl.plugin.platform import get_platform
+
+        if get_platform().device_name != "cpu":
+            raise RuntimeError(f"expected verl's cpu platform, got {get_platform().device_name!r}")
+        from vgpo_verl.cpu import packed_kernels
+
+        packed_kernels.install()
+    torch.distributed.init_process_group("gloo" if device == "cpu" else "nccl", rank=rank, world_size=world_size)
+    import vgpo_verl.plugin  # noqa: F401  (what verl's entry point does on `import verl`: registers our engine)
+
+
+def build_engine(model_dir: str, remove_padding: bool, sp: int = 1, lora: tuple = (), device: str = "cpu"):
+    """verl's actor engine for the model, resolved by verl's EngineRegistry as a worker would.
+
+    On CPU, fp32 throughout; packed layouts attend through vgpo_verl.cpu.packed_kernels, the padded
+    one through sdpa. On CUDA, verl's defaults: flash-attention 2 and bf16 compute over fp32 weights.
+    lora: (key, value) pairs of HFModelConfig's LoRA fields (lora_rank, lora_adapter_path,
+    exclude_modules, ...): verl's own LoRA path (PEFT).
+    """
+    from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
+    from verl.workers.config.checkpoint import CheckpointConfig
+    from verl.workers.engine import EngineRegistry
+
+    from vgpo_verl.cpu.packed_kernels import CPU_ATTENTION
+
+    if device == "cpu":
+        override = {"attn_implementation": CPU_ATTENTION if remove_padding or sp > 1 else "sdpa"}
+        precision = {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
+    else:
+        override, precision = {}, {"param_dtype": "bf16", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
+    model_config = HFModelConfig(path=model_dir, load_tokenizer=False, use_remove_padding=remove_padding,
+                                 override_config=override, **dict(lora))
+    engine_config = FSDPEngineConfig(
+        # The actor's engine (forward_only would also pin CPU-offloaded memory, impossible without a GPU).
+        strategy="fsdp2", forward_only=False, ulysses_sequence_parallel_size=sp, model_dtype="fp32",
+        mixed_precision=precision, use_torch_compile=False,
+    )
+    engine = EngineRegistry.new(
+        model_type="language_model", backend="fsdp2", model_config=model_config, engine_config=engine_config,
+        optimizer_config=FSDPOptimizerConfig(lr=1e-6), checkpoint_config=CheckpointConfig(),
+    )
+    engine.initialize()
+    return engine
+
+
+def build_batch(model, samples: list[Sample], legacy_layout: bool = False, **flags):
+    """The TensorDict verl's worker hands to engine.infer_batch: unpadded nested fields per sample (v1
+    trainer), or with legacy_layout the legacy trainer's padded batch through verl's own
+    `left_right_2_no_padding` (prompts left-, responses right-padded; response_mask with a masked
+    tool-like token inside each response longer than 2, so it cannot stand for the response length).
+
+    model: a plain HF model of the family, for `get_rope_index` (position ids (4, L) per sample).
+    flags: non-tensor fields of the old-log-prob pass (vgpo_score, vppo_perturb, ...).
+    """
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.padding import left_right_2_no_padding
+
+    rows = []
+    max_prompt = max(len(s.input_ids) - s.response_len for s in samples)
+    max_response = max(s.response_len for s in samples)
+    for sample in samples:
+        row = {"multi_modal_inputs": sample.visual_kwargs() or None}
+        positions = position_ids(model, sample)
+        if not legacy_layout:
+            row.update(input_ids=sample.input_ids, position_ids=positions,
+                       loss_mask=torch.ones(len(sample.input_ids), dtype=torch.long),
+                       response_mask=torch.ones(sample.response_len, dtype=torch.long))
+        else:
+            prompt_len, response_len = len(sample.input_ids) - sample.response_len, sample.response_len
+            left, right = max_prompt - prompt_len, max_response - response_len
+            valid = torch.cat([torch.zeros(left), torch.ones(prompt_len + response_len), torch.zeros(right)]).long()
+            input_ids = torch.zeros(len(valid), dtype=torch.long)
+            input_ids[valid.bool()] = sample.input_ids
+            padded_positions = torch.zeros(positions.shape[0], len(valid), dtype=torch.long)
+            padded_positions[:, valid.bool()] = positions
+            response_mask = valid[max_prompt:].clone()
+            if response_len > 2:
+                response_mask[1] = 0
+            row.update(prompts=input_ids[:max_prompt], responses=input_ids[max_prompt:], input_ids=input_ids,
+                       attention_mask=valid, position_ids=padded_positions, response_mask=response_mask)
+        rows.append(row)
+    batch = tu.list_of_dict_to_tensordict(rows)
+    if legacy_layout:
+        batch = left_right_2_no_padding(batch)
+    tu.assign_non_tensor(batch, temperature=1.0, compute_loss=False, calculate_entropy=True, **flags)
+    return batch
+
+
+def infer(engine, batch, remove_padding: bool, dynamic_bsz: bool = False, max_token_len: int = 4096,
+          micro_batch_size: int = 2) -> dict[str, list[torch.Tensor]]:
+    """engine.infer_batch on `batch` in the given layout; {model-output key: one CPU tensor per sample}."""
+    from verl.utils import tensordict_utils as tu
+
+    tu.assign_non_tensor(batch, use_remove_padding=remove_padding, use_dynamic_bsz=dynamic_bsz,
+                         max_token_len_per_gpu=max_token_len, micro_batch_size_per_gpu=micro_batch_size,
+                         use_fused_kernels=False)
+    with engine.eval_mode():
+        output = engine.infer_batch(batch)
+    return {k: [t.detach().cpu().clone() for t in v.unbind()] for k, v in output["model_output"].items()}
