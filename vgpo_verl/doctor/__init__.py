@@ -24,33 +24,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 import sys
 import tempfile
 import time
 import traceback
 
+from vgpo_verl import cli
 from vgpo_verl.families import FAMILIES
 
 METHODS = ("vgpo", "vppo", "entropy_shaping")
-
-
-class UsageError(Exception):
-    """A bad flag value: reported in one line naming the flag, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block
-        raise UsageError(message)
+PROG = "vgpo-doctor"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vgpo-doctor", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", metavar="PATH", help="a local Hugging Face checkpoint directory")
     which.add_argument("--tiny", metavar="FAMILY", choices=FAMILIES, help=f"a tiny random model: {', '.join(FAMILIES)}")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rank through verl's LoRA path (0: full model)")
+    parser.add_argument("--lora-rank", type=cli.int_at_least(0), default=0, help="LoRA rank through verl's LoRA path (0: full model)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     return parser
 
@@ -61,27 +53,26 @@ def parse_args(argv) -> argparse.Namespace:
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown or not args.methods:
-        raise UsageError(f"--methods: {unknown or 'empty'} not among {','.join(METHODS)}")
-    if args.lora_rank < 0:
-        raise UsageError(f"--lora-rank {args.lora_rank}: must be >= 0")
+        raise cli.UsageError(f"--methods {unknown or 'empty'} not among {','.join(METHODS)}",
+                             f"give a comma-separated subset of {','.join(METHODS)}")
     if args.model is not None:
-        args.model = os.path.abspath(os.path.expanduser(args.model))
-        if not os.path.isfile(os.path.join(args.model, "config.json")):
-            raise UsageError(f"--model {args.model}: no such checkpoint directory (no config.json)")
+        folder = cli.existing_path("--model", args.model, "pass a Hugging Face checkpoint folder", kind="folder")
+        if not (folder / "config.json").is_file():
+            raise cli.UsageError(f"--model {args.model} has no config.json",
+                                 "pass a Hugging Face checkpoint folder (for verl's actor shards: "
+                                 "python -m verl.model_merger merge --backend fsdp ...)")
+        args.model = str(folder.resolve())
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA device is visible")
+            raise cli.UsageError("--device cuda: no CUDA device is visible", "run on a GPU machine or use --device cpu")
     return args
 
 
+@cli.command(PROG)
 def main(argv=None) -> int:
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-    except UsageError as error:
-        print(f"vgpo-doctor: error: {error}", file=sys.stderr)
-        return 2
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     from vgpo_verl.doctor.checks import Doctor
 
     name = args.tiny or args.model
