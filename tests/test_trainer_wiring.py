@@ -78,6 +78,19 @@ def response_values(sample: int, fn) -> torch.Tensor:
     return torch.tensor([fn(sample, p + t) for t in range(r)], dtype=torch.float32)
 
 
+# seconds the engine reports per rank (vgpo_verl.engine.infer_batch), as verl gathers them over 2 DP ranks
+SCORE_SECONDS, AUG_FORWARD_SECONDS = [0.25, 0.75], [1.0, 2.0]
+
+
+def engine_metrics(scored: bool, perturbed: bool) -> dict:
+    metrics = {"mfu": 0.0, "loss": 1.0}
+    if scored:
+        metrics["timing_s/vgpo_score"] = SCORE_SECONDS
+    if perturbed:
+        metrics["timing_s/vppo_aug_forward"] = AUG_FORWARD_SECONDS
+    return metrics
+
+
 class FakeActorWorkerGroup:
     """compute_log_prob like verl's worker + the VGPO engine: writes verl's full-sequence outputs and the
     engine's response-aligned / per-sample ones to the store."""
@@ -108,8 +121,10 @@ class FakeActorWorkerGroup:
                 fields[SCORE_KEY].append(response_values(sample, token_score))
                 fields[HAS_VISUAL_KEY].append(torch.tensor([HAS_VISUAL[sample]]))
         nested = {k: torch.nested.as_nested_tensor(v, layout=torch.jagged) for k, v in fields.items()}
-        self.tq.kv_batch_put(batch.keys, batch.partition_id, TensorDict(nested, batch_size=len(batch.keys)))
-        return batch
+        output = self.tq.kv_batch_put(batch.keys, batch.partition_id, TensorDict(nested, batch_size=len(batch.keys)))
+        # verl's workers' metrics ride back in extra_info: one dict per collecting rank, each gathered over DP
+        output.extra_info = {"metrics": [engine_metrics(scored, perturbed)] * 2}
+        return output
 
 
 def make_config(estimator: str):
@@ -272,7 +287,7 @@ class FakeLegacyWorkerGroup:
             outputs[SCORE_KEY] = [response_values(i, token_score) for i in range(len(lengths))]
             outputs[HAS_VISUAL_KEY] = [torch.tensor([HAS_VISUAL[i]]) for i in range(len(lengths))]
         nested = {k: torch.nested.as_nested_tensor(v, layout=torch.jagged) for k, v in outputs.items()}
-        return tu.get_tensordict(nested, non_tensor_dict={"metrics": {"mfu": 0.0}})
+        return tu.get_tensordict(nested, non_tensor_dict={"metrics": engine_metrics(bool(flag), bool(perturbed))})
 
 
 def legacy_batch():
@@ -485,3 +500,66 @@ def test_per_sample_flags_arrive_nested_or_dense_and_responses_pad_to_the_batch_
         wiring._per_sample_flags(torch.nested.as_nested_tensor([torch.ones(3), torch.ones(2)], layout=torch.jagged))
     scores = torch.nested.as_nested_tensor([torch.tensor([1.0, 2.0]), torch.tensor([3.0])], layout=torch.jagged)
     torch.testing.assert_close(wiring._padded_response(scores, 4), torch.tensor([[1.0, 2.0, 0, 0], [3.0, 0, 0, 0]]))
+
+
+# ------------------------------------------------------------------ our cost in verl's timing metrics
+
+
+STEP_SECONDS = 10.0
+
+
+def _step_timing_metrics():
+    """verl's compute_timing_metrics (wrapped; the name the v1 trainer bound) after a step of STEP_SECONDS."""
+    from verl.trainer.ppo.v1 import trainer_base
+
+    return trainer_base.compute_timing_metrics(batch=legacy_batch(), timing_raw={"step": STEP_SECONDS, "adv": 0.1})
+
+
+@pytest.mark.parametrize("estimator, engine_seconds", [
+    ("vgpo", {"timing_s/vgpo_score": 0.5}),  # the mean over ranks of SCORE_SECONDS
+    ("vppo", {"timing_s/vppo_aug_forward": 1.5}),
+    ("entropy_shaping", {}),  # no flagged pass: estimator time only
+])
+def test_v1_step_logs_our_seconds_next_to_verls_timings(v1, estimator, engine_seconds):
+    from verl.trainer.ppo import metric_utils
+    from verl.trainer.ppo.v1 import trainer_base
+
+    from vgpo_verl import timing
+
+    assert trainer_base.compute_timing_metrics is metric_utils.compute_timing_metrics
+    assert getattr(metric_utils.compute_timing_metrics, "_vgpo_wrapped", False)
+    timing.pop_step_seconds()
+    make_trainer, batch, _ = v1
+    run_steps(make_trainer(estimator), batch)
+    metrics = _step_timing_metrics()
+    assert metrics["timing_s/adv"] == 0.1  # verl's own timings stay
+    ours = {k: v for k, v in metrics.items() if k.startswith("timing_s/vgpo") or k.startswith("timing_s/vppo")}
+    assert set(ours) == {*engine_seconds, "timing_s/vgpo_weights"}
+    assert {k: ours[k] for k in engine_seconds} == pytest.approx(engine_seconds)
+    assert ours["timing_s/vgpo_weights"] >= 0
+    assert metrics["perf/our_share_of_step"] == pytest.approx(sum(ours.values()) / STEP_SECONDS)
+    # the tally was emptied with the step's metrics: the next step starts from nothing
+    assert "perf/our_share_of_step" not in _step_timing_metrics()
+
+
+def test_grpo_step_adds_no_timing_of_ours(v1):
+    from vgpo_verl import timing
+
+    timing.pop_step_seconds()
+    make_trainer, batch, _ = v1
+    run_steps(make_trainer("grpo"), batch)
+    metrics = _step_timing_metrics()
+    assert not [k for k in metrics if "vgpo" in k or "vppo" in k or k == "perf/our_share_of_step"]
+
+
+def test_legacy_trainer_tallies_the_engine_seconds():
+    from verl.trainer.ppo import ray_trainer
+
+    from vgpo_verl import timing
+
+    timing.pop_step_seconds()
+    trainer = object.__new__(ray_trainer.RayPPOTrainer)
+    trainer.config = make_config("vgpo")
+    trainer.actor_rollout_wg = FakeLegacyWorkerGroup()
+    trainer._compute_old_log_prob(legacy_batch())
+    assert timing.pop_step_seconds() == pytest.approx({timing.SCORE: 0.5})
