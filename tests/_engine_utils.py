@@ -71,7 +71,7 @@ def install_torch_varlen_attention() -> None:
 
 def build_batch(model, samples: list[Sample], legacy_layout: bool = False, **flags):
     """The TensorDict verl's worker hands to engine.infer_batch: unpadded nested fields per sample (v1
-    trainer), or with legacy_layout the legacy trainer's padded batch through verl's own
+    trainer; nested whatever the lengths, as the TransferQueue packs them), or with legacy_layout the legacy trainer's padded batch through verl's own
     `left_right_2_no_padding` (prompts left-, responses right-padded; response_mask with a masked
     tool-like token inside each response longer than 2, so it cannot stand for the response length)."""
     from verl.utils import tensordict_utils as tu
@@ -104,6 +104,10 @@ def build_batch(model, samples: list[Sample], legacy_layout: bool = False, **fla
     batch = tu.list_of_dict_to_tensordict(rows)
     if legacy_layout:
         batch = left_right_2_no_padding(batch)
+    else:  # the TransferQueue hands the worker every per-sample tensor nested, equal lengths too
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor) and not value.is_nested:
+                batch[key] = torch.nested.as_nested_tensor(list(value.unbind()), layout=torch.jagged)
     tu.assign_non_tensor(batch, temperature=1.0, compute_loss=False, calculate_entropy=True, **flags)
     return batch
 
@@ -135,7 +139,8 @@ def build_engine(model_dir: str, remove_padding: bool, sp: int):
 def engine_worker(rank: int, world_size: int, port: int, model_dir: str, samples: list, runs: list,
                   out_path: str) -> None:
     """One rank: for each run (remove_padding, sp, dynamic_bsz, legacy_layout, flags, optionally its own
-    model_dir and samples), verl's engine.infer_batch; rank 0 saves {run name: {key: [per-sample tensors]}}.
+    model_dir and samples), verl's engine.infer_batch; rank 0 saves {run name: {"outputs": {key: [per-sample
+    tensors]}, "timings": the `timing_s/` metrics of the pass, ...}}.
 
     Engines are built in the order the runs first ask for them (the padded one first: building a
     remove-padding engine patches the model classes' attention for the whole process).
@@ -184,6 +189,7 @@ def engine_worker(rank: int, world_size: int, port: int, model_dir: str, samples
                 "engine_class": type(engine).__name__,
                 "scoring_hooks": len(scoring_hooks) - hooks_before,
                 "outputs": {k: [t.clone() for t in v.unbind()] for k, v in output["model_output"].items()},
+                "timings": {k: v for k, v in output["metrics"].items() if k.startswith("timing_s/")},
             }
         if rank == 0:
             torch.save(results, out_path)

@@ -154,6 +154,19 @@ def test_ulysses_sp2_gives_the_sp1_scores(setup, ws1, references):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=f"sample {i}")
         torch.testing.assert_close(a.double(), references[-1][i][0][-samples[i].response_len :], atol=1e-4, rtol=0)
     assert [h.tolist() for h in sp2["outputs"]["vgpo_has_visual"]] == [[True], [False], [True], [True]]
+    assert list(sp2["timings"]) == ["timing_s/vgpo_score"] and sp2["timings"]["timing_s/vgpo_score"] >= 0
+
+
+@pytest.mark.parametrize("run", [r["name"] for r in WS1_RUNS])
+def test_the_pass_reports_the_seconds_of_our_additions(ws1, run):
+    """infer_batch's metrics carry this rank's seconds in the scoring hook / the perturbed forward
+    (vgpo_verl.timing), one number per pass, only for what the flags asked for."""
+    flags = next(r for r in WS1_RUNS if r["name"] == run).get("flags", {})
+    expected = {"timing_s/vgpo_score"} if flags.get("vgpo_score") else set()
+    expected |= {"timing_s/vppo_aug_forward"} if flags.get("vppo_perturb") else set()
+    timings = ws1[run]["timings"]
+    assert set(timings) == expected
+    assert all(isinstance(v, float) and v >= 0 for v in timings.values()), timings
 
 
 def test_training_forward_is_never_scored_even_with_the_flag(monkeypatch):
