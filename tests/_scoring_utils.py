@@ -1,6 +1,8 @@
 """Tiny random Qwen2-VL / Qwen2.5-VL / Qwen3-VL models and multimodal samples, built offline from configs.
 
-Shared by the actor-scoring tests (test_scoring, test_engine, test_trainer_wiring) and the benchmark.
+Shared by the actor-scoring tests (test_scoring, test_engine, test_trainer_wiring) and the benchmarks
+(benchmarks/bench_extractor.py builds its samples as `Sample`s and its engine batches with
+tests/_engine_utils.py).
 """
 
 from __future__ import annotations
@@ -116,9 +118,9 @@ def visual_kwargs(sample: Sample) -> dict:
     return out
 
 
-def mm_token_type_ids(input_ids: torch.Tensor) -> torch.Tensor:
-    """0 text, 1 image, 2 video (what the HF processor returns alongside input_ids)."""
-    return (input_ids == IMAGE_TOKEN).int() + 2 * (input_ids == VIDEO_TOKEN).int()
+def mm_token_type_ids(input_ids: torch.Tensor, config) -> torch.Tensor:
+    """0 text, 1 image, 2 video (what the HF processor returns alongside input_ids), by the model config's ids."""
+    return (input_ids == config.image_token_id).int() + 2 * (input_ids == config.video_token_id).int()
 
 
 @torch.no_grad()
@@ -126,7 +128,8 @@ def position_ids_4d(model, sample: Sample) -> torch.Tensor:
     """(4, L) long: [text positions; mRoPE t; h; w], the layout verl's agent loop stores per sample."""
     ids = sample.input_ids[None]
     mrope, _ = model.model.get_rope_index(
-        ids, mm_token_type_ids(ids), image_grid_thw=sample.image_grid_thw, video_grid_thw=sample.video_grid_thw
+        ids, mm_token_type_ids(ids, model.config), image_grid_thw=sample.image_grid_thw,
+        video_grid_thw=sample.video_grid_thw,
     )
     text = torch.arange(ids.shape[1])[None]
     return torch.cat([text, mrope[:, 0]], dim=0)
