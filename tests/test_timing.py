@@ -3,6 +3,8 @@
 Clocks are stand-ins returning set values, so every sum below is exact (no timing threshold).
 """
 
+import types
+
 import pytest
 import torch
 
@@ -80,13 +82,13 @@ def test_step_tally_accumulates_and_gives_verls_timing_keys_and_our_share():
     assert timing.step_metrics({timing.WEIGHTS: 0.5}, None) == {"timing_s/vgpo_weights": 0.5}
 
 
-def test_on_driver_adds_the_blocks_seconds():
+def test_on_driver_adds_the_blocks_seconds(monkeypatch):
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=Clock(1.0, 1.5, 2.0, 4.0)))
     with timing.on_driver(timing.WEIGHTS):
         pass
-    with timing.on_driver(timing.WEIGHTS):
-        pass
-    seconds = timing.pop_step_seconds()
-    assert list(seconds) == [timing.WEIGHTS] and seconds[timing.WEIGHTS] >= 0
+    with pytest.raises(ValueError), timing.on_driver(timing.WEIGHTS):
+        raise ValueError("boom")  # a block that raises counts too
+    assert timing.pop_step_seconds() == {timing.WEIGHTS: 2.5}
 
 
 @pytest.mark.parametrize("name, seconds", [("vgpo_scoring", 1.0), (timing.SCORE, -1.0), (timing.SCORE, float("nan"))])

@@ -29,9 +29,10 @@ per-sample rows and rebuilds a jagged nested tensor, which refuses zero-dim rows
 verl concatenates any model-output key over micro-batches, restores the dynamic-batch order and
 writes it to the TransferQueue, so nothing else in verl needs to know about these keys.
 
-Cost: the scoring hook and the perturbed forward are timed per pass (vgpo_verl.timing.PassTimer:
-CUDA events read once after the pass), and `infer_batch` adds each one's seconds to verl's metrics
-of the pass as `timing_s/vgpo_score` / `timing_s/vppo_aug_forward`.
+Cost: the scoring (the hook, then the slicing of its scores to the responses) and the perturbed
+forward are timed in every micro-batch (vgpo_verl.timing.PassTimer: CUDA events read once after the
+pass), and `infer_batch` adds each one's seconds, summed over the pass, to verl's metrics of the
+pass as `timing_s/vgpo_score` / `timing_s/vppo_aug_forward`.
 
 Registered (no user flag) for backends fsdp/fsdp2 under the engine key ("cuda", "nvidia"), which
 `EngineRegistry.get_engine_cls` tries before the stock bare "cuda" key. The CPU platform of
@@ -224,8 +225,9 @@ class VGPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
                 "cannot tell which output belongs to the batch"
             )
         similarity, has_visual = capture.result
-        output["model_output"].update(score_outputs(similarity, has_visual, scorer.cu_seqlens,
-                                                    response_lengths(micro_batch)))
+        with self._timed(timing.SCORE):
+            output["model_output"].update(score_outputs(similarity, has_visual, scorer.cu_seqlens,
+                                                        response_lengths(micro_batch)))
         return loss, output
 
     def _image_normalisation(self, micro_batch) -> tuple[list[float], list[float]]:
