@@ -2,7 +2,7 @@
 
 | metric                     | what is timed                                               | where          |
 |----------------------------|-------------------------------------------------------------|----------------|
-| `timing_s/vgpo_score`      | VGPO's scoring hook in the old-log-prob pass                | actor workers  |
+| `timing_s/vgpo_score`      | VGPO's scoring in the old-log-prob pass (hook + slicing)    | actor workers  |
 | `timing_s/vppo_aug_forward`| VPPO's extra forward on perturbed images                    | actor workers  |
 | `timing_s/vgpo_weights`    | our estimator: its inputs fetched (v1), its weights applied | driver         |
 | `perf/our_share_of_step`   | the three above over verl's `timing_s/step`                 | driver         |
