@@ -32,9 +32,14 @@ test-quick: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m vgpo_verl.demo
 
+# Every benchmark at full size on this machine's CPU (docs/benchmarks.md: what each measures, last figures).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_weights.py
 	$(BIN)/python benchmarks/bench_transfer.py
+	$(BIN)/python benchmarks/bench_extractor.py
+	$(BIN)/python benchmarks/bench_extractor.py --mode hf
+	$(BIN)/python benchmarks/bench_methods.py
+	$(BIN)/python benchmarks/bench_methods.py --mode hf
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

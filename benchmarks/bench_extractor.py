@@ -6,7 +6,10 @@ CUDA, of this process's CPU time on CPU (wall time on a shared CPU host is print
 
 - `--mode verl` (default on CPU): verl's real FSDP2 engine (gloo, world size 1, the CPU platform of
   vgpo_verl.cpu) resolved through verl's EngineRegistry, i.e. vgpo_verl.engine's subclass;
-  `engine.infer_batch` on the same batch with and without the `vgpo_score` flag.
+  `engine.infer_batch` on the same batch with and without the `vgpo_score` flag. Engine and batch
+  (v1 trainer layout) come from vgpo_verl.doctor.verl_run, the builders of the engine tests and
+  the doctor, so the benchmark feeds the engine what the tested worker does; the hook's time is the engine's own
+  `timing_s/vgpo_score` (vgpo_verl.timing), the figure a training run logs.
 - `--mode hf` (verl-free: torch + transformers only): a random Qwen2.5-VL forward plus verl's
   log-prob computation (log_softmax + gather), with and without vgpo_verl.scoring's hook.
   On CUDA it also reports the extra peak memory (torch.cuda.max_memory_allocated).
@@ -15,13 +18,13 @@ CUDA, of this process's CPU time on CPU (wall time on a shared CPU host is print
     python benchmarks/bench_extractor.py                                   # CPU, verl engine
     python benchmarks/bench_extractor.py --mode hf                         # CPU, verl-free
     python benchmarks/bench_extractor.py --mode hf --preset 7b --device cuda --dtype bf16
+    python benchmarks/bench_extractor.py --quick                           # tiny shapes, 2 rounds: a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import sys
 import tempfile
@@ -29,9 +32,15 @@ import time
 
 import torch
 
+from vgpo_verl.families import Sample, position_ids
+from vgpo_verl.timing import SCORE, TIMING_PREFIX, PassTimer
+
 IMAGE_TOKEN_OFFSET = 10  # visual/special token ids sit just below the vocabulary's end
 
 PRESETS = {
+    # --quick: a smoke run in seconds, not a measurement
+    "tiny": dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=1024,
+                 vision_depth=1, vision_hidden=32, vision_heads=2, patch=14, grid=4),
     # hidden >= 256, >= 4 layers; with --samples 8 and the default lengths: > 2k tokens per batch
     "small": dict(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=704, vocab=32768,
                   vision_depth=2, vision_hidden=128, vision_heads=4, patch=14, grid=16),
@@ -63,8 +72,9 @@ def build_config(preset: dict):
     )
 
 
-def make_samples(config, preset: dict, count: int, text_len: int, seed: int = 0):
-    """`count` samples: text, one image (grid x grid patches), text (sample i: text_len + i tokens)."""
+def make_samples(config, preset: dict, count: int, text_len: int, seed: int = 0) -> list[Sample]:
+    """`count` samples: text, one image (grid x grid patches), text (sample i: text_len + i tokens), of
+    which the last text_len // 2 tokens are the response."""
     generator = torch.Generator().manual_seed(seed)
     grid = preset["grid"]
     image_tokens = grid * grid // 4
@@ -77,8 +87,10 @@ def make_samples(config, preset: dict, count: int, text_len: int, seed: int = 0)
         ids = torch.cat([text(text_len // 4), torch.tensor([config.vision_start_token_id]),
                          torch.full((image_tokens,), config.image_token_id), torch.tensor([config.vision_end_token_id]),
                          text(text_len - text_len // 4 + index)])
-        samples.append({"input_ids": ids, "pixel_values": torch.randn(grid * grid, patch_dim, generator=generator),
-                        "image_grid_thw": torch.tensor([[1, grid, grid]])})
+        samples.append(Sample(input_ids=ids, mm_token_type_ids=(ids == config.image_token_id).long(),
+                              response_len=text_len // 2,
+                              pixel_values=torch.randn(grid * grid, patch_dim, generator=generator),
+                              image_grid_thw=torch.tensor([[1, grid, grid]])))
     return samples
 
 
@@ -93,15 +105,6 @@ def random_hf_model(args, preset: dict):
     with torch.device(args.device):
         model = transformers.AutoModelForImageTextToText.from_config(config, dtype=dtype).eval()
     return model, make_samples(config, preset, args.samples, args.text_len)
-
-
-@torch.no_grad()
-def position_ids_4d(model, sample):
-    """(4, L): [text positions; mRoPE t, h, w], as verl's agent loop stores them."""
-    ids = sample["input_ids"][None].to(model.device)
-    token_types = (ids == model.config.image_token_id).int()
-    mrope, _ = model.model.get_rope_index(ids, token_types, image_grid_thw=sample["image_grid_thw"].to(model.device))
-    return torch.cat([torch.arange(ids.shape[1], device=ids.device)[None], mrope[:, 0]], dim=0)
 
 
 def interleaved(arms: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
@@ -121,21 +124,6 @@ def interleaved(arms: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
     return times
 
 
-class HookTimer:
-    """Wall time spent inside the scoring hook (the part scoring adds), per scored forward."""
-
-    def __init__(self):
-        self.seconds = []
-
-    def wrap(self, fn):
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            result = fn(*args, **kwargs)
-            self.seconds.append(time.perf_counter() - start)
-            return result
-        return timed
-
-
 def paired_ratio(times: dict[str, list[float]]) -> float:
     """Median over rounds of scored/plain for the two calls made back to back in that round."""
     return statistics.median(s / p for s, p in zip(times["scored"], times["plain"]))
@@ -150,7 +138,8 @@ def report(times: dict, hook_seconds: list[float], device: str, extra: str = "")
               f"over {len(times[clock]['plain'])} rounds; paired ratio {paired_ratio(times[clock]):.4f}x")
     plain_wall = statistics.median(times["wall"]["plain"])
     hook = statistics.median(hook_seconds)
-    print(f"scoring inside the hook: median {hook * 1e3:.2f} ms per forward ({100 * hook / plain_wall:.3f}% of plain)")
+    print(f"scoring inside the hook ({TIMING_PREFIX + SCORE}): median {hook * 1e3:.2f} ms per forward "
+          f"({100 * hook / plain_wall:.3f}% of plain)")
     if extra:
         print(extra)
     clock = "wall" if device.startswith("cuda") else "cpu"
@@ -172,24 +161,23 @@ def run_hf(args, preset: dict) -> None:
 
     model, samples = random_hf_model(args, preset)
     device, dtype, config = model.device, model.dtype, model.config
-    lengths = torch.tensor([len(s["input_ids"]) for s in samples], device=device)
+    lengths = torch.tensor([len(s.input_ids) for s in samples], device=device)
     max_len = int(lengths.max())
     input_ids = torch.zeros(len(samples), max_len, dtype=torch.long, device=device)
-    position_ids = torch.zeros(4, len(samples), max_len, dtype=torch.long, device=device)
+    positions = torch.zeros(4, len(samples), max_len, dtype=torch.long, device=device)
     for row, sample in enumerate(samples):
-        input_ids[row, : lengths[row]] = sample["input_ids"].to(device)
-        position_ids[:, row, : lengths[row]] = position_ids_4d(model, sample)
+        input_ids[row, : lengths[row]] = sample.input_ids.to(device)
+        positions[:, row, : lengths[row]] = position_ids(model, sample).to(device)
     segment_ids, valid = padded_segment_ids(lengths, max_len)
     visual = torch.isin(input_ids, torch.tensor(visual_token_ids(config), device=device)).reshape(-1)
-    inputs = dict(input_ids=input_ids, attention_mask=valid.long(), position_ids=position_ids,
-                  pixel_values=torch.cat([s["pixel_values"] for s in samples]).to(device, dtype),
-                  image_grid_thw=torch.cat([s["image_grid_thw"] for s in samples]).to(device))
+    inputs = dict(input_ids=input_ids, attention_mask=valid.long(), position_ids=positions,
+                  pixel_values=torch.cat([s.pixel_values for s in samples]).to(device, dtype),
+                  image_grid_thw=torch.cat([s.image_grid_thw for s in samples]).to(device))
     print(f"verl-free: Qwen2.5-VL {args.preset} shape, {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B params, "
           f"{args.dtype} on {device}, batch {len(samples)} x {max_len} ({int(lengths.sum())} tokens)")
 
-    hook_timer = HookTimer()
+    hook_seconds = []
 
-    @hook_timer.wrap
     def score(hidden):
         flat = hidden.reshape(-1, hidden.shape[-1])
         mu, has_visual = visual_prototypes(flat, segment_ids, visual, len(samples), args.chunk_tokens)
@@ -211,13 +199,15 @@ def run_hf(args, preset: dict) -> None:
         sync()
 
     def scored():
-        with torch.no_grad(), HiddenStateCapture(model, on_capture=score) as capture:
+        timer = PassTimer(cuda_events=device.type == "cuda")  # the engine's timer: CUDA events, read after
+        with torch.no_grad(), HiddenStateCapture(model, on_capture=timer.wrap(SCORE, score)) as capture:
             log_prob_forward()
         assert capture.result[0].shape == (int(lengths.sum()),)
+        hook_seconds.append(timer.seconds()[SCORE])
         sync()
 
     times = interleaved({"plain": plain, "scored": scored}, args.repeats)
-    hook_seconds = hook_timer.seconds[1:]  # without the warm-up call
+    del hook_seconds[0]  # the warm-up call
     extra = ""
     if device.type == "cuda":
         peaks = {}
@@ -228,64 +218,39 @@ def run_hf(args, preset: dict) -> None:
             peaks[name] = torch.cuda.max_memory_allocated()
         extra = (f"peak memory: plain {peaks['plain'] / 2**30:.3f} GiB, scored {peaks['scored'] / 2**30:.3f} GiB, "
                  f"extra {(peaks['scored'] - peaks['plain']) / 2**20:.1f} MiB")
-    report(times, hook_seconds, args.device, extra)
+    report(times, hook_seconds[: args.repeats], args.device, extra)
 
 
 # ---------------------------------------------------------------- verl engine mode
 
 
 @contextlib.contextmanager
-def cpu_verl_engine(preset: dict, n_samples: int, text_len: int, master_port: str):
+def cpu_verl_engine(preset: dict, n_samples: int, text_len: int):
     """verl's real FSDP2 engine (this package's subclass, through verl's registry) on the CPU platform,
     over a random model of `preset`'s shape and `n_samples` image+text samples, fp32, padded (sdpa).
 
     Yields (engine, model, samples, infer): `infer(**flags)` runs one forward-only infer_batch of all
-    samples in one micro-batch with entropy and the given non-tensor flags, and returns its model_output.
+    samples in one micro-batch, entropy on, with the given non-tensor flags, and returns verl's
+    output ({"model_output", "loss", "metrics"}).
     """
-    import vgpo_verl.cpu
-
-    vgpo_verl.cpu.enable()
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", master_port),
-                      RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
     import transformers
-    import vgpo_verl.plugin  # noqa: F401  (verl's entry point does this on `import verl`)
-    from verl.plugin.platform import get_platform
-    from verl.utils import tensordict_utils as tu
-    from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
-    from verl.workers.config.checkpoint import CheckpointConfig
-    from verl.workers.engine import EngineRegistry
 
-    assert get_platform().device_name == "cpu", "vgpo_verl.cpu.enable() did not select the CPU platform"
-    config = build_config(preset)
+    from vgpo_verl.doctor.verl_run import build_batch, build_engine, infer_batch, init_process_group
+
+    init_process_group("cpu")
+
     try:
         with tempfile.TemporaryDirectory() as model_dir:
+            config = build_config(preset)
             torch.manual_seed(0)
             model = transformers.AutoModelForImageTextToText.from_config(config).eval()
             model.save_pretrained(model_dir)
             samples = make_samples(config, preset, n_samples, text_len)
-            engine = EngineRegistry.new(
-                model_type="language_model", backend="fsdp2",
-                model_config=HFModelConfig(path=model_dir, load_tokenizer=False, use_remove_padding=False,
-                                           override_config={"attn_implementation": "sdpa"}),
-                engine_config=FSDPEngineConfig(strategy="fsdp2", forward_only=False, model_dtype="fp32",
-                                               mixed_precision={"param_dtype": "fp32", "reduce_dtype": "fp32",
-                                                                "buffer_dtype": "fp32"}, use_torch_compile=False),
-                optimizer_config=FSDPOptimizerConfig(lr=1e-6), checkpoint_config=CheckpointConfig(),
-            )
-            engine.initialize()
-            rows = [{"input_ids": s["input_ids"], "position_ids": position_ids_4d(model, s),
-                     "loss_mask": torch.ones(len(s["input_ids"]), dtype=torch.long),
-                     "multi_modal_inputs": {"pixel_values": s["pixel_values"], "image_grid_thw": s["image_grid_thw"]}}
-                    for s in samples]
+            engine = build_engine(model_dir, remove_padding=False, sp=1)
 
             def infer(**flags):
-                batch = tu.list_of_dict_to_tensordict(rows)
-                tu.assign_non_tensor(batch, temperature=1.0, compute_loss=False, calculate_entropy=True,
-                                     use_remove_padding=False, use_dynamic_bsz=False,
-                                     micro_batch_size_per_gpu=len(rows), use_fused_kernels=False, **flags)
-                with engine.eval_mode():
-                    return engine.infer_batch(batch)["model_output"]
+                return infer_batch(engine, build_batch(model, samples, **flags), remove_padding=False,
+                                   micro_batch_size=len(samples))
 
             yield engine, model, samples, infer
     finally:
@@ -294,13 +259,9 @@ def cpu_verl_engine(preset: dict, n_samples: int, text_len: int, master_port: st
 
 def run_verl(args, preset: dict) -> None:
     """verl's real FSDP2 engine (vgpo_verl.engine's subclass) on CPU, infer_batch with/without the flag."""
-    hook_timer = HookTimer()
-    with cpu_verl_engine(preset, args.samples, args.text_len, master_port="29533") as (engine, model, samples, infer):
-        import vgpo_verl.engine  # only now: the CPU platform must be on before verl's modules pick one
-
-        scorer = vgpo_verl.engine._MicroBatchScorer
-        scorer.__call__ = hook_timer.wrap(scorer.__call__)
-        n_tokens = sum(len(s["input_ids"]) for s in samples)
+    hook_seconds = []
+    with cpu_verl_engine(preset, args.samples, args.text_len) as (engine, model, samples, infer):
+        n_tokens = sum(len(s.input_ids) for s in samples)
         print(f"verl engine {type(engine).__name__} (fsdp2, gloo, CPU), Qwen2.5-VL {args.preset} shape, "
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {len(samples)} samples, "
               f"{n_tokens} tokens, one micro-batch, padded inputs (sdpa)")
@@ -308,11 +269,16 @@ def run_verl(args, preset: dict) -> None:
         def arm(flag: bool):
             def run():
                 output = infer(vgpo_score=flag)
-                assert ("vgpo_visual_score" in output) == flag
+                assert ("vgpo_visual_score" in output["model_output"]) == flag
+                if flag:
+                    hook_seconds.append(output["metrics"][TIMING_PREFIX + SCORE])
             return run
 
         times = interleaved({"plain": arm(False), "scored": arm(True)}, args.repeats)
-    report(times, hook_timer.seconds[1:], "cpu")
+    report(times, hook_seconds[1:], "cpu")  # without the warm-up call
+
+
+QUICK = dict(preset="tiny", samples=2, text_len=24, repeats=2)  # --quick: seconds, a smoke run
 
 
 def benchmark_parser(description: str, repeats: int) -> argparse.ArgumentParser:
@@ -326,11 +292,16 @@ def benchmark_parser(description: str, repeats: int) -> argparse.ArgumentParser:
     parser.add_argument("--text-len", type=int, default=200, help="text tokens per sample (plus the image's)")
     parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a smoke run in seconds, not a measurement: {QUICK} (overrides those options)")
     return parser
 
 
 def run_benchmark(args, run_verl, run_hf) -> None:
-    """Apply --threads, refuse --mode verl off the CPU, and run the chosen mode."""
+    """Apply --quick and --threads, refuse --mode verl off the CPU, and run the chosen mode."""
+    if args.quick:
+        vars(args).update(QUICK)
+        print(f"--quick: {QUICK}; a smoke run, not a measurement")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.mode == "verl" and args.device != "cpu":

@@ -16,6 +16,7 @@ entropy math, the perturbed arm running vgpo_verl.perturb then one more forward.
 
     python benchmarks/bench_methods.py                                   # CPU, verl engine
     python benchmarks/bench_methods.py --mode hf --preset 7b --device cuda --dtype bf16
+    python benchmarks/bench_methods.py --quick                           # tiny shapes, 2 rounds: a smoke run
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_extractor import (  # noqa: E402
-    benchmark_parser, cpu_verl_engine, interleaved, position_ids_4d, random_hf_model, run_benchmark,
+    benchmark_parser, cpu_verl_engine, interleaved, position_ids, random_hf_model, run_benchmark,
 )
+
+from vgpo_verl.timing import AUG_FORWARD, TIMING_PREFIX  # noqa: E402
 
 ARMS = ("plain", "entropy_shaping", "vppo")
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -59,11 +62,14 @@ def advantage(arm: str, log_probs: torch.Tensor, entropy: torch.Tensor, aug_log_
     return compute_vppo_advantage(rewards, mask, uid, aug_log_probs=aug_log_probs, old_log_probs=log_probs)[0]
 
 
-def report(times: dict, device: str) -> None:
+def report(times: dict, device: str, aug_forward_seconds: list[float] | None = None) -> None:
     clock = "wall" if device.startswith("cuda") else "cpu"
     for name in ("wall", "cpu"):
         medians = "  ".join(f"{arm} {statistics.median(times[name][arm]) * 1e3:8.1f} ms" for arm in ARMS)
         print(f"{name:4s} time medians over {len(times[name]['plain'])} rounds: {medians}")
+    if aug_forward_seconds:
+        print(f"VPPO's extra forward ({TIMING_PREFIX + AUG_FORWARD}, the engine's own timing): median "
+              f"{statistics.median(aug_forward_seconds) * 1e3:.1f} ms per pass")
     ratios = {arm: statistics.median(a / p for a, p in zip(times[clock][arm], times[clock]["plain"])) for arm in ARMS[1:]}
     print(f"overhead ratios vs plain ({clock} time, median of paired rounds): "
           + "   ".join(f"{arm} {ratio:.3f}x" for arm, ratio in ratios.items()))
@@ -74,15 +80,15 @@ def run_hf(args, preset: dict) -> None:
 
     model, samples = random_hf_model(args, preset)
     device, dtype = model.device, model.dtype
-    length = min(len(s["input_ids"]) for s in samples)  # same length: no padding needed
-    input_ids = torch.stack([s["input_ids"][:length] for s in samples]).to(device)
-    position_ids = torch.stack([position_ids_4d(model, s)[:, :length] for s in samples], dim=1).to(device)
-    pixels = torch.cat([s["pixel_values"] for s in samples]).to(device, dtype)
-    grid = torch.cat([s["image_grid_thw"] for s in samples]).to(device)
+    length = min(len(s.input_ids) for s in samples)  # same length: no padding needed
+    input_ids = torch.stack([s.input_ids[:length] for s in samples]).to(device)
+    positions = torch.stack([position_ids(model, s)[:, :length] for s in samples], dim=1).to(device)
+    pixels = torch.cat([s.pixel_values for s in samples]).to(device, dtype)
+    grid = torch.cat([s.image_grid_thw for s in samples]).to(device)
     print(f"verl-free: Qwen2.5-VL {args.preset} shape, {args.dtype} on {device}, batch {len(samples)} x {length}")
 
     def log_probs_and_entropy(pixel_values, with_entropy: bool):
-        logits = model(input_ids=input_ids, position_ids=position_ids, pixel_values=pixel_values,
+        logits = model(input_ids=input_ids, position_ids=positions, pixel_values=pixel_values,
                        image_grid_thw=grid, use_cache=False).logits.float()
         log_softmax = torch.log_softmax(logits, dim=-1)
         log_probs = log_softmax.gather(-1, torch.roll(input_ids, -1, dims=1).unsqueeze(-1)).squeeze(-1)
@@ -106,12 +112,16 @@ def run_hf(args, preset: dict) -> None:
 
 
 def run_verl(args, preset: dict) -> None:
+    from verl.workers.utils.padding import response_from_nested
+
     from vgpo_verl.perturb import AUG_LOG_PROBS_KEY
 
-    with cpu_verl_engine(preset, args.samples, args.text_len, master_port="29534") as (engine, _, samples, infer):
+    aug_forward_seconds = []
+    with cpu_verl_engine(preset, args.samples, args.text_len) as (engine, _, samples, infer):
         print(f"verl engine {type(engine).__name__} (fsdp2, gloo, CPU), Qwen2.5-VL {args.preset} shape, "
-              f"{len(samples)} samples, {sum(len(s['input_ids']) for s in samples)} tokens, one micro-batch, padded")
-        response = args.text_len // 2  # the tail of every sample stands for its response
+              f"{len(samples)} samples, {sum(len(s.input_ids) for s in samples)} tokens, one micro-batch, padded")
+        response_mask = torch.nested.as_nested_tensor(
+            [torch.ones(s.response_len, dtype=torch.long) for s in samples], layout=torch.jagged)
 
         def arm(name: str):
             flags = {}
@@ -121,17 +131,21 @@ def run_verl(args, preset: dict) -> None:
 
             def run():
                 output = infer(**flags)
-                assert (AUG_LOG_PROBS_KEY in output) == (name == "vppo")
+                model_output = output["model_output"]
+                assert (AUG_LOG_PROBS_KEY in model_output) == (name == "vppo")
 
-                def tail(key):
-                    return torch.stack([t[-response - 1:-1] for t in output[key].unbind()]).float()
+                def response(key):  # as verl's trainer slices its own full-sequence outputs
+                    return torch.nested.to_padded_tensor(response_from_nested(model_output[key], response_mask), 0.0)
 
-                advantage(name, tail("log_probs"), tail("entropy"),
-                          tail(AUG_LOG_PROBS_KEY) if name == "vppo" else None)
+                aug = None
+                if name == "vppo":  # the engine's output is response-aligned already
+                    aug = torch.nested.to_padded_tensor(model_output[AUG_LOG_PROBS_KEY], 0.0)
+                    aug_forward_seconds.append(output["metrics"][TIMING_PREFIX + AUG_FORWARD])
+                advantage(name, response("log_probs").float(), response("entropy").float(), aug)
             return run
 
         times = interleaved({name: arm(name) for name in ARMS}, args.repeats)
-    report(times, "cpu")
+    report(times, "cpu", aug_forward_seconds[1:])  # without the warm-up call
 
 
 def main(argv=None) -> None:

@@ -18,6 +18,7 @@ nested tensors verl's `postprocess_batch_func` builds from each layout, for 64 s
 batch.
 
     python benchmarks/bench_transfer.py [--recipe vgpo_qwen2_5_vl_7b] [--prompt-tokens P] [--response-tokens R]
+    python benchmarks/bench_transfer.py --quick    # 8 samples built instead of 64: the same exact ratio
 """
 
 import argparse
@@ -25,7 +26,7 @@ import pathlib
 
 import torch
 
-SAMPLES = 64  # tensors built for this many samples; bytes scale linearly with the batch
+SAMPLES, QUICK_SAMPLES = 64, 8  # tensors built for this many samples; bytes scale linearly with the batch
 GIB, MIB = 2**30, 2**20
 
 
@@ -82,7 +83,10 @@ def main():
     parser.add_argument("--recipe", default="vgpo_qwen2_5_vl_7b")
     parser.add_argument("--prompt-tokens", type=int, default=None, help="default: data.max_prompt_length")
     parser.add_argument("--response-tokens", type=int, default=None, help="default: data.max_response_length")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"build {QUICK_SAMPLES} samples instead of {SAMPLES} (byte counts are exact either way)")
     args = parser.parse_args()
+    samples = QUICK_SAMPLES if args.quick else SAMPLES
 
     from verl.trainer.ppo.utils import need_reference_policy
 
@@ -96,8 +100,8 @@ def main():
     batch = prompts * n
     has_ref = bool(need_reference_policy(config))
 
-    responses = torch.full((SAMPLES,), response)
-    scale = batch / SAMPLES
+    responses = torch.full((samples,), response)
+    scale = batch / samples
     before = {k: v * scale for k, v in stored_nbytes(full_sequence_layout(responses + prompt)).items()}
     after = {k: v * scale for k, v in stored_nbytes(response_layout(responses + prompt, responses)).items()}
 

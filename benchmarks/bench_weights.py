@@ -4,6 +4,7 @@ Target (issue 2): at most 3x for 4096 responses x 2048 tokens. Runs interleaved 
 medians, so a noisy machine slows both sides alike. The ratio is printed last.
 
     python benchmarks/bench_weights.py [--batch 4096] [--length 2048] [--rounds 5] [--device cpu]
+    python benchmarks/bench_weights.py --quick     # (64, 128), 2 rounds: a smoke run, not a measurement
 """
 
 import argparse
@@ -15,6 +16,7 @@ import torch
 
 from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights
 
+QUICK = dict(batch=64, length=128, rounds=2)
 
 def _timed(fn, device):
     if device.startswith("cuda"):
@@ -33,7 +35,12 @@ def main():
     parser.add_argument("--group-size", type=int, default=8, help="responses per prompt (rollout.n)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a smoke run in seconds, not a measurement: {QUICK} (overrides those options)")
     args = parser.parse_args()
+    if args.quick:
+        vars(args).update(QUICK)
+        print(f"--quick: {QUICK}; a smoke run, not a measurement")
 
     gen = torch.Generator().manual_seed(0)
     similarity = (torch.rand(args.batch, args.length, generator=gen) * 2 - 1).to(args.device)

@@ -17,7 +17,7 @@ def engine_worker(rank: int, world_size: int, port: int, model_dir: str, samples
     """One rank: for each run (remove_padding, sp, dynamic_bsz, max_token_len, legacy_layout, flags,
     optionally its own model_dir, samples and `lora` fields of HFModelConfig), verl's engine.infer_batch;
     rank 0 saves {run name: {"outputs": {key: [per-sample tensors]}, "engine_class", "scoring_hooks"
-    (hooks installed), "scored_modules" (their modules' names)}}.
+    (hooks installed), "scored_modules" (their modules' names), "timings" (the pass's `timing_s/` metrics)}}.
 
     Engines are built in the order the runs first ask for them (the padded one first: building a
     remove-padding engine patches the model classes' attention for the whole process).
@@ -51,13 +51,14 @@ def engine_worker(rank: int, world_size: int, port: int, model_dir: str, samples
             batch = verl_run.build_batch(plain_models[run_dir], run_samples, run.get("legacy_layout", False),
                                          **run.get("flags", {}))
             hooks_before = len(scoring_hooks)
-            outputs = verl_run.infer(engines[key], batch, run["remove_padding"], run.get("dynamic_bsz", False),
+            outputs, metrics = verl_run.infer(engines[key], batch, run["remove_padding"], run.get("dynamic_bsz", False),
                                      run.get("max_token_len", 4096))
             results[run["name"]] = {
                 "engine_class": type(engines[key]).__name__,
                 "scoring_hooks": len(scoring_hooks) - hooks_before,
                 "scored_modules": sorted(set(scoring_hooks[hooks_before:])),
                 "outputs": outputs,
+                "timings": {k: v for k, v in metrics.items() if k.startswith("timing_s/")},
             }
         if rank == 0:
             torch.save(results, out_path)

@@ -122,6 +122,22 @@ def test_demo_vgpo_metrics_come_from_image_tokens(demo_run):
 
 
 @pytest.mark.slow
+def test_demo_logs_what_our_code_cost_each_step(demo_run):
+    """vgpo_verl.timing's keys next to verl's timings: the scoring hook's seconds from the actor worker,
+    the estimator's from the driver, their share of verl's step time; the summary prints them."""
+    proc, metrics, _ = demo_run
+    for step in range(1, STEPS + 1):
+        values = metrics[step]
+        ours = {k: values.get(k) for k in ("timing_s/vgpo_score", "timing_s/vgpo_weights")}
+        assert all(v is not None and v >= 0 for v in ours.values()), ours
+        assert "timing_s/vppo_aug_forward" not in values  # no perturbed forward in a vgpo run
+        share = values.get("perf/our_share_of_step")
+        assert share == pytest.approx(sum(ours.values()) / values["timing_s/step"])
+        assert 0 < share < 1  # our seconds are part of the step
+    assert proc.stdout.count("our code ") == STEPS
+
+
+@pytest.mark.slow
 def test_demo_advantages_are_not_all_zero(demo_run):
     proc, metrics, _ = demo_run
     for step in range(1, STEPS + 1):

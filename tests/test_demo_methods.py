@@ -40,6 +40,16 @@ def test_summary_prints_the_methods_metrics_and_requires_them(estimator, key):
     assert not complete and f"step 1 has no {key.split('/')[0]}/ metrics" in text
 
 
+def test_summary_prints_our_cost_per_step():
+    text, complete = _summary("vgpo", {"vgpo/no_visual_fraction": 0.0, "timing_s/step": 20.0,
+                                       "timing_s/vgpo_score": 0.4, "timing_s/vgpo_weights": 0.1,
+                                       "perf/our_share_of_step": 0.025})
+    lines = [line.strip() for line in text.splitlines() if "our code" in line]
+    assert complete and lines == ["our code 0.500 s (vgpo_score 0.400 s, vgpo_weights 0.100 s), 2.50 % of the step"] * STEPS
+    text, _ = _summary("grpo", {})
+    assert "our code" not in text
+
+
 def test_summary_of_verls_own_estimator_needs_no_method_metrics():
     text, complete = _summary("grpo", {})
     assert complete and "INCOMPLETE" not in text
@@ -70,3 +80,8 @@ def test_demo_trains_with_the_method_to_the_end(demo_assets, tmp_path, estimator
             assert own["vppo/token_score_max"] > 0 and 0 < own["vppo/kept_token_fraction"] < 1
         else:
             assert own["entropy/token_entropy_mean"] > 0 and own["entropy/bonus_mean"] >= 0
+        # our cost (vgpo_verl.timing): the estimator's seconds, and VPPO's extra forward
+        timed = {k for k in metrics[step] if k in ("timing_s/vgpo_score", "timing_s/vppo_aug_forward",
+                                                   "timing_s/vgpo_weights")}
+        assert timed == {"timing_s/vgpo_weights", *(["timing_s/vppo_aug_forward"] if estimator == "vppo" else [])}
+        assert all(metrics[step][k] >= 0 for k in timed) and metrics[step]["perf/our_share_of_step"] >= 0

@@ -4,6 +4,8 @@ The engine runs in spawned ranks (tests/_engine_utils.py); the reference is comp
 same saved weights, one sample at a time, with the textbook cos(h_t, mu).
 """
 
+import itertools
+
 import pytest
 import torch
 
@@ -155,6 +157,19 @@ def test_ulysses_sp2_gives_the_sp1_scores(setup, ws1, references):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=f"sample {i}")
         torch.testing.assert_close(a.double(), references[-1][i][0][-samples[i].response_len :], atol=1e-4, rtol=0)
     assert [h.tolist() for h in sp2["outputs"]["vgpo_has_visual"]] == [[True], [False], [True], [True]]
+    assert list(sp2["timings"]) == ["timing_s/vgpo_score"] and sp2["timings"]["timing_s/vgpo_score"] >= 0
+
+
+@pytest.mark.parametrize("run", [r["name"] for r in WS1_RUNS])
+def test_the_pass_reports_the_seconds_of_our_additions(ws1, run):
+    """infer_batch's metrics carry this rank's seconds in the scoring hook / the perturbed forward
+    (vgpo_verl.timing), one number per pass, only for what the flags asked for."""
+    flags = next(r for r in WS1_RUNS if r["name"] == run).get("flags", {})
+    expected = {"timing_s/vgpo_score"} if flags.get("vgpo_score") else set()
+    expected |= {"timing_s/vppo_aug_forward"} if flags.get("vppo_perturb") else set()
+    timings = ws1[run]["timings"]
+    assert set(timings) == expected
+    assert all(isinstance(v, float) and v >= 0 for v in timings.values()), timings
 
 
 def test_training_forward_is_never_scored_even_with_the_flag(monkeypatch):
@@ -170,6 +185,70 @@ def test_training_forward_is_never_scored_even_with_the_flag(monkeypatch):
     engine = object.__new__(engine_module.VGPOFSDPEngineWithLMHead)
     assert engine.forward_step(batch, loss_function=None, forward_only=False) == ("loss", {})
     assert calls == [False]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_pass_sums_our_seconds_over_its_micro_batches(monkeypatch, device):
+    """infer_batch times our additions in every micro-batch of the pass on one timer (CUDA events on a
+    CUDA device) and adds each name's sum to the pass's metrics once. verl's micro-batch loop, its
+    forward and our scorer are stand-ins; the timer's clock advances 1 s per reading, so every timed
+    region lasts 1 s: per micro-batch the hook and the slicing of its scores, and the perturbed forward."""
+    import vgpo_verl.engine as engine_module
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+
+    from vgpo_verl import timing
+
+    real_timer, asked_for_events = timing.PassTimer, []
+
+    def pass_timer(cuda_events):  # the engine's timer, asked for CUDA events or not, on the 1-s clock
+        asked_for_events.append(cuda_events)
+        return real_timer(cuda_events=False, clock=itertools.count(0.0).__next__)
+
+    class Capture:  # HiddenStateCapture's contract: the hook hands the layer output to on_capture once
+        def __init__(self, module, layer, on_capture):
+            self.on_capture, self.calls = on_capture, 0
+
+        def __enter__(self):
+            self.result, self.calls = self.on_capture("hidden"), 1
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    class Scorer:
+        token_ids, cu_seqlens = [1], None
+
+        def __init__(self, engine, micro_batch, chunk_tokens):
+            pass
+
+        def __call__(self, hidden):
+            return "similarity", "has_visual"
+
+    def micro_batch_loop(self, data, loss_function=None):  # verl's infer_batch: each micro-batch, then metrics
+        for micro_batch in data:
+            self.forward_step(micro_batch, loss_function, forward_only=True)
+        return {"model_output": {}, "loss": [], "metrics": {"mfu": 0.5}}
+
+    monkeypatch.setattr(timing, "PassTimer", pass_timer)
+    monkeypatch.setattr(engine_module, "get_device_name", lambda: device)
+    monkeypatch.setattr(engine_module, "HiddenStateCapture", Capture)
+    monkeypatch.setattr(engine_module, "_MicroBatchScorer", Scorer)
+    monkeypatch.setattr(engine_module, "score_outputs", lambda *args: {"vgpo_visual_score": "scores"})
+    monkeypatch.setattr(engine_module, "response_lengths", lambda micro_batch: None)
+    monkeypatch.setattr(engine_module.VGPOFSDPEngineWithLMHead, "_perturbed_log_probs", lambda self, mb, lf: "aug")
+    monkeypatch.setattr(FSDPEngineWithLMHead, "forward_step", lambda self, mb, lf, fo: ("loss", {"model_output": {}}))
+    monkeypatch.setattr(FSDPEngineWithLMHead, "infer_batch", micro_batch_loop)
+    engine = object.__new__(engine_module.VGPOFSDPEngineWithLMHead)
+    engine.module = None
+
+    def micro_batches(**flags):
+        return [tu.get_tensordict({"input_ids": torch.zeros(2, 3)}, non_tensor_dict=flags) for _ in range(3)]
+
+    output = engine.infer_batch(micro_batches(vgpo_score=True, vppo_perturb=True))
+    assert output["metrics"] == {"mfu": 0.5, "timing_s/vgpo_score": 6.0, "timing_s/vppo_aug_forward": 3.0}
+    assert asked_for_events == [device == "cuda"] and engine._pass_timer is None
+    assert engine.infer_batch(micro_batches())["metrics"] == {"mfu": 0.5}  # a new timer per pass, nothing timed
 
 
 # ------------------------------------------------------------------ VPPO's perturbed forward

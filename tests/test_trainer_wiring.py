@@ -8,6 +8,10 @@ outputs (entry t for response token t) and one has-visual flag per sample, vgpo 
 flag is set.
 """
 
+import itertools
+import statistics
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -66,6 +70,8 @@ class FakeTransferQueue:
             items = [self.store[k][name] for k in keys]
             if isinstance(items[0], str):
                 out[name] = NonTensorStack(*[NonTensorData(i) for i in items])
+            elif items[0].dim() == 0:  # one number per sample (num_turns): dense (B,), as nesting needs a dim
+                out[name] = torch.stack(items)
             else:
                 out[name] = torch.nested.as_nested_tensor(items, layout=torch.jagged)
         return TensorDict(out, batch_size=len(keys))
@@ -76,6 +82,34 @@ def response_values(sample: int, fn) -> torch.Tensor:
     engine's layout for its outputs, vgpo_verl/engine.py)."""
     p, r = PROMPT_LENS[sample], RESPONSE_LENS[sample]
     return torch.tensor([fn(sample, p + t) for t in range(r)], dtype=torch.float32)
+
+
+# seconds the engine reports per rank (vgpo_verl.engine.infer_batch), as verl gathers them over 2 DP ranks
+SCORE_SECONDS, AUG_FORWARD_SECONDS = [0.25, 0.75], [1.0, 2.0]
+
+
+def engine_metrics(scored: bool, perturbed: bool) -> dict:
+    metrics = {"mfu": 0.0, "loss": 1.0}
+    if scored:
+        metrics["timing_s/vgpo_score"] = SCORE_SECONDS
+    if perturbed:
+        metrics["timing_s/vppo_aug_forward"] = AUG_FORWARD_SECONDS
+    return metrics
+
+
+STEP_SECONDS = 10.0  # verl's timing_raw["step"] in the tests that log a step's metrics
+
+
+@pytest.fixture
+def driver_clock(monkeypatch):
+    """An empty tally of our seconds, and a clock under which every block the driver times
+    (vgpo_verl.timing.on_driver) lasts exactly 1 s, so the logged seconds count the timed blocks."""
+    from vgpo_verl import timing
+
+    timing.pop_step_seconds()
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=itertools.count(0.0).__next__))
+    yield
+    timing.pop_step_seconds()
 
 
 class FakeActorWorkerGroup:
@@ -108,8 +142,17 @@ class FakeActorWorkerGroup:
                 fields[SCORE_KEY].append(response_values(sample, token_score))
                 fields[HAS_VISUAL_KEY].append(torch.tensor([HAS_VISUAL[sample]]))
         nested = {k: torch.nested.as_nested_tensor(v, layout=torch.jagged) for k, v in fields.items()}
-        self.tq.kv_batch_put(batch.keys, batch.partition_id, TensorDict(nested, batch_size=len(batch.keys)))
-        return batch
+        output = self.tq.kv_batch_put(batch.keys, batch.partition_id, TensorDict(nested, batch_size=len(batch.keys)))
+        # verl's workers' metrics ride back in extra_info: one dict per collecting rank, each gathered over DP
+        output.extra_info = {"metrics": [engine_metrics(scored, perturbed)] * 2}
+        return output
+
+
+class OnePool:
+    """verl's ResourcePoolManager as the metrics read it (throughput per GPU)."""
+
+    def get_n_gpus(self) -> int:
+        return 1
 
 
 def make_config(estimator: str):
@@ -117,6 +160,7 @@ def make_config(estimator: str):
         "algorithm": {"adv_estimator": estimator, "gamma": 1.0, "lam": 1.0, "use_kl_in_reward": False,
                       "norm_adv_by_std_in_grpo": True, "rollout_correction": None},
         "actor_rollout_ref": {
+            "model": {},
             "rollout": {"temperature": 1.0, "n": 2, "calculate_log_probs": False},
             "actor": {"loss_agg_mode": "token-mean", "loss_scale_factor": None},
         },
@@ -135,19 +179,25 @@ def v1(monkeypatch):
     keys = [f"{uid}_{i}_0" for i, uid in enumerate(UIDS)]
     fields = {
         "input_ids": [torch.arange(p + r) for p, r in zip(PROMPT_LENS, RESPONSE_LENS)],
+        "prompts": [torch.arange(p) for p in PROMPT_LENS],
+        "responses": [torch.arange(p, p + r) for p, r in zip(PROMPT_LENS, RESPONSE_LENS)],
         "response_mask": [torch.ones(r, dtype=torch.long) for r in RESPONSE_LENS],
         "rm_scores": [torch.nn.functional.pad(torch.tensor([x]), (r - 1, 0)) for x, r in zip(REWARDS, RESPONSE_LENS)],
     }
     td = TensorDict({k: torch.nested.as_nested_tensor(v, layout=torch.jagged) for k, v in fields.items()},
                     batch_size=4)
     td["uid"] = NonTensorStack(*[NonTensorData(u) for u in UIDS])
-    batch = tq.kv_batch_put(keys, "train", td)
+    td["num_turns"] = torch.ones(4, dtype=torch.long)
+    batch = tq.kv_batch_put(keys, "train", td, tags=[{"min_global_steps": 1, "max_global_steps": 1}] * 4)
 
     def trainer(estimator):
         t = object.__new__(PPOTrainerSync)
         t.config = make_config(estimator)
         t.actor_rollout_wg = t.ref_policy_wg = FakeActorWorkerGroup(tq)
         t.ref_in_actor = True
+        # what verl's _compute_metrics reads besides the store: no critic, no MoE metrics, one GPU
+        t.use_critic, t._rollout_moe_lb_metrics_accumulator = False, None
+        t.resource_pool_manager = OnePool()
         return t
 
     return trainer, batch, tq
@@ -282,7 +332,7 @@ class FakeLegacyWorkerGroup:
             outputs[SCORE_KEY] = [response_values(i, token_score) for i in range(len(lengths))]
             outputs[HAS_VISUAL_KEY] = [torch.tensor([HAS_VISUAL[i]]) for i in range(len(lengths))]
         nested = {k: torch.nested.as_nested_tensor(v, layout=torch.jagged) for k, v in outputs.items()}
-        return tu.get_tensordict(nested, non_tensor_dict={"metrics": {"mfu": 0.0}})
+        return tu.get_tensordict(nested, non_tensor_dict={"metrics": engine_metrics(bool(flag), bool(perturbed))})
 
 
 def legacy_batch():
@@ -367,10 +417,10 @@ def test_v1_padding_rows_enter_no_vgpo_metric(v1):
     assert metrics["vgpo/no_visual_fraction"] == 0.0
 
 
-def test_experimental_trainers_metric_path_logs_vgpo_metrics(monkeypatch):
+def test_experimental_trainers_metric_path_logs_vgpo_metrics(driver_clock):
     """verl's SeparateRayPPOTrainer (base of the fully_async and one_step_off trainers): its own
     _fit_compute_log_prob, _fit_compute_advantage and _fit_collect_metrics, which call
-    compute_data_metrics as imported from metric_utils."""
+    compute_data_metrics and compute_timing_metrics as imported from metric_utils."""
     from verl.experimental.separation import ray_trainer as separation
     from verl.trainer.ppo import metric_utils
 
@@ -380,9 +430,9 @@ def test_experimental_trainers_metric_path_logs_vgpo_metrics(monkeypatch):
     trainer.config = make_config("vgpo")
     trainer.config.actor_rollout_ref.rollout.multi_turn = {"enable": False}
     trainer.actor_rollout_wg = FakeLegacyWorkerGroup()
-    trainer.use_critic, trainer.metrics, trainer.timing_raw = False, {}, {"step": 1.0}
+    trainer.use_critic, trainer.metrics, trainer.timing_raw = False, {}, {"step": STEP_SECONDS}
     trainer.use_reference_policy = False
-    trainer.resource_pool_manager = type("Pool", (), {"get_n_gpus": lambda self: 1})()
+    trainer.resource_pool_manager = OnePool()
     batch = legacy_batch()
     trainer.reward_tensor, trainer.reward_extra_infos_dict = batch.batch["token_level_rewards"], {}
     batch.meta_info["global_token_num"] = [10] * 4
@@ -392,6 +442,10 @@ def test_experimental_trainers_metric_path_logs_vgpo_metrics(monkeypatch):
     trainer._fit_collect_metrics(batch)
     assert trainer.metrics["vgpo/no_visual_fraction"] == pytest.approx(0.25), trainer.metrics
     assert "vgpo/alpha_mean" in trainer.metrics
+    # our cost: the scoring pass's seconds averaged over ranks, the estimator's block (1 s, driver_clock)
+    ours = {k: trainer.metrics.get(k) for k in ("timing_s/vgpo_score", "timing_s/vgpo_weights", "perf/our_share_of_step")}
+    assert ours == pytest.approx({"timing_s/vgpo_score": statistics.mean(SCORE_SECONDS), "timing_s/vgpo_weights": 1.0,
+                                  "perf/our_share_of_step": (statistics.mean(SCORE_SECONDS) + 1.0) / STEP_SECONDS})
 
 
 # ------------------------------------------------------------------ entropy shaping and VPPO through the same glue
@@ -495,3 +549,77 @@ def test_per_sample_flags_arrive_nested_or_dense_and_responses_pad_to_the_batch_
         wiring._per_sample_flags(torch.nested.as_nested_tensor([torch.ones(3), torch.ones(2)], layout=torch.jagged))
     scores = torch.nested.as_nested_tensor([torch.tensor([1.0, 2.0]), torch.tensor([3.0])], layout=torch.jagged)
     torch.testing.assert_close(wiring._padded_response(scores, 4), torch.tensor([[1.0, 2.0, 0, 0], [3.0, 0, 0, 0]]))
+
+
+# ------------------------------------------------------------------ our cost in verl's timing metrics
+
+
+def test_verls_trainers_log_timings_through_the_wrapped_function():
+    """Every fit loop calls compute_timing_metrics by the name it imported from metric_utils, which the
+    plugin wrapped before any trainer module bound it."""
+    from verl.experimental.separation import ray_trainer as separation
+    from verl.trainer.ppo import metric_utils, ray_trainer
+    from verl.trainer.ppo.v1 import trainer_base
+
+    assert getattr(metric_utils.compute_timing_metrics, "_vgpo_wrapped", False)
+    for module in (trainer_base, ray_trainer, separation):
+        assert module.compute_timing_metrics is metric_utils.compute_timing_metrics, module.__name__
+
+
+def logged_step(trainer, batch) -> dict:
+    """The metrics verl's v1 fit loop logs for one step: the step's calls (run_steps), then verl's own
+    `_compute_metrics` (data, timing and throughput metrics) with timing_raw {"step": STEP_SECONDS}."""
+    batch, metrics = run_steps(trainer, batch)
+    trainer._compute_metrics(batch, metrics, {"step": STEP_SECONDS, "adv": 0.1}, global_steps=1, epoch=0)
+    return metrics
+
+
+@pytest.mark.parametrize("estimator, engine_seconds", [
+    ("vgpo", {"timing_s/vgpo_score": 0.5}),  # the mean over ranks of SCORE_SECONDS
+    ("vppo", {"timing_s/vppo_aug_forward": 1.5}),  # of AUG_FORWARD_SECONDS
+    ("entropy_shaping", {}),  # no flagged pass: the driver's seconds only
+])
+def test_v1_step_logs_our_seconds_next_to_verls_timings(v1, driver_clock, estimator, engine_seconds):
+    make_trainer, batch, _ = v1
+    trainer = make_trainer(estimator)
+    trainer.global_steps = 1
+    metrics = logged_step(trainer, batch)
+    assert metrics["timing_s/step"] == STEP_SECONDS and metrics["timing_s/adv"] == 0.1  # verl's own stay
+    ours = {k: v for k, v in metrics.items() if k.startswith(("timing_s/vgpo", "timing_s/vppo"))}
+    # the driver's two blocks, 1 s each: fetching the estimator's inputs, then the estimator's own part
+    assert ours == pytest.approx({**engine_seconds, "timing_s/vgpo_weights": 2.0})
+    assert metrics["perf/our_share_of_step"] == pytest.approx(sum(ours.values()) / STEP_SECONDS)
+    assert any(k.startswith(estimator.split("_")[0] + "/") for k in metrics)  # the method's metrics too
+    # the tally was emptied with the step's metrics: the next step starts from nothing
+    metrics = {}
+    trainer._compute_metrics(batch, metrics, {"step": STEP_SECONDS}, global_steps=2, epoch=0)
+    assert not [k for k in metrics if k.startswith(("timing_s/vgpo", "timing_s/vppo", "perf/our_share"))]
+
+
+def test_grpo_step_logs_no_timing_of_ours(v1, driver_clock):
+    make_trainer, batch, _ = v1
+    metrics = logged_step(make_trainer("grpo"), batch)
+    assert "timing_s/step" in metrics
+    assert not [k for k in metrics if "vgpo" in k or "vppo" in k or k == "perf/our_share_of_step"]
+
+
+def test_legacy_step_logs_our_seconds(driver_clock):
+    """The legacy fit loop's calls in order: old log-prob, advantage, ray_trainer.compute_timing_metrics."""
+    from verl.trainer.ppo import ray_trainer
+
+    for estimator, engine_key in (("vgpo", "timing_s/vgpo_score"), ("vppo", "timing_s/vppo_aug_forward")):
+        trainer = object.__new__(ray_trainer.RayPPOTrainer)
+        trainer.config = make_config(estimator)
+        trainer.actor_rollout_wg = FakeLegacyWorkerGroup()
+        trainer.global_steps = 1
+        batch = legacy_batch()
+        old_log_prob, _ = trainer._compute_old_log_prob(batch)
+        old_log_prob.batch.pop("entropys")
+        batch = ray_trainer.compute_advantage(batch.union(old_log_prob), adv_estimator=estimator, num_repeat=2,
+                                              config=trainer.config.algorithm)
+        metrics = ray_trainer.compute_timing_metrics(batch=batch, timing_raw={"step": STEP_SECONDS})
+        engine_seconds = statistics.mean(SCORE_SECONDS if estimator == "vgpo" else AUG_FORWARD_SECONDS)
+        # the estimator's own block only (no TransferQueue fetch in the legacy trainer): 1 s
+        assert {k: metrics.get(k) for k in (engine_key, "timing_s/vgpo_weights")} == pytest.approx(
+            {engine_key: engine_seconds, "timing_s/vgpo_weights": 1.0}), metrics
+        assert metrics["perf/our_share_of_step"] == pytest.approx((engine_seconds + 1.0) / STEP_SECONDS)

@@ -29,6 +29,11 @@ per-sample rows and rebuilds a jagged nested tensor, which refuses zero-dim rows
 verl concatenates any model-output key over micro-batches, restores the dynamic-batch order and
 writes it to the TransferQueue, so nothing else in verl needs to know about these keys.
 
+Cost: the scoring (the hook, then the slicing of its scores to the responses) and the perturbed
+forward are timed in every micro-batch (vgpo_verl.timing.PassTimer: CUDA events read once after the
+pass), and `infer_batch` adds each one's seconds, summed over the pass, to verl's metrics of the
+pass as `timing_s/vgpo_score` / `timing_s/vppo_aug_forward`.
+
 Registered (no user flag) for backends fsdp/fsdp2 under the engine key ("cuda", "nvidia"), which
 `EngineRegistry.get_engine_cls` tries before the stock bare "cuda" key. The CPU platform of
 vgpo_verl.cpu resolves to the same key (VERL_ENGINE_DEVICE=cuda, VERL_ENGINE_VENDOR=nvidia). Other
@@ -37,6 +42,7 @@ vendors (AMD ROCm: ("cuda", "amd") falls back to the bare key; NPU) keep verl's 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 
@@ -63,9 +69,11 @@ def register() -> None:
 
 
 from verl.utils import tensordict_utils as tu  # noqa: E402  (after register: see its docstring)
+from verl.utils.device import get_device_name  # noqa: E402
 from verl.workers.engine.base import EngineRegistry  # noqa: E402
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead  # noqa: E402
 
+from vgpo_verl import timing  # noqa: E402
 from vgpo_verl.preflight import SCORING_ENGINE_KEYS as ENGINE_KEYS  # noqa: E402  (one list, checked at start-up)
 from vgpo_verl.perturb import (  # noqa: E402
     AUG_LOG_PROBS_KEY,
@@ -173,6 +181,22 @@ class VGPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
 
     # (seed, prob, mean, std) while the perturbed forward runs; read by prepare_model_inputs
     _pixel_perturbation = None
+    _pass_timer: timing.PassTimer | None = None  # set while infer_batch runs
+
+    def infer_batch(self, data, loss_function=None):
+        """verl's infer_batch; the seconds our additions took join the pass's metrics (one float per
+        name, this rank's sum over micro-batches)."""
+        self._pass_timer = timing.PassTimer(cuda_events=get_device_name() == "cuda")
+        try:
+            outputs = super().infer_batch(data, loss_function)
+        finally:
+            timer, self._pass_timer = self._pass_timer, None
+        if isinstance(outputs, dict) and isinstance(outputs.get("metrics"), dict):
+            outputs["metrics"].update({timing.TIMING_PREFIX + k: v for k, v in timer.seconds().items()})
+        return outputs
+
+    def _timed(self, name: str):
+        return self._pass_timer.measure(name) if self._pass_timer is not None else contextlib.nullcontext()
 
     def forward_step(self, micro_batch, loss_function, forward_only):
         score = forward_only and tu.get_non_tensor_data(micro_batch, SCORE_FLAG, default=False)
@@ -182,7 +206,8 @@ class VGPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
         else:
             loss, output = self._scored_forward_step(micro_batch, loss_function, forward_only)
         if perturb:
-            output["model_output"][AUG_LOG_PROBS_KEY] = self._perturbed_log_probs(micro_batch, loss_function)
+            with self._timed(timing.AUG_FORWARD):
+                output["model_output"][AUG_LOG_PROBS_KEY] = self._perturbed_log_probs(micro_batch, loss_function)
         return loss, output
 
     def _scored_forward_step(self, micro_batch, loss_function, forward_only):
@@ -191,7 +216,8 @@ class VGPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
         scorer = _MicroBatchScorer(self, micro_batch, chunk_tokens)
         if not scorer.token_ids:
             logger.warning("vgpo: the model config names no image/video token id; every sample counts as text-only")
-        with HiddenStateCapture(self.module, layer=layer, on_capture=scorer) as capture:
+        on_capture = self._pass_timer.wrap(timing.SCORE, scorer) if self._pass_timer is not None else scorer
+        with HiddenStateCapture(self.module, layer=layer, on_capture=on_capture) as capture:
             loss, output = super().forward_step(micro_batch, loss_function, forward_only)
         if capture.calls != 1:
             raise RuntimeError(
@@ -199,8 +225,9 @@ class VGPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
                 "cannot tell which output belongs to the batch"
             )
         similarity, has_visual = capture.result
-        output["model_output"].update(score_outputs(similarity, has_visual, scorer.cu_seqlens,
-                                                    response_lengths(micro_batch)))
+        with self._timed(timing.SCORE):
+            output["model_output"].update(score_outputs(similarity, has_visual, scorer.cu_seqlens,
+                                                        response_lengths(micro_batch)))
         return loss, output
 
     def _image_normalisation(self, micro_batch) -> tuple[list[float], list[float]]:

@@ -26,6 +26,9 @@ methods' own parts:
 - vppo: the token filter per output (the top share of that output's tokens); the trajectory factor
   one per session, from the mean score over all its outputs' tokens, each session counted once in
   the batch's min / max / mean (scaling_scope=fork cuts chunks of sessions, in order of first output).
+
+Each estimator adds the seconds of its own part (everything after the outcome advantage) to the
+step's `timing_s/vgpo_weights`, one key for all three (vgpo_verl.timing).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vgpo_verl import timing
 from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights_detailed, vgpo_metrics
 from vgpo_verl.entropy_shaping import EntropyShapingConfig, entropy_metrics, shape_advantages
 from vgpo_verl.vppo import VPPOConfig, apply_vppo, compute_vppo_weights, vppo_metrics
@@ -183,14 +187,16 @@ def compute_vgpo_advantage(
 
     advantages, session = _outcome_advantage("vgpo", token_level_rewards, response_mask, index, epsilon,
                                              norm_adv_by_std_in_grpo, config)
-    weights = compute_vgpo_weights_detailed(
-        visual_similarity.to(response_mask.device), response_mask, index, vgpo,
-        None if has_visual is None else torch.as_tensor(has_visual, device=response_mask.device),
-        session=session,
-    )
-    _state.metrics = vgpo_metrics(weights, visual_similarity, has_visual, counted=_counted_rows(response_mask.device))
-    if vgpo.intra or vgpo.inter:  # all switches off: exactly GRPO, no rounding from a multiply by 1
-        advantages = advantages * weights.alpha[:, None].to(advantages.dtype) * weights.psi.to(advantages.dtype)
+    with timing.on_driver(timing.WEIGHTS):
+        weights = compute_vgpo_weights_detailed(
+            visual_similarity.to(response_mask.device), response_mask, index, vgpo,
+            None if has_visual is None else torch.as_tensor(has_visual, device=response_mask.device),
+            session=session,
+        )
+        _state.metrics = vgpo_metrics(weights, visual_similarity, has_visual,
+                                      counted=_counted_rows(response_mask.device))
+        if vgpo.intra or vgpo.inter:  # all switches off: exactly GRPO, no rounding from a multiply by 1
+            advantages = advantages * weights.alpha[:, None].to(advantages.dtype) * weights.psi.to(advantages.dtype)
     return advantages, advantages
 
 
@@ -247,10 +253,11 @@ def compute_entropy_shaped_advantage(
     entropy = _check_shape("entropy_shaping", "entropy", entropy, response_mask)
     advantages, _ = _outcome_advantage("entropy_shaping", token_level_rewards, response_mask, index, epsilon,
                                        norm_adv_by_std_in_grpo, config)
-    shaped = shape_advantages(advantages, entropy, response_mask, shaping_config)
-    counted = _counted_rows(response_mask.device)
-    metric_mask = response_mask if counted is None else response_mask * counted[:, None]
-    _state.metrics = entropy_metrics(shaped, advantages, entropy, metric_mask)
+    with timing.on_driver(timing.WEIGHTS):
+        shaped = shape_advantages(advantages, entropy, response_mask, shaping_config)
+        counted = _counted_rows(response_mask.device)
+        metric_mask = response_mask if counted is None else response_mask * counted[:, None]
+        _state.metrics = entropy_metrics(shaped, advantages, entropy, metric_mask)
     return shaped.advantages, shaped.advantages
 
 
@@ -279,10 +286,11 @@ def compute_vppo_advantage(
     old = _check_shape("vppo", "old_log_probs", inputs["old_log_probs"], response_mask)
     advantages, session = _outcome_advantage("vppo", token_level_rewards, response_mask, index, epsilon,
                                              norm_adv_by_std_in_grpo, config)
-    counted = _counted_rows(response_mask.device)
-    weights = compute_vppo_weights(aug, old, response_mask, vppo_config, counted=counted, session=session)
-    _state.metrics = vppo_metrics(weights, response_mask if counted is None else response_mask * counted[:, None])
-    advantages = apply_vppo(advantages, weights, vppo_config)
+    with timing.on_driver(timing.WEIGHTS):
+        counted = _counted_rows(response_mask.device)
+        weights = compute_vppo_weights(aug, old, response_mask, vppo_config, counted=counted, session=session)
+        _state.metrics = vppo_metrics(weights, response_mask if counted is None else response_mask * counted[:, None])
+        advantages = apply_vppo(advantages, weights, vppo_config)
     return advantages, advantages
 
 

@@ -39,16 +39,27 @@ present in verl 0.9.1 but deprecated):
   metric_utils directly) log the metrics too; their old-log-prob and advantage calls are the legacy
   ones wrapped here (RayPPOTrainer subclasses, `compute_advantage` imported from ray_trainer).
 
+Our cost (vgpo_verl.timing), in every trainer: both `_compute_old_log_prob` wrappers take the engine's
+seconds from the metrics verl's workers return with `compute_log_prob` (v1: the returned meta's
+`extra_info`, where verl's TransferQueue bridge puts a worker's non-tensor outputs; legacy: the
+returned TensorDict), which verl itself reads no further for this pass. That costs no TransferQueue
+field, no extra fetch and no change to the worker. The v1 advantage wrapper times the fetch of the
+estimator's inputs, the estimators their own weights; `metric_utils.compute_timing_metrics` (wrapped
+where verl defines it) logs the step's tally as `timing_s/...` next to verl's own timings, plus
+`perf/our_share_of_step`.
+
 Balance-batch padding rows of the v1 trainer (tags `is_padding`, verl/trainer/ppo/padding_utils.py)
 are handed to the estimator (`is_padding`), which leaves them out of every metric and statistic.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
 
+from vgpo_verl import timing
 from vgpo_verl.methods import Method, method_of
 
 INPUT_PREFIX = "estimator_input__"  # legacy batch keys carrying an estimator keyword's tensor
@@ -91,6 +102,31 @@ def _clear_flags(info: dict | None, flags: dict) -> None:
             info.pop(key, None)
 
 
+@contextlib.contextmanager
+def _observed_compute_log_prob(worker_group):
+    """For the block, `worker_group.compute_log_prob` also keeps its output in the yielded dict ("output")."""
+    compute_log_prob, seen = worker_group.compute_log_prob, {}
+
+    def observed(*args, **kwargs):
+        seen["output"] = compute_log_prob(*args, **kwargs)
+        return seen["output"]
+
+    worker_group.compute_log_prob = observed
+    try:
+        yield seen
+    finally:
+        worker_group.compute_log_prob = compute_log_prob
+
+
+def _tally_worker_seconds(worker_metrics) -> None:
+    """Add the old-log-prob pass's engine seconds (vgpo_verl.engine: one value per rank) to the
+    step's tally, averaged over ranks (vgpo_verl.timing.mean_over_ranks)."""
+    for name in (timing.SCORE, timing.AUG_FORWARD):
+        seconds = timing.mean_over_ranks(worker_metrics, timing.TIMING_PREFIX + name)
+        if seconds is not None:
+            timing.add_step_seconds(name, seconds)
+
+
 def _pass_flags(method: Method, trainer) -> dict:
     if method.pass_flags is None:
         return {}
@@ -109,10 +145,13 @@ def _wrap_v1_old_log_prob(original):
             return original(self, batch, metrics)
         batch.extra_info.update(flags)
         try:
-            result = original(self, batch, metrics)
+            with _observed_compute_log_prob(self.actor_rollout_wg) as seen:
+                result = original(self, batch, metrics)
         finally:
             _clear_flags(batch.extra_info, flags)
         _clear_flags(result.extra_info, flags)  # the batch the reference pass receives next
+        if "output" in seen:  # the workers' metrics ride in the returned meta's extra_info (tqbridge)
+            _tally_worker_seconds(seen["output"].extra_info.get("metrics"))
         return _without_engine_outputs(result, method)
 
     return _compute_old_log_prob
@@ -168,7 +207,8 @@ def _wrap_v1_advantage(original):
         from vgpo_verl.estimator import estimator_inputs, pop_metrics
 
         is_padding = torch.tensor([bool(tag.get("is_padding", False)) for tag in batch.tags], dtype=torch.bool)
-        inputs = fetch_v1_inputs(method, batch)
+        with timing.on_driver(timing.WEIGHTS):
+            inputs = fetch_v1_inputs(method, batch)
         with estimator_inputs(**inputs, is_padding=is_padding):
             result = original(self, batch, metrics)
         metrics.update(pop_metrics())
@@ -222,22 +262,14 @@ def _wrap_legacy_old_log_prob(original):
             return original(self, batch)
         from verl.utils import tensordict_utils as tu
 
-        worker_group = self.actor_rollout_wg
-        compute_log_prob = worker_group.compute_log_prob
-        seen = {}
-
-        def observed_compute_log_prob(batch_td, *args, **kwargs):
-            seen["output"] = compute_log_prob(batch_td, *args, **kwargs)
-            return seen["output"]
-
         flags = _pass_flags(method, self)
         batch.meta_info.update(flags)
-        worker_group.compute_log_prob = observed_compute_log_prob
         try:
-            old_log_prob, mfu = original(self, batch)
+            with _observed_compute_log_prob(self.actor_rollout_wg) as seen:
+                old_log_prob, mfu = original(self, batch)
         finally:
-            worker_group.compute_log_prob = compute_log_prob
             _clear_flags(batch.meta_info, flags)
+        _tally_worker_seconds(tu.get(seen["output"], "metrics"))
         for field, keyword in method.engine_outputs.items():
             value = tu.get(seen["output"], field)
             if value is None:
@@ -283,6 +315,16 @@ def _wrap_legacy_data_metrics(original):
     return compute_data_metrics
 
 
+def _wrap_timing_metrics(original):
+    @functools.wraps(original)
+    def compute_timing_metrics(batch, timing_raw):
+        metrics = original(batch, timing_raw)
+        metrics.update(timing.step_metrics(timing.pop_step_seconds(), timing_raw.get("step")))
+        return metrics
+
+    return compute_timing_metrics
+
+
 # ---------------------------------------------------------------- installation
 
 
@@ -320,8 +362,9 @@ def install_legacy() -> None:
 
 
 def install_metrics() -> None:
-    """Wrap metric_utils.compute_data_metrics where verl defines it (run when that module is imported,
-    before ray_trainer and the experimental trainers bind the name). Idempotent."""
+    """Wrap metric_utils.compute_data_metrics and compute_timing_metrics where verl defines them (run
+    when that module is imported, before the trainers bind the names). Idempotent."""
     from verl.trainer.ppo import metric_utils
 
     _wrap(metric_utils, "compute_data_metrics", _wrap_legacy_data_metrics)
+    _wrap(metric_utils, "compute_timing_metrics", _wrap_timing_metrics)

@@ -193,7 +193,7 @@ class Doctor:
                     self.say("scored module (vgpo, layer -1): "
                              + next(n for n, m in engine.module.named_modules() if m is scored))
                 batch = verl_run.build_batch(positions_model, samples, **self._flags(normalisation))
-                outputs = verl_run.infer(engine, batch, remove_padding, dynamic, max_tokens)
+                outputs, _ = verl_run.infer(engine, batch, remove_padding, dynamic, max_tokens)
                 self._compare(layout, outputs, samples, references)
                 del engine, batch
                 gc.collect()

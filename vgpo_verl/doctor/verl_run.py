@@ -120,18 +120,31 @@ def build_batch(model, samples: list[Sample], legacy_layout: bool = False, **fla
     batch = tu.list_of_dict_to_tensordict(rows)
     if legacy_layout:
         batch = left_right_2_no_padding(batch)
+    else:  # the TransferQueue hands the worker every per-sample tensor nested, equal lengths too
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor) and not value.is_nested:
+                batch[key] = torch.nested.as_nested_tensor(list(value.unbind()), layout=torch.jagged)
     tu.assign_non_tensor(batch, temperature=1.0, compute_loss=False, calculate_entropy=True, **flags)
     return batch
 
 
-def infer(engine, batch, remove_padding: bool, dynamic_bsz: bool = False, max_token_len: int = 4096,
-          micro_batch_size: int = 2) -> dict[str, list[torch.Tensor]]:
-    """engine.infer_batch on `batch` in the given layout; {model-output key: one CPU tensor per sample}."""
+def infer_batch(engine, batch, remove_padding: bool, dynamic_bsz: bool = False, max_token_len: int = 4096,
+                micro_batch_size: int = 2) -> dict:
+    """engine.infer_batch on `batch` in the given layout: verl's own output {"model_output" (nested
+    tensors), "loss", "metrics"}."""
     from verl.utils import tensordict_utils as tu
 
     tu.assign_non_tensor(batch, use_remove_padding=remove_padding, use_dynamic_bsz=dynamic_bsz,
                          max_token_len_per_gpu=max_token_len, micro_batch_size_per_gpu=micro_batch_size,
                          use_fused_kernels=False)
     with engine.eval_mode():
-        output = engine.infer_batch(batch)
-    return {k: [t.detach().cpu().clone() for t in v.unbind()] for k, v in output["model_output"].items()}
+        return engine.infer_batch(batch)
+
+
+def infer(engine, batch, remove_padding: bool, dynamic_bsz: bool = False, max_token_len: int = 4096,
+          micro_batch_size: int = 2) -> tuple[dict[str, list[torch.Tensor]], dict]:
+    """infer_batch, its outputs split per sample: ({model-output key: one CPU tensor per sample}, the
+    pass's metrics)."""
+    output = infer_batch(engine, batch, remove_padding, dynamic_bsz, max_token_len, micro_batch_size)
+    outputs = {k: [t.detach().cpu().clone() for t in v.unbind()] for k, v in output["model_output"].items()}
+    return outputs, output["metrics"]
