@@ -191,7 +191,7 @@ def settle_tracker(checkpoint_dir: pathlib.Path) -> int | None:
 # ---------------------------------------------------------------- verl glue
 
 
-def _checkpoint_dir(config) -> pathlib.Path:
+def checkpoint_dir_of(config) -> pathlib.Path:
     """trainer.default_local_dir, resolved like verl's _load_checkpoint does (relative: to the cwd)."""
     return pathlib.Path(os.path.abspath(str(config.trainer.default_local_dir)))
 
@@ -204,7 +204,7 @@ def _async_save(config) -> bool:
 def _wrap_save(original):
     @functools.wraps(original)
     def _save_checkpoint(self, *args, **kwargs):
-        folder = step_folder(_checkpoint_dir(self.config), self.global_steps)
+        folder = step_folder(checkpoint_dir_of(self.config), self.global_steps)
         if _async_save(self.config):
             return original(self, *args, **kwargs)
         forget(folder)
@@ -220,9 +220,9 @@ def _wrap_load(original):
     @functools.wraps(original)
     def _load_checkpoint(self, *args, **kwargs):
         if self.config.trainer.resume_mode == "auto":
-            step = settle_tracker(_checkpoint_dir(self.config))
+            step = settle_tracker(checkpoint_dir_of(self.config))
             if step is not None:
-                print(f"vgpo-verl: resuming from {step_folder(_checkpoint_dir(self.config), step)}", flush=True)
+                print(f"vgpo-verl: resuming from {step_folder(checkpoint_dir_of(self.config), step)}", flush=True)
         return original(self, *args, **kwargs)
 
     return _load_checkpoint

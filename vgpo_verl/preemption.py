@@ -57,12 +57,12 @@ def _answer(request: pathlib.Path, step: int, checkpoint: pathlib.Path) -> None:
 
 def _save_unless_saved(trainer, step: int) -> pathlib.Path:
     """global_step_{step}, saved now unless verl's own save of this step completed already."""
-    from vgpo_verl.checkpoints import SAVED_STEP_ATTR, _checkpoint_dir, step_folder
+    from vgpo_verl.checkpoints import SAVED_STEP_ATTR, checkpoint_dir_of, step_folder
 
     if getattr(trainer, SAVED_STEP_ATTR, None) != step:
         print(f"vgpo-verl: stop requested ({request_path()}): saving step {step}", flush=True)
         trainer._save_checkpoint()
-    return step_folder(_checkpoint_dir(trainer.config), step)
+    return step_folder(checkpoint_dir_of(trainer.config), step)
 
 
 def end_of_step(trainer, step: int, last_step: bool) -> bool:
