@@ -2,7 +2,7 @@
 
 - `load_dumps`: the per-step records, all steps present;
 - `expected_vgpo_advantages`: verl's GRPO advantage, alpha and psi recomputed from a record;
-- `probe_errors` / `similarity_errors`: what the dump holds of some rows (scores, log-probs, entropy)
+- `probe_errors` / `similarity_errors`: what the dump holds of some rows (scores, log-probs)
   against a plain-transformers recomputation from a checkpoint (one sequence at a time, in a child
   process with the CPU platform on);
 - `merged_actor`: a verl actor checkpoint (FSDP shards) as a Hugging Face model directory.
@@ -18,7 +18,7 @@ import sys
 # One sequence at a time from the dumped token ids and pixels, with a checkpoint's weights: what the
 # actor computed in the old-log-prob pass, for every quantity the dump holds:
 # - similarity: last_hidden_state (post-norm, layer -1), cosine to the mean over <|image_pad|> positions;
-# - old_log_probs / entropy: log-softmax / entropy of the logits at temperature 1 (the demo's);
+# - old_log_probs: the log-softmax of the logits at temperature 1 (the demo's) at the response tokens;
 # - aug_log_probs: the log-probs with the image's patches blackened (vgpo_verl.perturb) at the seed given.
 # Prints {quantity: [largest difference per row]}.
 _RECOMPUTE = r"""
@@ -31,8 +31,9 @@ checkpoint, dump, rows, seed = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 record = torch.load(dump, weights_only=False)
 model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
 image_token = model.config.image_token_id
-dumped = {"similarity": record.get("similarity"), **record["estimator_inputs"]}
-wanted = [q for q in ("similarity", "old_log_probs", "entropy", "aug_log_probs") if dumped.get(q) is not None]
+dumped = {"similarity": record.get("similarity"), "old_log_probs": record.get("old_log_probs"),
+          "aug_log_probs": record["estimator_inputs"].get("aug_log_probs")}
+wanted = [q for q, value in dumped.items() if value is not None]
 if "aug_log_probs" in wanted:
     image = AutoProcessor.from_pretrained(checkpoint).image_processor
     black_prob = VPPOConfig.from_mapping(record["algorithm"].get("vppo")).black_prob
@@ -55,7 +56,6 @@ for i in rows:
     expected = {
         "similarity": torch.nn.functional.cosine_similarity(hidden[start:], hidden[ids[0] == image_token].mean(0)[None], dim=-1),
         "old_log_probs": log_probs.gather(-1, ids[0, start:, None])[:, 0],
-        "entropy": -(log_probs.exp() * log_probs).sum(-1),
     }
     if "aug_log_probs" in wanted:
         black, _ = blacken_patches(pixels, grid, seed, black_prob, image.image_mean, image.image_std)
@@ -98,8 +98,8 @@ def expected_vgpo_advantages(record: dict):
 def probe_errors(checkpoint: pathlib.Path, dump: pathlib.Path, rows: list[int], workdir: pathlib.Path,
                  perturb_seed: int = 0) -> dict[str, list[float]]:
     """{quantity: largest |dumped - recomputed| of each row in `rows`} of the dump file `dump`, recomputed
-    with `checkpoint`'s weights, for each of similarity, old_log_probs, entropy, aug_log_probs (blackened
-    at `perturb_seed`) the dump holds."""
+    with `checkpoint`'s weights, for each of similarity, old_log_probs, aug_log_probs (blackened at
+    `perturb_seed`) the dump holds."""
     script = pathlib.Path(workdir) / "recompute_from_dump.py"
     script.write_text(_RECOMPUTE)
     out = subprocess.run([sys.executable, str(script), str(checkpoint), str(dump), json.dumps(rows), json.dumps(perturb_seed)],

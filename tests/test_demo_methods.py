@@ -54,7 +54,10 @@ def test_summary_of_verls_own_estimator_needs_no_method_metrics():
 # of it is a run of X resumed at step 2. The uninterrupted vgpo run is the reference.
 
 PREFIX = {"entropy_shaping": "entropy/", "vppo": "vppo/"}
-SAME_POLICY = 2e-3  # largest |log-prob / entropy| difference of one policy, verl's actor vs plain transformers
+# verl's actor and plain transformers differ by about 3e-4 in the log-probs of the same weights and
+# tokens (measured: a fresh vppo run's step 1 against the warm start; the hidden states agree to 1e-8,
+# tests/test_demo.py); the step-1 update moves them by about 1e-2.
+SAME_POLICY = 1e-3
 
 
 @pytest.fixture(scope="module", params=sorted(PREFIX))
@@ -101,8 +104,8 @@ def test_the_resumed_step_trains_the_prompts_of_the_uninterrupted_run(resumed):
 
 @pytest.mark.slow
 def test_the_resumed_actor_is_the_saved_one_weights_and_optimizer(resumed, tmp_path):
-    """The old-log-prob pass of the resumed step (verl's log-probs, or entropy) recomputed from the
-    step-1 checkpoint's weights agrees; from the warm start (where the run began) it does not. VPPO's
+    """The old-log-prob pass of the resumed step (the actor's log-probs) recomputed from the step-1
+    checkpoint's weights agrees; from the warm start (where the run began) it does not. VPPO's
     perturbed log-probs agree only with the step seed of step 2 (its seed continues). The optimizer
     went on counting: 2 Adam steps in the checkpoint of step 2, not 1 of a fresh optimizer."""
     saved = merged_actor(step_folder(resumed.run_dir / "checkpoints", 1) / "actor", tmp_path / "saved")
@@ -112,11 +115,12 @@ def test_the_resumed_actor_is_the_saved_one_weights_and_optimizer(resumed, tmp_p
     seed = step_seed(0, STEPS)
     from_saved = probe_errors(saved, dump, rows, tmp_path, perturb_seed=seed)
     from_start = probe_errors(resumed.cache / "warm_start", dump, rows, tmp_path, perturb_seed=seed)
-    quantity = "old_log_probs" if resumed.estimator == "vppo" else "entropy"
-    assert max(from_saved[quantity]) < SAME_POLICY, from_saved
-    assert max(from_start[quantity]) > 3 * SAME_POLICY, from_start
+    print(f"\n[{resumed.estimator}] largest log-prob difference per row, from the saved weights "
+          f"{from_saved['old_log_probs']}, from the warm start {from_start['old_log_probs']}")
+    assert max(from_saved["old_log_probs"]) < SAME_POLICY, from_saved
+    assert max(from_start["old_log_probs"]) > 5 * max(from_saved["old_log_probs"]), from_start  # tells them apart
     if resumed.estimator == "vppo":
-        assert max(from_saved["aug_log_probs"]) < SAME_POLICY, from_saved
         restarted_seed = probe_errors(saved, dump, rows, tmp_path, perturb_seed=step_seed(0, 1))
-        assert max(restarted_seed["aug_log_probs"]) > 3 * SAME_POLICY, restarted_seed
+        assert max(from_saved["aug_log_probs"]) < SAME_POLICY, from_saved
+        assert max(restarted_seed["aug_log_probs"]) > 5 * max(from_saved["aug_log_probs"]), restarted_seed
     assert optimizer_steps(step_folder(resumed.run_dir / "checkpoints", STEPS) / "actor") == {STEPS}

@@ -7,6 +7,12 @@ run, and verl's main_ppo trains the CPU demo's model with trainer.nnodes=2 and o
 (the CPU platform gives each Ray node one logical GPU), 2 VGPO steps with rollouts. The debugging
 dump (vgpo_verl.dump) then shows what both ranks produced.
 
+The job also outlives its allocation: it runs as a Slurm job (tests/localhost_slurm/sbatch) that
+gets USR1 during step 1, as Slurm warns before a time limit; the trainer saves step 1 and stops, the
+launcher stops Ray and requeues the job (`scontrol requeue`), the stand-in starts it again, and the
+second start resumes from the checkpoint and trains step 2: the shuffled prompts of step 2, with
+the saved weights (the scores of step 2 recomputed from the checkpoint).
+
 Memory (the machine has 24 GiB for everything): two nodes double the actor ranks and the vLLM
 replicas of the one-node demo. Kept small by: one rollout replica per node at tensor parallel 1
 (TP 2 would need one vLLM spanning both Ray nodes), vLLM's KV cache at 1 GiB per replica
