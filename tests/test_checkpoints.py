@@ -146,22 +146,39 @@ for step in (1, 2):
 """
 
 
-@pytest.mark.parametrize("where", ["actor files", "marker write", "after the marker"])
-def test_a_run_killed_mid_save_resumes_from_the_previous_complete_checkpoint(tmp_path, where):
-    checkpoint_dir, ready = tmp_path / "checkpoints", tmp_path / "in_the_save"
-    script = tmp_path / "killed_save.py"
+KILL_POINTS = ("actor files", "marker write", "after the marker")
+
+
+@pytest.fixture(scope="module")
+def killed_saves(tmp_path_factory):
+    """{kill point: checkpoint directory} after SIGKILL inside the save of step 2 (the three children
+    run side by side: each pays verl's import once)."""
+    base = tmp_path_factory.mktemp("killed_saves")
+    script = base / "killed_save.py"
     script.write_text(_KILLED_SAVE)
-    child = subprocess.Popen([sys.executable, str(script), str(TESTS), str(checkpoint_dir), where, str(ready)],
-                             stderr=subprocess.PIPE, text=True)
+    children = {}
+    for n, where in enumerate(KILL_POINTS):
+        checkpoint_dir, ready = base / f"checkpoints{n}", base / f"in_the_save{n}"
+        child = subprocess.Popen([sys.executable, str(script), str(TESTS), str(checkpoint_dir), where, str(ready)],
+                                 stderr=subprocess.PIPE, text=True)
+        children[where] = (child, checkpoint_dir, ready)
     try:
-        deadline = time.monotonic() + 120
-        while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert ready.exists(), child.stderr.read() if child.poll() is not None else "the save never got there"
-        child.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 180
+        for where, (child, _, ready) in children.items():
+            while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert ready.exists(), (where, child.stderr.read() if child.poll() is not None else "never got there")
+            child.send_signal(signal.SIGKILL)
     finally:
-        child.kill()
-        child.wait()
+        for child, _, _ in children.values():
+            child.kill()
+            child.wait()
+    return {where: checkpoint_dir for where, (_, checkpoint_dir, _) in children.items()}
+
+
+@pytest.mark.parametrize("where", KILL_POINTS)
+def test_a_run_killed_mid_save_resumes_from_the_previous_complete_checkpoint(killed_saves, where):
+    checkpoint_dir = killed_saves[where]
     assert problem(step_folder(checkpoint_dir, 1)) is None
     assert problem(step_folder(checkpoint_dir, 2)) is not None
     if where == "marker write":  # what verl alone makes of it: every restart fails
