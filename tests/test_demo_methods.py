@@ -56,7 +56,7 @@ def test_summary_of_verls_own_estimator_needs_no_method_metrics():
 PREFIX = {"entropy_shaping": "entropy/", "vppo": "vppo/"}
 # verl's actor and plain transformers differ by about 3e-4 in the log-probs of the same weights and
 # tokens (measured: a fresh vppo run's step 1 against the warm start; the hidden states agree to 1e-8,
-# tests/test_demo.py); the step-1 update moves them by about 1e-2.
+# tests/test_demo.py); the step-1 update moves them by 1.5e-3 to 1e-2 (measured, lr 1e-5).
 SAME_POLICY = 1e-3
 
 
@@ -118,9 +118,9 @@ def test_the_resumed_actor_is_the_saved_one_weights_and_optimizer(resumed, tmp_p
     print(f"\n[{resumed.estimator}] largest log-prob difference per row, from the saved weights "
           f"{from_saved['old_log_probs']}, from the warm start {from_start['old_log_probs']}")
     assert max(from_saved["old_log_probs"]) < SAME_POLICY, from_saved
-    assert max(from_start["old_log_probs"]) > 5 * max(from_saved["old_log_probs"]), from_start  # tells them apart
+    assert max(from_start["old_log_probs"]) > 3 * max(from_saved["old_log_probs"]), from_start  # tells them apart
     if resumed.estimator == "vppo":
         restarted_seed = probe_errors(saved, dump, rows, tmp_path, perturb_seed=step_seed(0, 1))
         assert max(from_saved["aug_log_probs"]) < SAME_POLICY, from_saved
-        assert max(restarted_seed["aug_log_probs"]) > 5 * max(from_saved["aug_log_probs"]), restarted_seed
+        assert max(restarted_seed["aug_log_probs"]) > 3 * max(from_saved["aug_log_probs"]), restarted_seed
     assert optimizer_steps(step_folder(resumed.run_dir / "checkpoints", STEPS) / "actor") == {STEPS}
