@@ -27,43 +27,48 @@ import vgpo_verl.cpu; vgpo_verl.cpu.enable()
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from vgpo_verl.perturb import blacken_patches
 from vgpo_verl.vppo import VPPOConfig
-checkpoint, dump, rows, seed = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+dump, rows, probes = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])  # probes: [[checkpoint, seed]]
 record = torch.load(dump, weights_only=False)
-model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
-image_token = model.config.image_token_id
 dumped = {"similarity": record.get("similarity"), "old_log_probs": record.get("old_log_probs"),
           "aug_log_probs": record["estimator_inputs"].get("aug_log_probs")}
 wanted = [q for q, value in dumped.items() if value is not None]
-if "aug_log_probs" in wanted:
-    image = AutoProcessor.from_pretrained(checkpoint).image_processor
-    black_prob = VPPOConfig.from_mapping(record["algorithm"].get("vppo")).black_prob
+black_prob = VPPOConfig.from_mapping(record["algorithm"].get("vppo")).black_prob
 
-def forward(ids, pixels, grid):
-    with torch.no_grad():
-        hidden = model.model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
-                             image_grid_thw=grid, mm_token_type_ids=(ids == image_token).int()).last_hidden_state[0]
-        return hidden, model.lm_head(hidden).float()
 
-worst = {q: [] for q in wanted}
-for i in rows:
-    ids = record["input_ids"][i][None]
-    start = int(record["prompt_length"][i])
-    n = ids.shape[1] - start
-    assert bool(record["response_mask"][i, :n].all()) and int(record["response_mask"][i].sum()) == n
-    pixels, grid = record["pixel_values"][i], record["image_grid_thw"][i]
-    hidden, logits = forward(ids, pixels, grid)
-    log_probs = torch.log_softmax(logits[start - 1:-1], -1)  # position t predicts token t + 1
-    expected = {
-        "similarity": torch.nn.functional.cosine_similarity(hidden[start:], hidden[ids[0] == image_token].mean(0)[None], dim=-1),
-        "old_log_probs": log_probs.gather(-1, ids[0, start:, None])[:, 0],
-    }
-    if "aug_log_probs" in wanted:
-        black, _ = blacken_patches(pixels, grid, seed, black_prob, image.image_mean, image.image_std)
-        _, aug_logits = forward(ids, black, grid)
-        expected["aug_log_probs"] = torch.log_softmax(aug_logits[start - 1:-1], -1).gather(-1, ids[0, start:, None])[:, 0]
-    for q in wanted:
-        worst[q].append((expected[q] - dumped[q][i, :n]).abs().max().item())
-print(json.dumps(worst))
+def errors(checkpoint, seed):
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    image_token = model.config.image_token_id
+    image = AutoProcessor.from_pretrained(checkpoint).image_processor if "aug_log_probs" in wanted else None
+
+    def forward(ids, pixels, grid):
+        with torch.no_grad():
+            hidden = model.model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
+                                 image_grid_thw=grid, mm_token_type_ids=(ids == image_token).int()).last_hidden_state[0]
+            return hidden, model.lm_head(hidden).float()
+
+    worst = {q: [] for q in wanted}
+    for i in rows:
+        ids = record["input_ids"][i][None]
+        start = int(record["prompt_length"][i])
+        n = ids.shape[1] - start
+        assert bool(record["response_mask"][i, :n].all()) and int(record["response_mask"][i].sum()) == n
+        pixels, grid = record["pixel_values"][i], record["image_grid_thw"][i]
+        hidden, logits = forward(ids, pixels, grid)
+        log_probs = torch.log_softmax(logits[start - 1:-1], -1)  # position t predicts token t + 1
+        expected = {
+            "similarity": torch.nn.functional.cosine_similarity(hidden[start:], hidden[ids[0] == image_token].mean(0)[None], dim=-1),
+            "old_log_probs": log_probs.gather(-1, ids[0, start:, None])[:, 0],
+        }
+        if image is not None:
+            black, _ = blacken_patches(pixels, grid, seed, black_prob, image.image_mean, image.image_std)
+            _, aug_logits = forward(ids, black, grid)
+            expected["aug_log_probs"] = torch.log_softmax(aug_logits[start - 1:-1], -1).gather(-1, ids[0, start:, None])[:, 0]
+        for q in wanted:
+            worst[q].append((expected[q] - dumped[q][i, :n]).abs().max().item())
+    return worst
+
+
+print(json.dumps([errors(checkpoint, seed) for checkpoint, seed in probes]))
 """
 
 
@@ -95,24 +100,26 @@ def expected_vgpo_advantages(record: dict):
     return grpo, psi, alpha
 
 
-def probe_errors(checkpoint: pathlib.Path, dump: pathlib.Path, rows: list[int], workdir: pathlib.Path,
-                 perturb_seed: int = 0) -> dict[str, list[float]]:
-    """{quantity: largest |dumped - recomputed| of each row in `rows`} of the dump file `dump`, recomputed
-    with `checkpoint`'s weights, for each of similarity, old_log_probs, aug_log_probs (blackened at
-    `perturb_seed`) the dump holds."""
+def probe_errors(dump: pathlib.Path, rows: list[int], workdir: pathlib.Path,
+                 probes: list[tuple[pathlib.Path, int]]) -> list[dict[str, list[float]]]:
+    """For each (checkpoint, perturbation seed) of `probes`: {quantity: largest |dumped - recomputed| of
+    each row in `rows`} of the dump file `dump`, recomputed with that checkpoint's weights, for each of
+    similarity, old_log_probs, aug_log_probs (patches blackened at the seed) the dump holds."""
     script = pathlib.Path(workdir) / "recompute_from_dump.py"
     script.write_text(_RECOMPUTE)
-    out = subprocess.run([sys.executable, str(script), str(checkpoint), str(dump), json.dumps(rows), json.dumps(perturb_seed)],
+    out = subprocess.run([sys.executable, str(script), str(dump), json.dumps(rows),
+                          json.dumps([[str(checkpoint), seed] for checkpoint, seed in probes])],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    worst = json.loads(out.stdout.strip().splitlines()[-1])
-    assert all(len(errors) == len(rows) for errors in worst.values()), worst
-    return worst
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(results) == len(probes) and all(len(e) == len(rows) for r in results for e in r.values()), results
+    return results
 
 
 def similarity_errors(checkpoint: pathlib.Path, dump: pathlib.Path, rows: list[int], workdir: pathlib.Path) -> list[float]:
     """Largest |dumped - recomputed| similarity of each row in `rows` of the dump file `dump`."""
-    return probe_errors(checkpoint, dump, rows, workdir)["similarity"]
+    (errors,) = probe_errors(dump, rows, workdir, [(checkpoint, 0)])
+    return errors["similarity"]
 
 
 def merged_actor(actor_dir: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:

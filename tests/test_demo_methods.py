@@ -112,15 +112,14 @@ def test_the_resumed_actor_is_the_saved_one_weights_and_optimizer(resumed, tmp_p
     dump = resumed.run_dir / "dump" / f"step_{STEPS:06d}.pt"
     (record,) = load_dumps(resumed.run_dir / "dump", STEPS, first=STEPS)
     rows = list(range(0, len(record["uid"]), 3))
-    seed = step_seed(0, STEPS)
-    from_saved = probe_errors(saved, dump, rows, tmp_path, perturb_seed=seed)
-    from_start = probe_errors(resumed.cache / "warm_start", dump, rows, tmp_path, perturb_seed=seed)
+    seed, vppo = step_seed(0, STEPS), resumed.estimator == "vppo"
+    probes = [(saved, seed), (resumed.cache / "warm_start", seed)] + ([(saved, step_seed(0, 1))] if vppo else [])
+    from_saved, from_start, *restarted_seed = probe_errors(dump, rows, tmp_path, probes)
     print(f"\n[{resumed.estimator}] largest log-prob difference per row, from the saved weights "
           f"{from_saved['old_log_probs']}, from the warm start {from_start['old_log_probs']}")
     assert max(from_saved["old_log_probs"]) < SAME_POLICY, from_saved
     assert max(from_start["old_log_probs"]) > 3 * max(from_saved["old_log_probs"]), from_start  # tells them apart
-    if resumed.estimator == "vppo":
-        restarted_seed = probe_errors(saved, dump, rows, tmp_path, perturb_seed=step_seed(0, 1))
+    if vppo:
         assert max(from_saved["aug_log_probs"]) < SAME_POLICY, from_saved
-        assert max(restarted_seed["aug_log_probs"]) > 3 * max(from_saved["aug_log_probs"]), restarted_seed
+        assert max(restarted_seed[0]["aug_log_probs"]) > 3 * max(from_saved["aug_log_probs"]), restarted_seed
     assert optimizer_steps(step_folder(resumed.run_dir / "checkpoints", STEPS) / "actor") == {STEPS}
