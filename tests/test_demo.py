@@ -1,6 +1,7 @@
 """`python -m vgpo_verl.demo` end to end: real verl PPO with the vgpo estimator on this CPU (minutes).
 
-One run of the demo as a user starts it (`make demo`), into a temporary cache directory, then
+One run of the demo as a user starts it (`make demo`, with `--run-dir`: a checkpoint after every step;
+conftest's `checkpointed_demo`, shared with tests/test_demo_methods.py), into a temporary cache directory, then
 checks what the demo promises: exit 0, two training steps with a reward, a validation pass, the
 `vgpo/` metrics on every step computed from image tokens (no response without a visual token),
 non-zero advantages (the warm start gets some answers right), and no process of the run left behind.
@@ -15,80 +16,26 @@ dumped scores of a few responses equal a plain-transformers recomputation from t
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from _demo_cache import seeded_demo_cache
+from _demo_cache import demo_command, demo_env, invocation_metrics, seeded_demo_cache, stop
 from _dump_checks import expected_vgpo_advantages, load_dumps, similarity_errors
 
+from vgpo_verl.checkpoints import TRACKER, problem, step_folder
 from vgpo_verl.demo.run import RESPONSES_PER_PROMPT, RUN_ID_VAR, STEPS, pids_of_run
 
 
-def _processes_with_run_id() -> list[int]:
-    marker = f"{RUN_ID_VAR}=".encode()
-    found = []
-    for entry in pathlib.Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if any(item.startswith(marker) for item in (entry / "environ").read_bytes().split(b"\0")):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-def _demo_command(cache) -> list[str]:
-    return [sys.executable, "-m", "vgpo_verl.demo", "--cache-dir", str(cache)]
-
-
-def _demo_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != RUN_ID_VAR}
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM first: the demo then ends its run's Ray and vLLM processes itself."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
-def demo_cache(demo_assets, tmp_path_factory):
-    return seeded_demo_cache(demo_assets, tmp_path_factory.mktemp("demo"))
-
-
-@pytest.fixture(scope="module")
-def demo_run(demo_cache):
-    cache = demo_cache
-    before = set(_processes_with_run_id())
-    # the demo ends a dead or stalled run itself (vgpo_verl.demo.watchdog); this limit is the backstop
-    command = _demo_command(cache) + [f"+algorithm.vgpo.dump_dir={cache / 'dump'}"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_demo_env())
-    try:
-        stdout, stderr = proc.communicate(timeout=1800)
-    except subprocess.TimeoutExpired:
-        _stop(proc)
-        stdout, stderr = proc.communicate()
-    proc = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-    runs = sorted((cache / "runs").glob("*/metrics.jsonl"))
-    metrics = {}
-    if runs:
-        for line in runs[-1].read_text().splitlines():
-            record = json.loads(line)
-            metrics.setdefault(record["step"], {}).update(record["data"])
-    return proc, metrics, set(_processes_with_run_id()) - before
+def demo_run(checkpointed_demo):
+    _cache, run_dir, proc, leftovers = checkpointed_demo
+    return proc, invocation_metrics(run_dir), leftovers
 
 
 @pytest.mark.slow
@@ -151,6 +98,16 @@ def test_demo_leaves_no_process_behind(demo_run):
     assert not leftovers
 
 
+@pytest.mark.slow
+def test_demo_run_dir_holds_a_complete_checkpoint_per_step(checkpointed_demo):
+    _, run_dir, proc, _ = checkpointed_demo
+    checkpoints = run_dir / "checkpoints"
+    assert f"checkpoints after every step: {checkpoints}" in proc.stdout and "resumed from" not in proc.stdout
+    for step in range(1, STEPS + 1):
+        assert problem(step_folder(checkpoints, step)) is None, step
+    assert (checkpoints / TRACKER).read_text() == str(STEPS)
+
+
 def _run_id_of(demo: subprocess.Popen) -> str | None:
     """The run id that the demo gave its main_ppo (a direct child of the demo process)."""
     for entry in pathlib.Path("/proc").iterdir():
@@ -186,8 +143,8 @@ def test_demo_ends_fast_when_its_vllm_engine_is_killed(demo_assets, tmp_path):
     engine, exit non-zero and leave no process."""
     import threading
 
-    proc = subprocess.Popen(_demo_command(seeded_demo_cache(demo_assets, tmp_path / "cache")), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=_demo_env())
+    proc = subprocess.Popen(demo_command(seeded_demo_cache(demo_assets, tmp_path / "cache")), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=demo_env())
     lines: list[str] = []
     first_step = threading.Event()
 
@@ -215,7 +172,7 @@ def test_demo_ends_fast_when_its_vllm_engine_is_killed(demo_assets, tmp_path):
                         + "".join(lines[-60:]))
         took = time.monotonic() - killed_at
     finally:
-        _stop(proc)
+        stop(proc)
     reader.join(timeout=30)
     out = "".join(lines)
     print(f"\nEngineCore {engines} killed; the demo exited {proc.returncode} after {took:.0f} s; its report:\n"
@@ -231,8 +188,8 @@ def test_demo_ends_fast_when_its_vllm_engine_is_killed(demo_assets, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def dumps(demo_run, demo_cache):
-    return load_dumps(demo_cache / "dump", STEPS)
+def dumps(checkpointed_demo):
+    return load_dumps(checkpointed_demo[1] / "dump", STEPS)
 
 
 @pytest.mark.slow
@@ -254,9 +211,10 @@ def test_dump_advantages_are_grpo_times_alpha_times_psi(dumps):
 
 
 @pytest.mark.slow
-def test_dumped_similarity_matches_a_plain_transformers_recomputation(dumps, demo_cache, tmp_path):
+def test_dumped_similarity_matches_a_plain_transformers_recomputation(dumps, checkpointed_demo, tmp_path):
     # step 1 scores come from the warm start itself (no update yet); rows from every group
+    cache, run_dir, _, _ = checkpointed_demo
     first = dumps[0]
     rows = list(range(0, len(first["uid"]), 3))
-    worst = similarity_errors(demo_cache / "warm_start", demo_cache / "dump" / "step_000001.pt", rows, tmp_path)
+    worst = similarity_errors(cache / "warm_start", run_dir / "dump" / "step_000001.pt", rows, tmp_path)
     assert max(worst) < 1e-4, worst

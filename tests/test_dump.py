@@ -46,6 +46,8 @@ def test_dump_holds_what_verl_stored_and_recomputes(v1, tmp_path):  # noqa: F811
     assert record["has_visual"].tolist() == HAS_VISUAL and not record["is_padding"].any()
     stored = torch.nested.to_padded_tensor(tq.kv_batch_get(batch.keys, "train", ["advantages"])["advantages"], 0.0)
     torch.testing.assert_close(record["advantages"], stored, atol=0, rtol=0)
+    old = torch.nested.to_padded_tensor(tq.kv_batch_get(batch.keys, "train", ["old_log_probs"])["old_log_probs"], 0.0)
+    torch.testing.assert_close(record["old_log_probs"], old.float(), atol=0, rtol=0)  # the actor's, a weights probe
 
     # the scores are the ones the estimator received (the fixture's keys put both rows of a uid in one
     # multi-output session, so its stored advantages are 0; the recomputation is checked on a real run)

@@ -1,6 +1,7 @@
 """examples/run_vgpo.sh and examples/slurm/run_vgpo.slurm: syntax, shellcheck, dry runs, and a fake-Slurm run."""
 
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -197,6 +198,7 @@ def test_real_path_with_fake_slurm(tmp_path):
         env={
             "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log),
             "SLURM_JOB_NODELIST": "gpu-[a-b]", "HEAD_START_SECONDS": "0", "SLURM_SUBMIT_DIR": str(REPO),
+            "VGPO_RUN_DIR": str(tmp_path / "run"),
         },
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -225,6 +227,7 @@ def test_real_path_gives_up_when_gpus_are_missing(tmp_path):
         env={
             "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log),
             "SLURM_JOB_NODELIST": "gpu-[a-b]", "HEAD_START_SECONDS": "0", "GPU_WAIT_SECONDS": "0",
+            "VGPO_RUN_DIR": str(tmp_path / "run"),
         },
     )
     assert result.returncode == 1 and "did not reach 16 GPUs" in result.stderr
@@ -289,6 +292,7 @@ def test_every_node_gets_one_ray_auth_mode(tmp_path, has_token, user_mode, expec
     env = {
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log), "HAS_TOKEN": has_token,
         "SLURM_JOB_NODELIST": "gpu-[a-b]", "HEAD_START_SECONDS": "0", "RAY": str(bin_dir / "ray"),
+        "VGPO_RUN_DIR": str(tmp_path / "run"),
     }
     if user_mode:
         env["RAY_AUTH_MODE"] = user_mode
@@ -297,3 +301,108 @@ def test_every_node_gets_one_ray_auth_mode(tmp_path, has_token, user_mode, expec
     calls = [c for c in log.read_text().splitlines() if c.startswith("srun")]
     assert len(calls) >= 5 and all(c.endswith(f"RAY_AUTH_MODE={expected}") for c in calls), calls
     assert "secret" not in result.stdout  # the token itself is never printed
+
+
+# ---------------------------------------------------------------- long runs: stop, save, requeue
+
+def test_dry_run_checkpoints_into_the_run_directory_and_tells_the_trainer_where_to_look():
+    sbatch = [line for line in SLURM.read_text().splitlines() if line.startswith("#SBATCH")]
+    assert "#SBATCH --requeue" in sbatch and "#SBATCH --open-mode=append" in sbatch
+    assert any(re.fullmatch(r"#SBATCH --signal=B:USR1@\d+", line) for line in sbatch)
+    cmds, stdout = slurm_dry_run(FOUR_NODES, "vgpo_qwen2_5_vl_32b", env={"VGPO_RUN_DIR": "/shared/run7"})
+    (train,) = [w for w, _ in cmds if "verl.trainer.main_ppo" in w]
+    assert "on USR1 or TERM" in stdout and "scontrol requeue" in stdout
+    overrides = train[train.index("--config-name") + 2:]
+    with initialize_config_dir(config_dir=train[train.index("--config-path") + 1], version_base=None):
+        config = compose(config_name="vgpo_qwen2_5_vl_32b", overrides=overrides)
+    assert config.trainer.default_local_dir == "/shared/run7/checkpoints" and config.trainer.resume_mode == "auto"
+    env_vars = config.ray_kwargs.ray_init.runtime_env.env_vars
+    assert env_vars.VGPO_STOP_FILE == "/shared/run7/stop_requested"
+    assert env_vars.VERL_FILE_LOGGER_PATH == "/shared/run7/metrics.0.jsonl"
+
+
+# srun for the launcher's real path: the cluster answers at once; main_ppo is a trainer stand-in that,
+# on the job's first start, waits for the stop request (vgpo_verl.preemption's protocol), answers
+# and exits 0 (or exits 1 with FAKE_TRAINER_FAILS), and on a restart trains to the end.
+REQUEUE_SRUN = r"""#!/usr/bin/env bash
+echo "srun $*" >> "$FAKE_LOG"
+case "$*" in
+  *"hostname --ip-address"*) echo "10.9.8.7" ;;
+  *cluster_resources*) [[ -z "${FAKE_SIGNAL_BEFORE_TRAINING:-}" ]] || { touch "$FAKE_STATE/in_setup"; sleep 2; }; echo 16 ;;
+  *main_ppo*)
+    stop=$(printf '%s\n' "$@" | sed -n "s/.*VGPO_STOP_FILE='\(.*\)'$/\1/p")
+    [[ -z "${SLURM_RESTART_COUNT:-}" ]] || exit 0
+    touch "$FAKE_STATE/training"
+    for _ in $(seq 600); do
+      if [[ -e "$stop" ]]; then
+        [[ -z "${FAKE_TRAINER_FAILS:-}" ]] || exit 1
+        echo '{"step": 1}' > "$stop.stopped"; exit 0
+      fi
+      sleep 0.1
+    done
+    exit 3 ;;
+esac
+exit 0
+"""
+
+
+def _requeue_job(tmp_path, signal_name, wait_for, **env):
+    """The launcher as a Slurm job (tests/localhost_slurm/sbatch and scontrol, the srun above), sent
+    `signal_name` to its batch shell once `wait_for` appears; returns (result, srun calls, batch runs)."""
+    import signal
+    import time
+
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    bin_dir.mkdir()
+    state.mkdir()
+    (bin_dir / "srun").write_text(REQUEUE_SRUN)
+    (bin_dir / "srun").chmod(0o755)
+    log, runs = tmp_path / "calls.log", tmp_path / "batch.log"
+    environment = {
+        **os.environ, "PATH": f"{bin_dir}{os.pathsep}{REPO / 'tests' / 'localhost_slurm'}{os.pathsep}{os.environ['PATH']}",
+        "FAKE_LOG": str(log), "FAKE_STATE": str(state), "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[1-2]",
+        "HEAD_START_SECONDS": "0", "VGPO_RUN_DIR": str(tmp_path / "run"), "LOCALHOST_SLURM_STATE": str(tmp_path / "slurm"),
+        "LOCALHOST_SLURM_LOG": str(runs), "RAY_AUTH_MODE": "disabled", **env,
+    }
+    job = subprocess.Popen(["sbatch", "--wait", str(SLURM), "vgpo_qwen2_5_vl_7b"], env=environment,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (state / wait_for).exists() and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (state / wait_for).exists(), f"the job never got to {wait_for!r}"
+        batch = int((tmp_path / "slurm" / "batch.pid").read_text())
+        os.kill(batch, getattr(signal, signal_name))
+        out, _ = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    return out, job.returncode, log.read_text().splitlines(), runs.read_text().splitlines()
+
+
+@pytest.mark.parametrize("signal_name", ["SIGUSR1", "SIGTERM"])
+def test_a_signalled_job_stops_its_trainer_then_requeues_and_the_restart_ends(tmp_path, signal_name):
+    out, code, calls, runs = _requeue_job(tmp_path, signal_name, wait_for="training")
+    assert code == 0, out
+    assert runs == ["batch start=0 rc=0", "batch start=1 rc=0"], out  # requeued once, then a normal end
+    assert f"received {signal_name}" in out and "requeueing job 4242" in out
+    trains = [c for c in calls if "main_ppo" in c]
+    assert len(trains) == 2 and all(f"trainer.default_local_dir={tmp_path}/run/checkpoints" in c for c in trains)
+    assert "metrics.0.jsonl" in trains[0] and "metrics.1.jsonl" in trains[1]  # verl starts its file anew each start
+    # Ray stops before the requeue, once per start
+    assert [c for c in calls if "stop --force" in c or "main_ppo" in c][:2] == [trains[0], next(c for c in calls if "stop --force" in c)]
+    assert sum("stop --force" in c for c in calls) == 2
+
+
+def test_a_trainer_that_fails_after_the_request_is_not_requeued(tmp_path):
+    out, code, _, runs = _requeue_job(tmp_path, "SIGUSR1", wait_for="training", FAKE_TRAINER_FAILS="1")
+    assert code == 1 and runs == ["batch start=0 rc=1"], out
+    assert "requeueing" not in out
+
+
+def test_a_signal_before_training_requeues_without_training(tmp_path):
+    out, code, calls, runs = _requeue_job(tmp_path, "SIGUSR1", wait_for="in_setup", FAKE_SIGNAL_BEFORE_TRAINING="1")
+    assert code == 0 and runs == ["batch start=0 rc=0", "batch start=1 rc=0"], out
+    assert "stop requested before training started" in out
+    assert sum("main_ppo" in c for c in calls) == 1  # only the restart trained

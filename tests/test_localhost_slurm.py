@@ -1,4 +1,4 @@
-"""The stand-ins in tests/localhost_slurm/ (`srun`, `scontrol`, `ray`) that run
+"""The stand-ins in tests/localhost_slurm/ (`srun`, `scontrol`, `ray`, `sbatch`) that run
 examples/slurm/run_vgpo.slurm for real on one machine, with Slurm "nodes" that are all localhost:
 what each stand-in does, in seconds, without Ray.
 """
@@ -30,7 +30,7 @@ def standin_env(tmp: pathlib.Path, job_id: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("name", ["srun", "scontrol", "ray"])
+@pytest.mark.parametrize("name", ["srun", "scontrol", "ray", "sbatch"])
 def test_standins_are_shellcheck_clean(name):
     from test_launchers import shellcheck_binary
 
@@ -100,3 +100,69 @@ def test_ray_start_keeps_nodes_apart(tmp_path):
     assert "--temp-dir=/tmp/r/node2" in worker and "--include-dashboard=false" not in worker
     unset = subprocess.run(["ray", "start", "--head"], env=env, capture_output=True, text=True)
     assert unset.returncode != 0 and "srun" in unset.stderr  # not inside a Slurm task
+
+
+# A batch script that asks to be requeued on its first two starts, then exits 7.
+REQUEUEING_JOB = """#!/usr/bin/env bash
+echo "start ${SLURM_RESTART_COUNT:-0} pid $$" >> "$JOB_LOG"
+if [[ "${SLURM_RESTART_COUNT:-0}" -lt 2 ]]; then scontrol requeue "$SLURM_JOB_ID"; exit 0; fi
+exit 7
+"""
+
+
+def _job(tmp, body, **env):
+    script = tmp / "job.sh"
+    script.write_text(body)
+    script.chmod(0o755)
+    environment = {**standin_env(tmp, "job-r"), "LOCALHOST_SLURM_STATE": str(tmp / "state"),
+                   "JOB_LOG": str(tmp / "job.log"), **env}
+    environment.pop("SLURM_RESTART_COUNT", None)
+    return subprocess.run(["sbatch", "--wait", str(script)], env=environment, capture_output=True, text=True, timeout=60)
+
+
+def test_sbatch_runs_a_requeued_job_again_like_slurm(tmp_path):
+    result = _job(tmp_path, REQUEUEING_JOB)
+    assert result.returncode == 7, result.stderr
+    starts = (tmp_path / "job.log").read_text().splitlines()
+    assert [line.split()[1] for line in starts] == ["0", "1", "2"]  # SLURM_RESTART_COUNT, as Slurm sets it
+    assert (tmp_path / "srun.log").read_text().splitlines() == ["batch start=0 rc=0", "batch start=1 rc=0",
+                                                                 "batch start=2 rc=7"]
+    assert not (tmp_path / "state" / "batch.pid").exists()
+
+
+def test_sbatch_stops_a_job_that_requeues_forever(tmp_path):
+    result = _job(tmp_path, REQUEUEING_JOB, LOCALHOST_SLURM_MAX_RESTARTS="1")
+    assert result.returncode == 1 and "requeued more than 1 times" in result.stderr
+    assert len((tmp_path / "job.log").read_text().splitlines()) == 2
+
+
+def test_sbatch_records_the_batch_shell_that_slurm_signals(tmp_path):
+    """batch.pid is the batch script's own process (`--signal=B:USR1` reaches it and nothing else)."""
+    body = """#!/usr/bin/env bash
+trap 'echo got USR1 >> "$JOB_LOG"; exit 0' USR1
+echo "start 0 pid $$" >> "$JOB_LOG"
+while :; do sleep 0.1; done
+"""
+    import threading
+    import time
+
+    done = {}
+    runner = threading.Thread(target=lambda: done.update(result=_job(tmp_path, body)))
+    runner.start()
+    pid_file = tmp_path / "state" / "batch.pid"
+    deadline = time.monotonic() + 30
+    while not ((tmp_path / "job.log").exists() and pid_file.exists()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    batch = int(pid_file.read_text())
+    assert f"pid {batch}" in (tmp_path / "job.log").read_text()
+    os.kill(batch, signal.SIGUSR1)
+    runner.join(timeout=30)
+    assert done["result"].returncode == 0 and "got USR1" in (tmp_path / "job.log").read_text()
+
+
+def test_scontrol_requeues_only_its_own_job(tmp_path):
+    env = {**standin_env(tmp_path, "job-s"), "LOCALHOST_SLURM_STATE": str(tmp_path)}
+    other = subprocess.run(["scontrol", "requeue", "job-t"], env=env, capture_output=True, text=True)
+    assert other.returncode == 1 and "only a job's own" in other.stderr and not (tmp_path / "requeue").exists()
+    own = subprocess.run(["scontrol", "requeue", "job-s"], env=env, capture_output=True, text=True)
+    assert own.returncode == 0 and (tmp_path / "requeue").exists()

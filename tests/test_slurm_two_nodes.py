@@ -7,6 +7,12 @@ run, and verl's main_ppo trains the CPU demo's model with trainer.nnodes=2 and o
 (the CPU platform gives each Ray node one logical GPU), 2 VGPO steps with rollouts. The debugging
 dump (vgpo_verl.dump) then shows what both ranks produced.
 
+The job also outlives its allocation: it runs as a Slurm job (tests/localhost_slurm/sbatch) that
+gets USR1 during step 1, as Slurm warns before a time limit; the trainer saves step 1 and stops, the
+launcher stops Ray and requeues the job (`scontrol requeue`), the stand-in starts it again, and the
+second start resumes from the checkpoint and trains step 2: the shuffled prompts of step 2, with
+the saved weights (the scores of step 2 recomputed from the checkpoint).
+
 Memory (the machine has 24 GiB for everything): two nodes double the actor ranks and the vLLM
 replicas of the one-node demo. Kept small by: one rollout replica per node at tensor parallel 1
 (TP 2 would need one vLLM spanning both Ray nodes), vLLM's KV cache at 1 GiB per replica
@@ -34,8 +40,9 @@ import uuid
 
 import pytest
 
-from _dump_checks import expected_vgpo_advantages, load_dumps, similarity_errors
+from _dump_checks import expected_vgpo_advantages, load_dumps, merged_actor, probe_errors, similarity_errors
 
+from vgpo_verl.checkpoints import TRACKER, problem, step_folder
 from vgpo_verl.demo import run as demo_run
 from vgpo_verl.demo import watchdog
 from vgpo_verl.demo.memory import PeakMemory
@@ -52,7 +59,10 @@ PEAK_PSS_LIMIT = 22 * 2**30
 # dynamic batching by tokens (up to 2 rows of <= 160 tokens per micro-batch), so each rank re-orders
 # its rows and must put the scores back in row order.
 MAX_TOKENS_PER_MICRO_BATCH = 2 * (demo_run.MAX_PROMPT_TOKENS + demo_run.MAX_RESPONSE_TOKENS)
-PROGRESS = re.compile(r"nodes \(|step:\d|Error|Traceback|ray stop stand-in|did not reach")
+PROGRESS = re.compile(r"nodes \(|step:\d|Error|Traceback|ray stop stand-in|did not reach|vgpo-verl:|received SIG|requeueing")
+TRAINING_STARTED = "Training Progress:   0%"  # verl's progress bar, drawn as its loop starts step 1
+DATA_SEED = 7
+SAME_WEIGHTS = 1e-5  # largest score difference of one model computed twice (measured: ~1e-7)
 
 # verl's defaults only; the demo's overrides come on the launcher's command line.
 CPU_RECIPE = """\
@@ -76,14 +86,17 @@ def _free_port() -> int:
 
 
 def two_node_overrides(model_dir, train, val, dump_dir) -> list[str]:
-    """The demo's overrides for two actor ranks (the launcher sets trainer.nnodes/n_gpus_per_node),
-    with the debugging dump on and a reward that is mixed within groups (parity_reward.py says why)."""
-    replaced = ("trainer.nnodes=", "trainer.n_gpus_per_node=", "reward.custom_reward_function.")
+    """The demo's overrides for two actor ranks (the launcher sets trainer.nnodes/n_gpus_per_node and
+    the checkpoint directory), with the debugging dump on, a reward that is mixed within groups
+    (parity_reward.py says why) and shuffled prompts (a resumed run must continue the shuffle)."""
+    replaced = ("trainer.nnodes=", "trainer.n_gpus_per_node=", "reward.custom_reward_function.", "data.shuffle=")
     base = [o for o in demo_run.overrides(model_dir, train, val, "vgpo") if not o.startswith(replaced)]
     return base + [
         f"reward.custom_reward_function.path={STANDINS / 'parity_reward.py'}",
         "reward.custom_reward_function.name=compute_score",
         f"+algorithm.vgpo.dump_dir={dump_dir}",
+        "data.shuffle=true",
+        f"data.seed={DATA_SEED}",
         "actor_rollout_ref.actor.use_dynamic_bsz=true",
         f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={MAX_TOKENS_PER_MICRO_BATCH}",
         "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=true",
@@ -167,6 +180,7 @@ def two_node_run(tmp_path_factory):
 
     run_id = uuid.uuid4().hex
     env = demo_run.run_environment(run_dir, run_id)  # the CPU platform, caches in run_dir, the run marker
+    del env["VERL_FILE_LOGGER_PATH"]  # the launcher's: one metrics file per start of the job
     env.update({
         "PATH": f"{STANDINS}{os.pathsep}{env['PATH']}",
         "SLURM_JOB_ID": run_id,
@@ -183,8 +197,12 @@ def two_node_run(tmp_path_factory):
         "GPU_WAIT_SECONDS": "300",
         "VGPO_RECIPES_DIR": str(recipes),
         "VERL_USE_EXTERNAL_MODULES": "",
+        "VGPO_RUN_DIR": str(run_dir / "job"),
+        "LOCALHOST_SLURM_STATE": str(base / "slurm"),
     })
-    cmd = [str(SLURM), RECIPE, *two_node_overrides(model_dir, train, val, run_dir / "dump")]
+    # The launcher as a Slurm job (tests/localhost_slurm/sbatch): it is sent USR1 during step 1, and
+    # runs again when it requeues itself.
+    cmd = ["sbatch", "--wait", str(SLURM), RECIPE, *two_node_overrides(model_dir, train, val, run_dir / "dump")]
     print(f"\n[two nodes] run directory {run_dir}; launcher log {run_dir / 'launcher.log'}", flush=True)
     started = time.monotonic()
     leftovers: list[str] = []
@@ -197,11 +215,17 @@ def two_node_run(tmp_path_factory):
         proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
+        signalled = []
+
         def on_line(line: str) -> None:
             log.write(line)
             log.flush()
             if PROGRESS.search(line):
                 print("  | " + line.rstrip()[:240], flush=True)
+            if TRAINING_STARTED in line and not signalled:  # Slurm's warning before the time limit
+                signalled.append(int((base / "slurm" / "batch.pid").read_text()))
+                os.kill(signalled[0], signal.SIGUSR1)
+                print(f"[two nodes] USR1 sent to the batch script (pid {signalled[0]}) during step 1", flush=True)
 
         try:
             # a dead Ray actor / vLLM engine or a silent run ends it at once (the demo's watchdog);
@@ -231,11 +255,17 @@ def two_node_run(tmp_path_factory):
     print(f"[two nodes] exit {code}, wall {wall_s:.0f} s, peak PSS {memory.peak_bytes / 2**30:.2f} GiB", flush=True)
     for node, titles in sorted(placement.titles.items()):
         print(f"[two nodes] Ray processes on {node}: {', '.join(sorted(titles))}", flush=True)
+    srun_log = (run_dir / "srun.log").read_text().splitlines() if (run_dir / "srun.log").exists() else []
     return {
         "code": code,
         "log": (run_dir / "launcher.log").read_text(),
-        "srun": (run_dir / "srun.log").read_text().splitlines() if (run_dir / "srun.log").exists() else [],
-        "metrics": read_metrics(run_dir / "metrics.jsonl"),
+        "srun": [line for line in srun_log if not line.startswith("batch ")],
+        "batches": [line for line in srun_log if line.startswith("batch ")],  # the sbatch stand-in's runs
+        "signalled": signalled,
+        "metrics_per_start": [read_metrics(run_dir / "job" / f"metrics.{start}.jsonl") for start in (0, 1)],
+        "metrics": {step: values for start in (0, 1)
+                    for step, values in read_metrics(run_dir / "job" / f"metrics.{start}.jsonl").items()},
+        "train": train,
         "peak_pss": memory.peak_bytes,
         "titles": placement.titles,
         "leftovers": leftovers,
@@ -344,3 +374,61 @@ def test_two_node_scores_of_both_ranks_come_back_in_row_order(dumps, two_node_ru
     worst = similarity_errors(two_node_run["model_dir"], two_node_run["run_dir"] / "dump" / "step_000001.pt",
                               list(range(len(first["uid"]))), tmp_path)
     assert max(worst) < 1e-4, worst
+
+
+# ---------------------------------------------------------------------------------------------
+# The job outlived its allocation: USR1 during step 1 -> checkpoint, clean stop, requeue -> step 2
+
+
+@pytest.mark.slow
+def test_two_node_job_saves_stops_and_requeues_on_usr1_then_resumes_at_step_2(two_node_run):
+    log = two_node_run["log"]
+    assert two_node_run["signalled"], "verl's training loop never started"
+    assert two_node_run["batches"] == ["batch start=0 rc=0", "batch start=1 rc=0"], log[-8000:]  # requeued once, then done
+    assert "received SIGUSR1" in log and "vgpo-verl: stopped after step 1 as requested" in log
+    assert "requeueing job" in log and log.count("requeueing job") == 1
+    assert "vgpo-verl: resuming from" in log and "global_step_1" in log
+    # each start logged its own steps: 1 before the stop, 2 after the requeue (none twice)
+    assert [training_steps(m) for m in two_node_run["metrics_per_start"]] == [[1], [2]]
+    assert two_node_run["metrics_per_start"][1][2]["training/global_step"] == 2
+    checkpoints = two_node_run["run_dir"] / "job" / "checkpoints"
+    assert problem(step_folder(checkpoints, 1)) is None and (checkpoints / TRACKER).read_text() == "1"
+    assert not step_folder(checkpoints, 2).exists()  # save_freq=-1: the stop's save is the only one
+
+
+def _expected_batches(train_parquet: pathlib.Path) -> list[list[int]]:
+    """The dataset rows of steps 1 and 2 in an uninterrupted run: verl's own sampler and stateful
+    dataloader (verl.trainer.ppo.utils.create_rl_sampler) over the train set, as the trainer builds them."""
+    import pandas as pd
+    from omegaconf import OmegaConf
+    from torchdata.stateful_dataloader import StatefulDataLoader
+    from verl.trainer.ppo.utils import create_rl_sampler
+
+    rows = list(range(len(pd.read_parquet(train_parquet))))
+    sampler = create_rl_sampler(OmegaConf.create({"shuffle": True, "seed": DATA_SEED}), rows)
+    loader = StatefulDataLoader(rows, batch_size=demo_run.BATCH_PROMPTS, drop_last=True, sampler=sampler)
+    return [batch.tolist() for _, batch in zip(range(demo_run.STEPS), loader)]
+
+
+@pytest.mark.slow
+def test_two_node_resumed_step_trains_the_next_prompts_of_the_shuffle(dumps, two_node_run):
+    expected = _expected_batches(two_node_run["train"])
+    assert expected[0] != expected[1]  # a restarted (not restored) shuffle would repeat step 1's prompts
+    for record, rows in zip(dumps, expected):
+        assert sorted(set(record["index"])) == sorted(rows), (record["step"], record["index"], rows)
+
+
+@pytest.mark.slow
+def test_two_node_resumed_policy_is_the_saved_one(dumps, two_node_run, tmp_path):
+    """Step 2's scores (the resumed actor's forward, both ranks) recomputed from the step-1 checkpoint's
+    weights (its two FSDP shards joined) agree to float precision; from the initial weights they do not."""
+    actor = two_node_run["run_dir"] / "job" / "checkpoints" / "global_step_1" / "actor"
+    saved = merged_actor(actor, tmp_path / "saved")
+    dump = two_node_run["run_dir"] / "dump" / "step_000002.pt"
+    rows = list(range(0, len(dumps[1]["uid"]), 3))
+    from_saved, from_initial = (errors["similarity"] for errors in probe_errors(
+        dump, rows, tmp_path, [(saved, 0), (two_node_run["model_dir"], 0)]))
+    print(f"\n[two nodes] largest step-2 score difference per row, from the saved weights {from_saved}, "
+          f"from the initial ones {from_initial}")
+    assert max(from_saved) < SAME_WEIGHTS, from_saved
+    assert min(from_initial) > 10 * SAME_WEIGHTS, from_initial  # the check can tell the two apart

@@ -24,6 +24,8 @@ batch's key order (the order verl's `_compute_advantage` used), T = the longest 
     has_visual           (B,) bool (vgpo only)
     is_padding           (B,) bool, rows verl's batch balancing added as padding (tag is_padding)
     advantages           (B, T) float32, what verl stored for the update (0 at padding)
+    old_log_probs        (B, T) float32, the actor's log-probs of the response tokens in the
+                         old-log-prob pass (0 at padding): a probe of the weights it ran with
     input_ids            list[(L_i,) int64] (B,), prompt + response token ids, unpadded
     prompt_length        (B,) int64, so input_ids[i][prompt_length[i]:] is the response
     image_grid_thw       list[(n_images_i, 3) int64 or None] (B,)
@@ -47,7 +49,8 @@ import pathlib
 import torch
 
 DUMP_KEY = "dump_dir"  # under algorithm.vgpo; read here, skipped by VGPOConfig (not a weighting knob)
-_FIELDS = ["uid", "response_mask", "rm_scores", "advantages", "input_ids", "multi_modal_inputs", "index"]
+_FIELDS = ["uid", "response_mask", "rm_scores", "advantages", "old_log_probs", "input_ids", "multi_modal_inputs",
+           "index"]
 
 
 def dump_dir_from(algorithm_config) -> pathlib.Path | None:
@@ -103,6 +106,7 @@ def collect(data, inputs: dict[str, torch.Tensor], step: int, algorithm: dict) -
         "token_level_rewards": _padded(data["rm_scores"], width, torch.float32),
         "estimator_inputs": {k: v.detach().cpu() for k, v in inputs.items()},
         "advantages": _padded(data["advantages"], width, torch.float32),
+        "old_log_probs": _padded(data["old_log_probs"], width, torch.float32),
         "input_ids": input_ids,
         "prompt_length": torch.tensor([ids.numel() - n for ids, n in zip(input_ids, response_lengths)]),
         "image_grid_thw": [None if m is None or "image_grid_thw" not in m else m["image_grid_thw"].cpu() for m in mm],

@@ -15,14 +15,17 @@ from vgpo_verl._import_hooks import when_imported
 
 logger = logging.getLogger("vgpo_verl")
 
-# verl module -> glue to run right after that module has been imported ("module:function").
-POST_IMPORT_HOOKS: dict[str, str] = {
+# verl module -> glue to run right after that module has been imported ("module:function", or several).
+POST_IMPORT_HOOKS: dict[str, str | tuple[str, ...]] = {
     "verl.trainer.ppo.core_algos": "vgpo_verl.estimator:register",
     "verl.workers.engine.fsdp.transformer_impl": "vgpo_verl.engine:register",
     "verl.trainer.ppo.v1.utils": "vgpo_verl.trainer_wiring:install_multi_trajectories",
-    "verl.trainer.ppo.v1.trainer_base": "vgpo_verl.trainer_wiring:install_v1",
+    "verl.trainer.ppo.v1.trainer_base": ("vgpo_verl.trainer_wiring:install_v1", "vgpo_verl.checkpoints:install_v1"),
     "verl.trainer.ppo.metric_utils": "vgpo_verl.trainer_wiring:install_metrics",
-    "verl.trainer.ppo.ray_trainer": "vgpo_verl.trainer_wiring:install_legacy",
+    "verl.trainer.ppo.ray_trainer": ("vgpo_verl.trainer_wiring:install_legacy", "vgpo_verl.checkpoints:install_legacy",
+                                     "vgpo_verl.preemption:install_legacy"),
+    # long runs: resume only from complete checkpoints (vgpo_verl.checkpoints), stop when asked (vgpo_verl.preemption)
+    "verl.trainer.ppo.v1": "vgpo_verl.preemption:install_v1",
     # every PPO entry point's first call in the driver: the start-up checks (vgpo_verl.preflight)
     "verl.utils.device": "vgpo_verl.preflight:install",
 }
@@ -31,7 +34,12 @@ _ran: set[str] = set()
 
 
 def _run_hook(verl_module: str) -> None:
-    target = POST_IMPORT_HOOKS[verl_module]
+    targets = POST_IMPORT_HOOKS[verl_module]
+    for target in (targets,) if isinstance(targets, str) else targets:
+        _run_target(verl_module, target)
+
+
+def _run_target(verl_module: str, target: str) -> None:
     if target in _ran:
         return
     _ran.add(target)

@@ -7,6 +7,10 @@ progress, and ends with a summary: per step the reward, verl's advantage range, 
 `rollout_corr/` metrics; wall time, peak memory and where the logs are. Exit code: verl's, or 1 if
 the run did not produce what the summary needs.
 
+`--steps N --run-dir DIR`: N steps, a checkpoint after each into DIR; the same command with a larger
+N continues from the last checkpoint, trains only the missing steps and says `resumed from step K`
+(vgpo_verl.demo.continuing).
+
 `--learn`: VGPO and DAPO from the same warm start for vgpo_verl.demo.learn.STEPS steps each, with
 validation; writes learning_curve_tiny.{json,png} (see vgpo_verl.demo.learn).
 """
@@ -36,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=pathlib.Path, default=demo_run.DEFAULT_CACHE,
                    help="where the tiny model, the data and the run directories go (default: %(default)s)")
     p.add_argument("--estimator", default="vgpo", help="algorithm.adv_estimator (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=demo_run.STEPS, help="training steps (default: %(default)s)")
+    p.add_argument("--run-dir", type=pathlib.Path, default=None,
+                   help="checkpoint after every step into this directory; run again with it and a larger "
+                        "--steps to continue from the last checkpoint (vgpo_verl.demo.continuing)")
     p.add_argument("--verbose", action="store_true", help="echo all of verl's output, not just progress")
     p.add_argument("--learn", action="store_true",
                    help="VGPO vs DAPO learning curves from the warm start (about 25 min on 2 cores)")
@@ -50,10 +58,30 @@ def _exit_on_sigterm(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps {args.steps}: give at least 1")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     started = time.monotonic()
     cache = args.cache_dir.resolve()
+    resumed_from, checkpoints = 0, []
+    if args.run_dir is not None:
+        from vgpo_verl.demo import continuing
+
+        if args.learn:
+            parser.error("--run-dir continues the demo's run; --learn runs its own (drop one of them)")
+        try:
+            run_dir, checkpoint_dir, resumed_from = continuing.prepare(args.run_dir.resolve(), args.estimator)
+        except ValueError as error:
+            parser.error(str(error))
+        if resumed_from >= args.steps:
+            print(f"[demo] {checkpoint_dir} is at step {resumed_from}: nothing to train for --steps {args.steps}",
+                  flush=True)
+            return 0
+        checkpoints = continuing.checkpoint_overrides(checkpoint_dir)
+        print(f"[demo] checkpoints after every step: {checkpoint_dir}"
+              + (f"; resuming from step {resumed_from}" if resumed_from else ""), flush=True)
 
     print(f"[demo] preparing the tiny Qwen2.5-VL and the shapes task under {cache}", flush=True)
     from vgpo_verl.demo.shapes_data import DEFAULT_TASK, make_dataset
@@ -78,11 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     if not (train.exists() and val.exists()):
         train, val = make_dataset(data_dir, demo_run.TRAIN_PROMPTS, demo_run.VAL_PROMPTS, seed=0)
 
-    run_dir = cache / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    if args.run_dir is None:
+        run_dir = cache / "runs" / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
-    overrides = demo_run.overrides(model_dir, train, val, args.estimator) + list(args.extra)
-    print(f"[demo] running verl main_ppo (adv_estimator={args.estimator}, {demo_run.STEPS} steps + validation); "
-          f"full log: {run_dir / 'train.log'}", flush=True)
+    overrides = demo_run.overrides(model_dir, train, val, args.estimator, steps=args.steps) + checkpoints + list(args.extra)
+    print(f"[demo] running verl main_ppo (adv_estimator={args.estimator}, steps {resumed_from + 1}-{args.steps} "
+          f"+ validation); full log: {run_dir / 'train.log'}", flush=True)
 
     with PeakMemory(demo_run.RUN_ID_VAR) as memory:
         code, _run_id = demo_run.run_verl(run_dir, overrides, echo=echo, on_start=memory.watch)
@@ -90,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
     metrics = read_metrics(run_dir / "metrics.jsonl")
     text, complete = render_summary(
-        metrics, steps=demo_run.STEPS, estimator=args.estimator, exit_code=code, wall_s=wall_s,
-        peak_memory_bytes=memory.peak_bytes, run_dir=run_dir,
+        metrics, steps=args.steps, estimator=args.estimator, exit_code=code, wall_s=wall_s,
+        peak_memory_bytes=memory.peak_bytes, run_dir=run_dir, resumed_from=resumed_from,
     )
     print(text, flush=True)
     if code != 0:

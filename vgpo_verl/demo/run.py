@@ -3,6 +3,7 @@
 Everything is real: Ray, vLLM (the CPU build) for rollouts and validation, verl's FSDP2 actor, the
 VGPO estimator fed by the actor's own hidden states. Only the sizes are tiny, so it fits two CPU
 cores: 4 prompts x 4 responses per step, 2 steps, one validation pass over 4 prompts.
+(`--steps` and `--run-dir` change the number of steps and checkpoint every one: vgpo_verl.demo.continuing.)
 
 The run lives in its own process group and every process it starts carries a run id in its
 environment; `stop_leftovers()` ends exactly those, so nothing of it outlives the demo.
@@ -34,7 +35,8 @@ MAX_PROMPT_TOKENS = 128  # chat template + question (~30) + 16 image tokens
 MAX_RESPONSE_TOKENS = 32
 
 
-def overrides(model_dir: pathlib.Path, train: pathlib.Path, val: pathlib.Path, estimator: str) -> list[str]:
+def overrides(model_dir: pathlib.Path, train: pathlib.Path, val: pathlib.Path, estimator: str,
+              steps: int = STEPS) -> list[str]:
     """Hydra overrides of verl's ppo_trainer config for the CPU demo (each choice says why)."""
     actor = "actor_rollout_ref.actor"
     rollout = "actor_rollout_ref.rollout"
@@ -98,14 +100,15 @@ def overrides(model_dir: pathlib.Path, train: pathlib.Path, val: pathlib.Path, e
         # TransferQueue: one storage unit instead of 8 actors
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
         "+ray_kwargs.ray_init.include_dashboard=false",
-        # trainer: one CPU "GPU", 2 steps, validation after the last one, metrics to console + jsonl
+        # trainer: one CPU "GPU", `steps` steps (as many epochs as they take: verl's loop also ends when
+        # the epochs run out), validation after the last one, metrics to console + jsonl
         "trainer.device=cpu",
         "trainer.nnodes=1",
         "trainer.n_gpus_per_node=1",
-        f"trainer.total_training_steps={STEPS}",
-        "trainer.total_epochs=1",
+        f"trainer.total_training_steps={steps}",
+        f"trainer.total_epochs={-(-steps * BATCH_PROMPTS // TRAIN_PROMPTS)}",
         "trainer.val_before_train=false",
-        f"trainer.test_freq={STEPS}",
+        f"trainer.test_freq={steps}",
         "trainer.save_freq=-1",
         "trainer.logger=[console,file]",
         "trainer.project_name=vgpo_demo",

@@ -31,21 +31,26 @@ def training_steps(metrics: dict[int, dict[str, float]]) -> list[int]:
 
 
 def render_summary(metrics, steps: int, estimator: str, exit_code: int, wall_s: float,
-                   peak_memory_bytes: int, run_dir: pathlib.Path) -> tuple[str, bool]:
+                   peak_memory_bytes: int, run_dir: pathlib.Path, resumed_from: int = 0) -> tuple[str, bool]:
     """The summary text, and whether the run shows everything the demo promises.
 
-    Complete means: verl exited 0, `steps` training steps were logged with a reward, a validation
-    ran, and for our estimators (vgpo_verl.methods) every step has the method's metrics (`vgpo/`,
-    `entropy/`, `vppo/`); for vgpo also no response lacking a visual token.
+    Complete means: verl exited 0, training steps resumed_from + 1 .. `steps` (and no other) were
+    logged with a reward, a validation ran, and for our estimators (vgpo_verl.methods) every step
+    has the method's metrics (`vgpo/`, `entropy/`, `vppo/`); for vgpo also no response lacking a
+    visual token. `resumed_from`: the checkpoint's step this run continued from (0: a fresh run).
     """
     from vgpo_verl.methods import method_of
 
     method = method_of(estimator)
     done = training_steps(metrics)
+    retrained = [step for step in done if step <= resumed_from]
+    done = [step for step in done if step > resumed_from]
     val = {k: v for values in metrics.values() for k, v in values.items() if k.startswith(VAL_PREFIX)}
     lines = ["", "=" * 72, f"vgpo-verl demo summary (adv_estimator={estimator})", "=" * 72]
     lines.append(f"verl exit code      {exit_code}")
-    lines.append(f"training steps      {len(done)} of {steps}")
+    if resumed_from:
+        lines.append(f"resumed from step {resumed_from}")
+    lines.append(f"training steps      {len(done)} of {steps - resumed_from}")
     problems = []
     for step in done:
         values = metrics[step]
@@ -74,8 +79,10 @@ def render_summary(metrics, steps: int, estimator: str, exit_code: int, wall_s: 
 
     if exit_code != 0:
         problems.append(f"verl exited with code {exit_code}")
-    if len(done) != steps:
-        problems.append(f"{len(done)} training steps logged, expected {steps}")
+    if len(done) != steps - resumed_from:
+        problems.append(f"{len(done)} training steps logged, expected {steps - resumed_from}")
+    if retrained:
+        problems.append(f"steps {retrained} were trained again: the run did not resume from step {resumed_from}")
     if not val:
         problems.append("no validation metrics logged")
 

@@ -1,0 +1,216 @@
+"""Only complete checkpoints are resumed from (vgpo_verl.checkpoints), including after a SIGKILL mid-save.
+
+The kill tests run verl's own `_save_checkpoint` and `_load_checkpoint` (v1 PPOTrainerSync, wrapped
+by the plugin) over stand-in workers (tests/_fake_trainers.py): a child process saves step 1, then
+is killed with SIGKILL inside the save of step 2 at three places (half of the actor's files written;
+while verl rewrites its marker; after the marker, before our record), and the next start must
+resume from step 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from _fake_trainers import DataLoader, Workers, v1_trainer, verl_config
+
+from vgpo_verl import checkpoints
+from vgpo_verl.checkpoints import RECORD, TRACKER, problem, record_complete, settle_tracker, step_folder
+
+TESTS = pathlib.Path(__file__).resolve().parent
+
+
+def _checkpoint(checkpoint_dir: pathlib.Path, step: int, record: bool = True) -> pathlib.Path:
+    folder = step_folder(checkpoint_dir, step)
+    (folder / "actor").mkdir(parents=True)
+    (folder / "actor" / "model_world_size_1_rank_0.pt").write_bytes(os.urandom(1000))
+    (folder / "data.pt").write_bytes(b"position")
+    if record:
+        record_complete(folder, step)
+    return folder
+
+
+def _tracker(checkpoint_dir: pathlib.Path, text: str) -> None:
+    (checkpoint_dir / TRACKER).write_text(text)
+
+
+def test_a_record_checks_every_file_and_its_size(tmp_path):
+    folder = _checkpoint(tmp_path, 1)
+    assert problem(folder) is None
+    assert json.loads((folder / RECORD).read_text())["files"] == {"actor/model_world_size_1_rank_0.pt": 1000,
+                                                                   "data.pt": 8}
+    (folder / "data.pt").write_bytes(b"pos")  # cut short after its save
+    assert problem(folder) == "data.pt has 3 bytes, 8 when saved"
+    (folder / "data.pt").unlink()
+    assert problem(folder) == "data.pt is missing"
+    (folder / RECORD).write_text("{")
+    assert "unreadable" in problem(folder)
+    assert "did not finish" in problem(_checkpoint(tmp_path, 2, record=False))
+
+
+def test_a_marker_naming_a_complete_checkpoint_is_kept(tmp_path):
+    _checkpoint(tmp_path, 1)
+    _checkpoint(tmp_path, 2)
+    _tracker(tmp_path, "1")  # an older one on purpose (a roll-back): still the user's choice
+    assert settle_tracker(tmp_path) == 1 and (tmp_path / TRACKER).read_text() == "1"
+    (tmp_path / TRACKER).unlink()  # no marker: verl trains from scratch, so do we
+    assert settle_tracker(tmp_path) is None and not (tmp_path / TRACKER).exists()
+
+
+@pytest.mark.parametrize("marker, why", [
+    ("", "is unreadable"),  # killed between verl's truncate and write
+    ("3", "names step 3, but global_step_3: no vgpo_checkpoint.json"),  # killed before our record
+    ("2", "names step 2, but global_step_2: data.pt is missing"),  # damaged after its save
+])
+def test_a_marker_naming_anything_else_moves_to_the_newest_complete_checkpoint(tmp_path, caplog, marker, why):
+    _checkpoint(tmp_path, 1)
+    (_checkpoint(tmp_path, 2) / "data.pt").unlink()
+    _checkpoint(tmp_path, 3, record=False)
+    _tracker(tmp_path, marker)
+    with caplog.at_level(logging.WARNING, logger="vgpo_verl"):
+        assert settle_tracker(tmp_path) == 1
+    assert (tmp_path / TRACKER).read_text() == "1"
+    assert why in caplog.text and "resuming from" in caplog.text and "global_step_1" in caplog.text
+
+
+def test_without_any_record_verl_decides_and_an_unreadable_marker_is_an_error(tmp_path):
+    _checkpoint(tmp_path, 1, record=False)  # saved without the plugin
+    _tracker(tmp_path, "1")
+    assert settle_tracker(tmp_path) == 1
+    _tracker(tmp_path, "")
+    with pytest.raises(RuntimeError, match="write the step of a complete global_step_K folder into .*or delete it"):
+        settle_tracker(tmp_path)
+
+
+def test_nothing_complete_left_is_an_error_not_a_silent_restart(tmp_path):
+    (_checkpoint(tmp_path, 1) / "data.pt").unlink()
+    _tracker(tmp_path, "1")
+    with pytest.raises(RuntimeError, match="no checkpoint under .* is known complete"):
+        settle_tracker(tmp_path)
+
+
+def test_a_save_into_a_folder_forgets_its_old_record_first(tmp_path):
+    trainer = v1_trainer(verl_config(tmp_path))
+    trainer.global_steps = 1
+    trainer._save_checkpoint()
+    record = step_folder(tmp_path, 1) / RECORD
+    assert problem(step_folder(tmp_path, 1)) is None
+    seen = {}
+
+    def save_checkpoint(local_path, *args, **kwargs):
+        seen["record during the save"] = record.exists()
+
+    trainer.actor_rollout_wg.save_checkpoint = save_checkpoint
+    trainer._save_checkpoint()
+    assert seen == {"record during the save": False} and record.exists()
+
+
+_KILLED_SAVE = r"""
+import builtins, pathlib, sys
+sys.path.insert(0, sys.argv[1])
+import vgpo_verl
+from _fake_trainers import Callback, Workers, v1_trainer, verl_config
+
+checkpoint_dir, where, ready = pathlib.Path(sys.argv[2]), sys.argv[3], pathlib.Path(sys.argv[4])
+workers = Workers(ready, block_step=2 if where == "actor files" else None)
+trainer = v1_trainer(verl_config(checkpoint_dir), workers, Callback(workers, 2 if where == "after the marker" else None))
+if where == "marker write":
+    real_open = builtins.open
+
+    class HalfWritten:  # what a kill between verl's truncate and write leaves
+        def __init__(self, f): self.f = f
+        def __enter__(self): return self
+        def __exit__(self, *exc): self.f.close()
+        def write(self, text):
+            if text == "2":
+                workers.block()
+            return self.f.write(text)
+
+    def open_(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return HalfWritten(f) if str(path).endswith("latest_checkpointed_iteration.txt") and "w" in mode else f
+
+    builtins.open = open_
+for step in (1, 2):
+    trainer.global_steps = step
+    trainer.train_dataloader.position = 10 * step
+    trainer._save_checkpoint()
+"""
+
+
+KILL_POINTS = ("actor files", "marker write", "after the marker")
+
+
+@pytest.fixture(scope="module")
+def killed_saves(tmp_path_factory):
+    """{kill point: checkpoint directory} after SIGKILL inside the save of step 2 (the three children
+    run side by side: each pays verl's import once)."""
+    base = tmp_path_factory.mktemp("killed_saves")
+    script = base / "killed_save.py"
+    script.write_text(_KILLED_SAVE)
+    children = {}
+    for n, where in enumerate(KILL_POINTS):
+        checkpoint_dir, ready = base / f"checkpoints{n}", base / f"in_the_save{n}"
+        child = subprocess.Popen([sys.executable, str(script), str(TESTS), str(checkpoint_dir), where, str(ready)],
+                                 stderr=subprocess.PIPE, text=True)
+        children[where] = (child, checkpoint_dir, ready)
+    try:
+        deadline = time.monotonic() + 180
+        for where, (child, _, ready) in children.items():
+            while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert ready.exists(), (where, child.stderr.read() if child.poll() is not None else "never got there")
+            child.send_signal(signal.SIGKILL)
+    finally:
+        for child, _, _ in children.values():
+            child.kill()
+            child.wait()
+    return {where: checkpoint_dir for where, (_, checkpoint_dir, _) in children.items()}
+
+
+@pytest.mark.parametrize("where", KILL_POINTS)
+def test_a_run_killed_mid_save_resumes_from_the_previous_complete_checkpoint(killed_saves, where):
+    checkpoint_dir = killed_saves[where]
+    assert problem(step_folder(checkpoint_dir, 1)) is None
+    assert problem(step_folder(checkpoint_dir, 2)) is not None
+    if where == "marker write":  # what verl alone makes of it: every restart fails
+        assert (checkpoint_dir / TRACKER).read_text() == ""
+        bare = v1_trainer(verl_config(checkpoint_dir))
+        with pytest.raises(ValueError):
+            type(bare)._load_checkpoint.__wrapped__(bare)
+
+    workers = Workers()
+    trainer = v1_trainer(verl_config(checkpoint_dir), workers)
+    trainer._load_checkpoint()
+    assert trainer.global_steps == 1
+    assert workers.loaded == [str(step_folder(checkpoint_dir, 1) / "actor")]
+    assert trainer.train_dataloader.position == 10
+    assert (checkpoint_dir / TRACKER).read_text() == "1"
+
+
+def test_async_saves_get_no_record(tmp_path):
+    config = verl_config(tmp_path, ["actor_rollout_ref.actor.checkpoint.async_save=true"])
+    trainer = v1_trainer(config)
+    trainer.global_steps = 1
+    trainer._save_checkpoint()
+    assert not (step_folder(tmp_path, 1) / RECORD).exists() and not (tmp_path / TRACKER).exists()
+    assert getattr(trainer, checkpoints.SAVED_STEP_ATTR, None) is None
+
+
+def test_the_demos_dataloader_stand_in_matches_what_verl_saves(tmp_path):
+    """The stand-in round-trips through verl's data.pt like StatefulDataLoader (torch.save of state_dict)."""
+    trainer = v1_trainer(verl_config(tmp_path))
+    trainer.global_steps, trainer.train_dataloader.position = 3, 7
+    trainer._save_checkpoint()
+    fresh = v1_trainer(verl_config(tmp_path))
+    assert isinstance(fresh.train_dataloader, DataLoader)
+    fresh._load_checkpoint()
+    assert (fresh.global_steps, fresh.train_dataloader.position) == (3, 7)
