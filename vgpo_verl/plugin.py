@@ -23,6 +23,8 @@ POST_IMPORT_HOOKS: dict[str, str] = {
     "verl.trainer.ppo.v1.trainer_base": "vgpo_verl.trainer_wiring:install_v1",
     "verl.trainer.ppo.metric_utils": "vgpo_verl.trainer_wiring:install_metrics",
     "verl.trainer.ppo.ray_trainer": "vgpo_verl.trainer_wiring:install_legacy",
+    # opt-in per-sample rollout seeds (actor_rollout_ref.rollout.custom.seed_per_sample)
+    "verl.experimental.agent_loop.agent_loop": "vgpo_verl.rollout_seeds:install",
     # every PPO entry point's first call in the driver: the start-up checks (vgpo_verl.preflight)
     "verl.utils.device": "vgpo_verl.preflight:install",
 }
