@@ -9,6 +9,9 @@ the run did not produce what the summary needs.
 
 `--learn`: VGPO and DAPO from the same warm start for vgpo_verl.demo.learn.STEPS steps each, with
 validation; writes learning_curve_tiny.{json,png} (see vgpo_verl.demo.learn).
+
+`--mechanism`: visual forgetting in miniature, VGPO vs DAPO over seeds on the shapes "describe"
+task; writes mechanism_tiny.{json,png} (see vgpo_verl.demo.mechanism and docs/mechanism.md).
 """
 
 from __future__ import annotations
@@ -39,8 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="echo all of verl's output, not just progress")
     p.add_argument("--learn", action="store_true",
                    help="VGPO vs DAPO learning curves from the warm start (about 25 min on 2 cores)")
+    p.add_argument("--mechanism", action="store_true",
+                   help="VGPO vs DAPO over 3 seeds on a task that reasons before it answers, with the "
+                        "forgetting curves (about 80 min on 2 cores)")
     p.add_argument("--out", type=pathlib.Path, default=None,
-                   help="--learn: where learning_curve_tiny.{json,png} go (default: the cache directory)")
+                   help="--learn, --mechanism: where their .json and .png go (default: the cache directory)")
     p.add_argument("extra", nargs="*", help="extra Hydra overrides passed to main_ppo")
     return p
 
@@ -65,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     def echo(line: str) -> None:
         if args.verbose or (PROGRESS.search(line) and not NOISE.search(line)):
             print("  | " + line.rstrip()[:300], flush=True)
+
+    if args.mechanism:
+        from vgpo_verl.demo.mechanism import run_mechanism
+
+        run_mechanism(cache, model_dir, args.out or cache, extra=args.extra, echo=echo)
+        print(f"[mechanism] done in {(time.monotonic() - started) / 60:.1f} min; results in {args.out or cache}", flush=True)
+        return 0
 
     if args.learn:
         from vgpo_verl.demo.learn import run_learn
