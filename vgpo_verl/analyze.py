@@ -241,14 +241,14 @@ def plot_visual_focus(summaries: dict[str, dict], n_bins: int, rho_norm: str, pa
     return figure
 
 
-def _strict_json(value):
+def strict_json(value):
     """NaN/inf (a bin no response reaches, a ratio over an empty third) become null: valid JSON."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: _strict_json(item) for key, item in value.items()}
+        return {key: strict_json(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_strict_json(item) for item in value]
+        return [strict_json(item) for item in value]
     return value
 
 
@@ -257,7 +257,7 @@ def write_tables(summaries: dict[str, dict], settings: dict, out_dir: pathlib.Pa
     edges = bin_edges(n_bins)
     document = {"settings": settings, "bins": {"edges": edges, "centres": [(a + b) / 2 for a, b in zip(edges, edges[1:])]},
                 "checkpoints": summaries}
-    (out_dir / "visual_forgetting.json").write_text(json.dumps(_strict_json(document), indent=1, allow_nan=False))
+    (out_dir / "visual_forgetting.json").write_text(json.dumps(strict_json(document), indent=1, allow_nan=False))
     with (out_dir / "visual_forgetting.csv").open("w", newline="") as sink:
         writer = csv.writer(sink)
         writer.writerow(["checkpoint", "bin", "tau_low", "tau_high", "similarity_mean", "similarity_std",

@@ -54,6 +54,7 @@ ANALYSIS_DATA_SEED = 1  # shapes_data seed of the analysis prompts (the runs' da
 TINY_PIXELS = (56 * 56, 112 * 112)  # the tiny model's image processor range (vgpo_verl.demo.tiny_model)
 LIVE_FOCUS_KEY = "vgpo/focus_by_position/bin_{}"
 JSON_NAME, PLOT_NAME = "mechanism_tiny.json", "mechanism_tiny.png"
+COMMAND = "python -m vgpo_verl.demo --mechanism --out docs"
 
 
 def mechanism_overrides(seed: int, run_dir: pathlib.Path) -> list[str]:
@@ -161,7 +162,7 @@ def detectable_gap(vgpo: list[float], dapo: list[float]) -> dict:
     return {"differences": diffs, "mean": mean, "ci95_half_width": half, "sd": sd, "detectable_gap_80pct_power": mde}
 
 
-def analyze_checkpoints(checkpoints: dict[str, pathlib.Path], data: pathlib.Path, out: pathlib.Path, echo=None) -> dict:
+def analyze_checkpoints(checkpoints: dict[str, pathlib.Path], data: pathlib.Path, out: pathlib.Path) -> dict:
     """`python -m vgpo_verl.analyze` on every checkpoint (one child process: it turns on the CPU
     vision path); returns label -> {focus_by_position, late_early_ratio} of the raw similarity."""
     out.mkdir(parents=True, exist_ok=True)
@@ -305,7 +306,7 @@ def run_mechanism(cache: pathlib.Path, colour_warm_start: pathlib.Path, out_dir:
           f"{ANALYSIS_PROMPTS} held-out prompts", flush=True)
     checkpoints = {"warm_start": warm_start}
     checkpoints.update({f"{arm}_seed{s}": record["checkpoint"] for arm, by_seed in runs.items() for s, record in by_seed.items()})
-    analysis = analyze_checkpoints(checkpoints, analysis_data, root / "analysis", echo=echo)
+    analysis = analyze_checkpoints(checkpoints, analysis_data, root / "analysis")
 
     first_val = {(arm, s): generations(r["dir"] / "validation" / "0.jsonl") for arm, by_seed in runs.items() for s, r in by_seed.items()}
     first_train = {(arm, s): generations(r["dir"] / "rollouts" / "1.jsonl") for arm, by_seed in runs.items() for s, r in by_seed.items()}
@@ -331,12 +332,14 @@ def run_mechanism(cache: pathlib.Path, colour_warm_start: pathlib.Path, out_dir:
         "runs": {f"{arm}_seed{s}": {"wall_s": r["wall_s"], "train_reward": r["train_reward"], "live_focus_by_position": r["live"]}
                  for arm, by_seed in runs.items() for s, r in by_seed.items()},
         "extra_overrides": list(extra), "machine": machine(),
-        "command": "python -m vgpo_verl.demo --mechanism --out docs",
+        "command": COMMAND,
         "wall_s": round(time.monotonic() - started, 1), "run_root": str(root),
     }
     result = build_result({arm: {s: {"val_step": r["val_step"], "val_acc": r["val_acc"]} for s, r in by_seed.items()}
                            for arm, by_seed in runs.items()}, analysis, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / JSON_NAME).write_text(json.dumps(result, indent=1) + "\n")
+    from vgpo_verl.analyze import strict_json
+
+    (out_dir / JSON_NAME).write_text(json.dumps(strict_json(result), indent=1, allow_nan=False) + "\n")
     plot(result, out_dir / PLOT_NAME)
     return result
