@@ -220,16 +220,20 @@ def plot(result: dict, path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     colours = {"vgpo": "tab:red", "dapo": "tab:blue"}
+
+    def mean_with_band(ax, x, per_seed: list[list[float]], colour: str, label: str) -> None:
+        """The mean over seeds as a line, its 95 % interval as a band."""
+        mean, half = zip(*(mean_interval(list(v)) for v in zip(*per_seed)))
+        ax.plot(x, mean, "o-", color=colour, label=label)
+        ax.fill_between(x, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)],
+                        color=colour, alpha=0.15, lw=0)
+
     fig, (acc_ax, focus_ax) = plt.subplots(1, 2, figsize=(11, 4.4), dpi=120)
     for arm, data in result["arms"].items():
-        steps = data["val_step"]
-        per_step = list(zip(*data["val_acc"]))  # (steps, seeds)
-        mean, half = zip(*(mean_interval(list(v)) for v in per_step))
         for curve in data["val_acc"]:
-            acc_ax.plot(steps, curve, "-", lw=0.7, alpha=0.35, color=colours[arm])
-        acc_ax.plot(steps, mean, "o-", color=colours[arm], label=f"{arm.upper()} (mean of {len(data['val_acc'])} seeds)")
-        acc_ax.fill_between(steps, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)],
-                            color=colours[arm], alpha=0.15, lw=0)
+            acc_ax.plot(data["val_step"], curve, "-", lw=0.7, alpha=0.35, color=colours[arm])
+        mean_with_band(acc_ax, data["val_step"], data["val_acc"], colours[arm],
+                       f"{arm.upper()} (mean of {len(data['val_acc'])} seeds)")
     acc_ax.set_xlabel("RL step")
     acc_ax.set_ylabel("validation accuracy (sampled, T = 1)")
     acc_ax.set_ylim(0, 1)
@@ -242,11 +246,9 @@ def plot(result: dict, path: pathlib.Path) -> None:
     focus_ax.plot(centres, result["warm_start"]["focus_by_position"], "s--", color="black",
                   label=f"warm start (late/early {result['warm_start']['late_early_ratio']:.2f})")
     for arm, data in result["arms"].items():
-        mean, half = zip(*(mean_interval(list(v)) for v in zip(*data["focus_by_position"])))
         ratio = sum(data["late_early_ratio"]) / len(data["late_early_ratio"])
-        focus_ax.plot(centres, mean, "o-", color=colours[arm], label=f"{arm.upper()} final (late/early {ratio:.2f})")
-        focus_ax.fill_between(centres, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)],
-                              color=colours[arm], alpha=0.15, lw=0)
+        mean_with_band(focus_ax, centres, data["focus_by_position"], colours[arm],
+                       f"{arm.upper()} final (late/early {ratio:.2f})")
     focus_ax.set_xlabel("relative position in the response  t / (T - 1)")
     focus_ax.set_ylabel("mean visual similarity  cos(h_t, mean image h)")
     focus_ax.set_xlim(0, 1)
