@@ -90,6 +90,9 @@ def test_the_result_has_the_issue_schema_and_plots(tmp_path):
     assert result["arms"]["vgpo"]["val_acc"][2] == pytest.approx([0.25, 0.4, 0.45])
     assert result["warm_start"] == {"late_early_ratio": 0.55, "focus_by_position": [0.5, 0.4, 0.35, 0.3, 0.2]}
 
+    text = m.report(result)
+    assert "vgpo: final validation accuracy 0.450 +- " in text and "seed 2: accuracy 0.250 0.400 0.450" in text
+
     m.plot(result, tmp_path / "plot.png")
     from PIL import Image
 

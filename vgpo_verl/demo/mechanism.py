@@ -211,6 +211,32 @@ def build_result(runs: dict[str, dict[int, dict]], analysis: dict, settings: dic
             "settings": settings}
 
 
+def report(result: dict) -> str:
+    """The experiment's outcome as text: accuracy and forgetting per arm and seed, the paired gap."""
+    settings = result["settings"]
+    lines = [f"[mechanism] seeds {result['seeds']}; validation at steps {result['arms']['vgpo']['val_step']}"]
+    warm = result["warm_start"]
+    lines.append(f"[mechanism] warm start: focus_by_position {' '.join(f'{v:.3f}' for v in warm['focus_by_position'])}, "
+                 f"late/early {warm['late_early_ratio']:.3f}")
+    for arm, data in result["arms"].items():
+        final, half = mean_interval([acc[-1] for acc in data["val_acc"]])
+        lines.append(f"[mechanism] {arm}: final validation accuracy {final:.3f} +- {half:.3f} (95 %), late/early "
+                     f"{' '.join(f'{r:.3f}' for r in data['late_early_ratio'])}")
+        for seed, acc, focus in zip(result["seeds"], data["val_acc"], data["focus_by_position"]):
+            lines.append(f"[mechanism]   seed {seed}: accuracy {' '.join(f'{a:.3f}' for a in acc)}; "
+                         f"focus_by_position {' '.join(f'{v:.3f}' for v in focus)}")
+    gap = settings.get("final_val_acc_gap")
+    if gap:
+        lines.append(f"[mechanism] VGPO - DAPO final accuracy, paired by seed: {gap['mean']:+.3f} +- "
+                     f"{gap['ci95_half_width']:.3f} (95 %); these seeds detect a true gap of "
+                     f"{gap['detectable_gap_80pct_power']:.3f} with 80 % power")
+    same = settings.get("same_rollouts_at_step_0")
+    if same:
+        lines.append("[mechanism] same rollouts at step 0: " + "; ".join(
+            f"{k.replace('_', ' ')} {' '.join(f'{v:.3f}' for v in values)}" for k, values in same.items()))
+    return "\n".join(lines)
+
+
 def plot(result: dict, path: pathlib.Path) -> None:
     """Left: validation accuracy per arm, mean over seeds with its 95 % interval (seeds thin).
     Right: the forgetting curves (analysis): warm start, and each arm's mean over seeds with its interval."""
@@ -344,4 +370,5 @@ def run_mechanism(cache: pathlib.Path, colour_warm_start: pathlib.Path, out_dir:
 
     (out_dir / JSON_NAME).write_text(json.dumps(strict_json(result), indent=1, allow_nan=False) + "\n")
     plot(result, out_dir / PLOT_NAME)
+    print(report(result), flush=True)
     return result
