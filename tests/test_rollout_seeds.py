@@ -37,11 +37,20 @@ def test_the_hook_adds_the_seed_only_when_asked(monkeypatch):
     trajectory = {"step": 3, "sample_index": 11, "rollout_n": 2, "validate": False}
     params = {"temperature": 1.0}
     run = AgentLoopWorker._run_agent_loop
-    assert asyncio.run(run(_worker({"seed_per_sample": True}), params, trajectory, agent_name="single")) == "single"
+    on = _worker({"seed_per_sample": True})
+    # the legacy agent loop: one call per response, its slot in the trajectory's rollout_n
+    assert asyncio.run(run(on, params, trajectory, agent_name="single")) == "single"
     asyncio.run(run(_worker(None), params, trajectory, agent_name="single"))
     asyncio.run(run(_worker({"seed_per_sample": False}), params, trajectory, agent_name="single"))
     assert received == [{"temperature": 1.0, "seed": sample_seed(5, False, 3, 11, 2)}, params, params]
-    assert params == {"temperature": 1.0}  # the caller's dict, shared by the batch's samples, is untouched
+    # the v1 agent loop (AgentLoopWorkerTQ._run_prompt): the prompt's n calls share one trajectory
+    # info (rollout_n 0) and pass trajectory by keyword; the slot is their session_id
+    received.clear()
+    v1 = {**trajectory, "rollout_n": 0}
+    for session in range(3):
+        asyncio.run(run(on, params, trajectory=v1, agent_name="single", session_id=session))
+    assert [r["seed"] for r in received] == [sample_seed(5, False, 3, 11, s) for s in range(3)]
+    assert params == {"temperature": 1.0}  # the caller's dict, shared by the prompt's samples, is untouched
 
     rollout_seeds.install()  # a second install does not wrap twice
     assert AgentLoopWorker._run_agent_loop is run

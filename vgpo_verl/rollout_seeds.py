@@ -10,14 +10,16 @@ GRPO group left). With
 
 each request carries its own vLLM seed (`SamplingParams.seed`, a generator of its own), derived from
 `rollout.seed`, whether it is a validation or a training request, the trainer's global step, the
-prompt's dataset index (`extra_info.index`) and the response's slot among the prompt's n (verl's
-`rollout_n`): two runs with one `rollout.seed` and one policy sample the same responses to the same
+prompt's dataset index (`extra_info.index`) and the response's slot among the prompt's n (the
+`session_id` the v1 trainer's agent loop gives each of them, verl/trainer/ppo/v1/agent_loop_tq.py;
+the legacy agent loop's `rollout_n`): two runs with one `rollout.seed` and one policy sample the same responses to the same
 prompt at the same step, whatever the request order; another `rollout.seed` samples others. Only
 floating-point differences between batch compositions can still flip a near-tied token.
 
-Hooks `AgentLoopWorker._run_agent_loop` (verl/experimental/agent_loop/agent_loop.py), which receives
-each sample's sampling parameters and its trajectory info ({step, sample_index, rollout_n,
-validate}); without the knob the wrapper calls the original with nothing changed.
+Hooks `AgentLoopWorker._run_agent_loop` (verl/experimental/agent_loop/agent_loop.py; the v1
+trainer's AgentLoopWorkerTQ inherits it), which receives each sample's sampling parameters, its
+trajectory info ({step, sample_index, rollout_n, validate}) and, from the v1 agent loop, its
+`session_id`; without the knob the wrapper calls the original with nothing changed.
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ def enabled(rollout_config) -> bool:
     return value
 
 
-def seeded(sampling_params: dict, rollout_config, trajectory: dict) -> dict:
-    """`sampling_params` with this sample's `seed` added (a copy; the original is shared by no one else)."""
-    seed = sample_seed(rollout_config.seed, trajectory["validate"], trajectory["step"], trajectory["sample_index"],
-                       trajectory["rollout_n"])
+def seeded(sampling_params: dict, rollout_config, trajectory: dict, session_id: int | None) -> dict:
+    """`sampling_params` with this sample's `seed` added (a copy: the original is shared by the
+    prompt's n samples). The slot is `session_id` when the agent loop gives one (v1: the n samples
+    of a prompt share one trajectory info, rollout_n 0), else the trajectory's rollout_n."""
+    slot = trajectory["rollout_n"] if session_id is None else session_id
+    seed = sample_seed(rollout_config.seed, trajectory["validate"], trajectory["step"], trajectory["sample_index"], slot)
     return {**sampling_params, "seed": seed}
 
 
@@ -62,7 +66,7 @@ def install() -> None:
     @functools.wraps(original)
     async def _run_agent_loop(self, sampling_params, trajectory, *args, **kwargs):
         if enabled(self.rollout_config):
-            sampling_params = seeded(sampling_params, self.rollout_config, trajectory)
+            sampling_params = seeded(sampling_params, self.rollout_config, trajectory, kwargs.get("session_id"))
         return await original(self, sampling_params, trajectory, *args, **kwargs)
 
     setattr(_run_agent_loop, _WRAPPED, True)
