@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights, compute_vgpo_weights_detailed, vgpo_metrics
+from vgpo_verl.algorithm import (VGPOConfig, compute_vgpo_weights, compute_vgpo_weights_detailed, position_bin_means,
+                                 vgpo_metrics)
 from vgpo_reference import reference_vgpo_weights
 
 TRAJ = VGPOConfig(rho_norm="trajectory")
@@ -309,6 +310,48 @@ def test_properties_finite_bounded_neutral(case):
     metrics = vgpo_metrics(w, s, has_visual)
     assert all(np.isfinite(v) for v in metrics.values())
     assert metrics["vgpo/no_visual_fraction"] == pytest.approx((~has_visual).float().mean().item())
+
+
+# ---------------------------------------------------------------- the live forgetting curve
+
+def test_position_bin_means_place_tokens_by_relative_position():
+    values = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 0.0],
+                           [7.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                           [1.0, 9.0, 3.0, 9.0, 0.0, 0.0],
+                           [5.0, 5.0, 5.0, 5.0, 5.0, 5.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 0, 0, 0, 0, 0], [1, 0, 1, 0, 1, 0], [0] * 6]).bool()
+    means, counts = position_bin_means(values, mask, 5)
+    assert means[0].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]  # five tokens: one per fifth, the last at tau = 1
+    assert counts[1].tolist() == [1, 0, 0, 0, 0] and means[1, 0] == 7.0  # a one-token response sits at tau = 0
+    # valid tokens 1, 3, 0 at ranks 0, 1, 2 (tau 0, .5, 1); the masked 9s take no part
+    assert counts[2].tolist() == [1, 0, 1, 0, 1] and means[2, [0, 2, 4]].tolist() == [1.0, 3.0, 0.0]
+    assert torch.isnan(means[3]).all() and counts[3].sum() == 0  # no valid token: no bin
+
+
+def test_focus_by_position_is_the_mean_over_real_visual_responses_of_their_bin_means():
+    fading = torch.linspace(1.0, 0.0, 10).repeat(5, 1)  # similarity decays along every response
+    similarity = fading.clone()
+    similarity[3] = 50.0  # a row without a visual token and a balance-batch padding row: not counted
+    similarity[4] = -50.0
+    mask = torch.ones_like(similarity, dtype=torch.bool)
+    mask[1, 5:] = False  # a shorter response weighs the same as the others in every bin it reaches
+    has_visual = torch.tensor([True, True, True, False, True])
+    counted = torch.tensor([True, True, True, True, False])
+    weights = compute_vgpo_weights_detailed(similarity, mask, np.zeros(5), VGPOConfig(), has_visual)
+    metrics = vgpo_metrics(weights, similarity, has_visual, counted=counted)
+    curve = [metrics[f"vgpo/focus_by_position/bin_{k}"] for k in range(5)]
+    expected = [(2 * fading[0, 2 * k: 2 * k + 2].mean() + fading[0, k]).item() / 3 for k in range(5)]
+    assert curve == pytest.approx(expected)
+    assert curve == sorted(curve, reverse=True)  # the forgetting shows as a falling curve
+
+
+def test_focus_by_position_leaves_out_bins_no_response_reaches():
+    similarity = torch.tensor([[0.5, 0.1, 0.0], [0.3, 0.2, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0]]).bool()  # two tokens: tau 0 and 1, bins 0 and 4
+    weights = compute_vgpo_weights_detailed(similarity, mask, np.zeros(2), VGPOConfig())
+    metrics = vgpo_metrics(weights, similarity)
+    focus = {k: v for k, v in metrics.items() if "focus_by_position" in k}
+    assert focus == pytest.approx({"vgpo/focus_by_position/bin_0": 0.4, "vgpo/focus_by_position/bin_4": 0.15})
 
 
 # ---------------------------------------------------------------- config

@@ -33,12 +33,6 @@ def _scores(lengths, similarity, group=None, has_visual=None) -> an.ResponseScor
     )
 
 
-def test_token_layout_positions():
-    response, tau = an.token_layout(torch.tensor([0, 3, 4, 6]))
-    assert response.tolist() == [0, 0, 0, 1, 2, 2]
-    assert tau.tolist() == [0.0, 0.5, 1.0, 0.0, 0.0, 1.0]  # a one-token response sits at 0
-
-
 def test_binned_curve_weighs_each_response_equally():
     # response 0: 5 tokens (tau 0, .25, .5, .75, 1), response 1: 2 tokens (tau 0, 1); two bins.
     values = torch.tensor([1.0, 3.0, 5.0, 7.0, 9.0, 10.0, 20.0])

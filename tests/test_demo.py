@@ -44,6 +44,7 @@ def test_demo_exits_zero_with_a_summary(demo_run):
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert f"training steps      {STEPS} of {STEPS}" in proc.stdout
     assert "INCOMPLETE" not in proc.stdout
+    assert proc.stdout.count("vgpo/focus_by_position (5ths)") == STEPS  # the live forgetting curve, per step
 
 
 @pytest.mark.slow
@@ -218,3 +219,11 @@ def test_dumped_similarity_matches_a_plain_transformers_recomputation(dumps, che
     rows = list(range(0, len(first["uid"]), 3))
     worst = similarity_errors(cache / "warm_start", run_dir / "dump" / "step_000001.pt", rows, tmp_path)
     assert max(worst) < 1e-4, worst
+
+
+def test_summary_prints_the_forgetting_curve_on_one_line_with_gaps_marked():
+    from vgpo_verl.demo.summary import focus_line
+
+    values = {"vgpo/focus_by_position/bin_0": 0.5, "vgpo/focus_by_position/bin_2": -0.25, "vgpo/psi_mean": 1.0}
+    assert focus_line(values) == "0.500 - -0.250"  # bin 1 not logged (no response reached it)
+    assert focus_line({"critic/score/mean": 0.5}) is None  # DAPO: no similarity, no line

@@ -11,6 +11,8 @@ import pathlib
 
 import pytest
 
+from _cli_utils import usage_error
+
 from vgpo_verl.checkpoints import TRACKER, record_complete, step_folder
 from vgpo_verl.demo import continuing
 from vgpo_verl.demo import run as demo_run
@@ -69,13 +71,14 @@ def test_a_run_dir_at_the_requested_step_has_nothing_to_train(tmp_path, capsys):
 
 def test_a_run_dir_of_another_estimator_or_no_steps_is_refused(tmp_path, capsys):
     _saved(tmp_path / "run", 1, estimator="vppo")
-    with pytest.raises(SystemExit) as exit_:
-        main(["--cache-dir", str(tmp_path / "cache"), "--run-dir", str(tmp_path / "run"), "--steps", "2"])
-    assert exit_.value.code == 2
-    assert "holds a run of --estimator vppo, not vgpo: continue it with --estimator vppo" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--steps", "0"])
-    assert "--steps 0: give at least 1" in capsys.readouterr().err
+    line = usage_error(capsys, main, "--cache-dir", tmp_path / "cache", "--run-dir", tmp_path / "run", "--steps", 2)
+    assert "holds a run of --estimator vppo, not vgpo; continue it with --estimator vppo" in line
+    assert "--steps: expected an integer >= 1, got '0'" in usage_error(capsys, main, "--steps", 0)
+    assert "--run-dir continues the demo's run" in usage_error(capsys, main, "--run-dir", tmp_path / "run", "--learn")
+    assert "run one at a time" in usage_error(capsys, main, "--learn", "--mechanism")
+    (tmp_path / "a_file").write_text("")
+    assert "--out" in usage_error(capsys, main, "--mechanism", "--out", tmp_path / "a_file")
+    assert not (tmp_path / "cache").exists()  # every mistake found before building anything
 
 
 def test_prepare_resumes_from_the_newest_complete_checkpoint(tmp_path):

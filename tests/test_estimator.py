@@ -120,7 +120,8 @@ def test_metrics_are_reported_once():
         _verl_compute_advantage(rewards, mask, uid, "vgpo", _algo())
     metrics = pop_metrics()
     expected = {"similarity_mean", "rho_mean", "gate_pass_rate", "psi_mean", "psi_min", "psi_max", "alpha_mean",
-                "alpha_min", "alpha_max", "no_visual_fraction", "late_early_rho_ratio"}
+                "alpha_min", "alpha_max", "no_visual_fraction", "late_early_rho_ratio",
+                *(f"focus_by_position/bin_{k}" for k in range(5))}
     assert set(metrics) == {f"vgpo/{k}" for k in expected}
     assert metrics["vgpo/no_visual_fraction"] == pytest.approx(1 / len(uid))
     assert metrics["vgpo/psi_min"] <= metrics["vgpo/psi_mean"] <= metrics["vgpo/psi_max"]

@@ -37,6 +37,8 @@ RHO_NORMS = ("group", "trajectory", "batch")
 PHIS = ("sum", "mean")
 # Keys of `algorithm.vgpo` read by the trainer wiring, not by the weighting (vgpo_verl.dump).
 TRAINER_KEYS = ("dump_dir",)
+# Bins of relative response position of the live forgetting curve (vgpo/focus_by_position/bin_k).
+FOCUS_BINS = 5
 
 
 @dataclass(frozen=True)
@@ -314,12 +316,38 @@ def compute_vgpo_weights(
     return weights.psi, weights.alpha
 
 
+def position_bin_means(values: torch.Tensor, mask: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's mean of `values` in each of n_bins equal parts of its relative position.
+
+    A valid token t of a row with T valid tokens sits at tau = t / (T - 1) (0 when T = 1) and falls
+    in bin floor(tau * n_bins), the last bin closed (tau = 1 in bin n_bins - 1).
+    values (B, T) float, mask (B, T) bool valid tokens. Returns (B, n_bins) float64 means, NaN
+    where a row has no token in a bin (rows without valid tokens: all NaN), and (B, n_bins) float64
+    token counts.
+    """
+    mask = mask.bool()
+    position = torch.cumsum(mask.long(), dim=1) - 1  # rank among the row's valid tokens
+    length = mask.sum(dim=1, keepdim=True)
+    tau = position.double() / (length - 1).clamp(min=1).double()
+    bins = torch.where(mask, (tau * n_bins).floor().long().clamp(0, n_bins - 1), 0)
+    weight = mask.double()
+    shape = (mask.shape[0], n_bins)
+    sums = torch.zeros(shape, dtype=torch.float64, device=mask.device).scatter_add_(
+        1, bins, torch.where(mask, values.double(), 0.0))
+    counts = torch.zeros(shape, dtype=torch.float64, device=mask.device).scatter_add_(1, bins, weight)
+    return sums / counts, counts
+
+
 def vgpo_metrics(weights: VGPOWeights, similarity: torch.Tensor, has_visual: torch.Tensor | None = None,
                  prefix: str = "vgpo/", counted: torch.Tensor | None = None) -> dict[str, float]:
     """Scalar diagnostics of one weighting, for the trainer's metrics dict.
 
     late_early_rho_ratio is the "visual forgetting" signal: mean rho over the last third of each
     response divided by the mean over its first third (pooled over tokens of scored rows).
+    focus_by_position/bin_0 .. bin_{FOCUS_BINS-1}, the forgetting curve along training: mean raw
+    similarity in each fifth of the response (position_bin_means), each scored response weighing
+    the same (its own mean in the bin first, as vgpo_verl.analyze's curve); a bin that no response
+    reaches (only responses shorter than FOCUS_BINS tokens skip bins) is not logged that step.
     counted: (B,) bool, rows that are real samples (None = all); verl's balance-batch padding rows
     are not, and enter no metric (no_visual_fraction included).
     """
@@ -353,4 +381,7 @@ def vgpo_metrics(weights: VGPOWeights, similarity: torch.Tensor, has_visual: tor
         })
         if bool(early.any()) and bool(late.any()):
             out["late_early_rho_ratio"] = (rho[late].mean() / (rho[early].mean() + EPS)).item()
+        per_response, counts = position_bin_means(similarity, scored, FOCUS_BINS)  # (B, FOCUS_BINS) each
+        curve = per_response.nanmean(dim=0)  # rows off `scored` are all NaN and drop out
+        out.update({f"focus_by_position/bin_{k}": curve[k].item() for k in counts.sum(dim=0).nonzero().flatten().tolist()})
     return {prefix + k: v for k, v in out.items()}

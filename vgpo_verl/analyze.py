@@ -140,15 +140,6 @@ def score_responses(model, processor, prompts: Sequence[Prompt], completions: Se
 # ----------------------------------------------------------------------------------------------
 # rho, positions and bins (vectorised over all tokens of all responses)
 # ----------------------------------------------------------------------------------------------
-def token_layout(offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(response index (N,), normalised position tau = t/(T-1) (N,), 0 when T = 1) of every token."""
-    lengths = offsets.diff()
-    response = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-    t = torch.arange(int(offsets[-1])) - offsets[:-1][response]
-    tau = t.double() / (lengths[response] - 1).clamp(min=1).double()
-    return response, tau
-
-
 def rho_of(scores: ResponseScores, scope: str) -> torch.Tensor:
     """rho of every token (N,), min-max over each response ('trajectory') or each prompt ('group').
 
@@ -159,36 +150,39 @@ def rho_of(scores: ResponseScores, scope: str) -> torch.Tensor:
 
     if scope not in RHO_SCOPES:
         raise ValueError(f"--rho-norm must be one of {RHO_SCOPES}, not {scope!r}")
-    lengths = scores.offsets.diff()
-    width = int(lengths.max()) if len(lengths) else 0
-    response_mask = torch.arange(width)[None, :] < lengths[:, None]  # (R, T), row-major = packed order
-    similarity = torch.zeros(response_mask.shape, dtype=torch.float32)
-    similarity[response_mask] = scores.similarity
+    similarity, response_mask = _padded(scores.similarity.float(), scores.offsets)  # (R, T) each
     weights = compute_vgpo_weights_detailed(similarity, response_mask, scores.group,
                                             VGPOConfig(rho_norm=scope), has_visual=scores.has_visual)
     return weights.rho[response_mask]
 
 
+def _padded(values: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed (N,) per-token values -> (R, T) zero-padded rows and their (R, T) bool mask."""
+    lengths = offsets.diff()
+    width = int(lengths.max()) if len(lengths) else 0
+    mask = torch.arange(width)[None, :] < lengths[:, None]  # row-major order = packed order
+    padded = torch.zeros(mask.shape, dtype=values.dtype)
+    padded[mask] = values
+    return padded, mask
+
+
 def binned_curve(values: torch.Tensor, offsets: torch.Tensor, keep: torch.Tensor, n_bins: int) -> dict:
     """Per-bin mean and std over responses of each response's own mean in the bin.
 
-    values (N,), offsets (R+1,), keep (R,) bool (responses to use). Returns lists of n_bins floats
-    (NaN where no response reaches the bin) and the response and token counts per bin.
+    values (N,), offsets (R+1,), keep (R,) bool (responses to use). Bins of tau = t/(T-1) as the
+    live metric vgpo/focus_by_position (vgpo_verl.algorithm.position_bin_means). Returns lists of
+    n_bins floats (NaN where no response reaches the bin) and the response and token counts per bin.
     """
-    response, tau = token_layout(offsets)
-    token_kept = keep[response]
-    bins = (tau * n_bins).floor().long().clamp(max=n_bins - 1)
-    cell = (response * n_bins + bins)[token_kept]
-    n_cells = len(keep) * n_bins
-    sums = torch.zeros(n_cells, dtype=torch.float64).index_add_(0, cell, values.double()[token_kept])
-    counts = torch.zeros(n_cells, dtype=torch.float64).index_add_(0, cell, torch.ones_like(cell, dtype=torch.float64))
-    per_response = (sums / counts).view(-1, n_bins)  # NaN where a response has no token in a bin
-    reached = counts.view(-1, n_bins) > 0
+    from vgpo_verl.algorithm import position_bin_means
+
+    padded, mask = _padded(values, offsets)
+    per_response, counts = position_bin_means(padded, mask & keep[:, None], n_bins)  # (R, n_bins) each
+    reached = counts > 0
     n_responses = reached.sum(dim=0)
     mean = per_response.nansum(dim=0) / n_responses
     spread = ((per_response - mean).square().nan_to_num(0.0).sum(dim=0) / n_responses).sqrt()
     return {"mean": mean.tolist(), "std": spread.tolist(), "responses_per_bin": n_responses.tolist(),
-            "tokens_per_bin": counts.view(-1, n_bins).sum(dim=0).long().tolist()}
+            "tokens_per_bin": counts.sum(dim=0).long().tolist()}
 
 
 def late_early_ratio(mean: Sequence[float]) -> float:
@@ -256,14 +250,14 @@ def plot_visual_focus(summaries: dict[str, dict], n_bins: int, rho_norm: str, pa
     return figure
 
 
-def _strict_json(value):
+def strict_json(value):
     """NaN/inf (a bin no response reaches, a ratio over an empty third) become null: valid JSON."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: _strict_json(item) for key, item in value.items()}
+        return {key: strict_json(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_strict_json(item) for item in value]
+        return [strict_json(item) for item in value]
     return value
 
 
@@ -272,7 +266,7 @@ def write_tables(summaries: dict[str, dict], settings: dict, out_dir: pathlib.Pa
     edges = bin_edges(n_bins)
     document = {"settings": settings, "bins": {"edges": edges, "centres": [(a + b) / 2 for a, b in zip(edges, edges[1:])]},
                 "checkpoints": summaries}
-    (out_dir / "visual_forgetting.json").write_text(json.dumps(_strict_json(document), indent=1, allow_nan=False))
+    (out_dir / "visual_forgetting.json").write_text(json.dumps(strict_json(document), indent=1, allow_nan=False))
     with (out_dir / "visual_forgetting.csv").open("w", newline="") as sink:
         writer = csv.writer(sink)
         writer.writerow(["checkpoint", "bin", "tau_low", "tau_high", "similarity_mean", "similarity_std",

@@ -26,6 +26,8 @@ POST_IMPORT_HOOKS: dict[str, str | tuple[str, ...]] = {
                                      "vgpo_verl.preemption:install_legacy"),
     # long runs: resume only from complete checkpoints (vgpo_verl.checkpoints), stop when asked (vgpo_verl.preemption)
     "verl.trainer.ppo.v1": "vgpo_verl.preemption:install_v1",
+    # opt-in per-sample rollout seeds (actor_rollout_ref.rollout.custom.seed_per_sample)
+    "verl.experimental.agent_loop.agent_loop": "vgpo_verl.rollout_seeds:install",
     # every PPO entry point's first call in the driver: the start-up checks (vgpo_verl.preflight)
     "verl.utils.device": "vgpo_verl.preflight:install",
 }

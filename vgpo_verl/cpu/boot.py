@@ -13,6 +13,8 @@
 - vLLM's CPU linears compute with the live `layer.weight` instead of a copy packed for this CPU's ISA
   (AMX / oneDNN / zentorch), so verl's weight sync loads on every x86-64 CPU and rollouts use the
   synced weights (vgpo_verl.cpu.vllm_linear);
+- vLLM's rewind of a seeded request's generator after a discarded draw works on CPU generators
+  (vgpo_verl.cpu.seeded_sampling; vLLM rewinds by a CUDA Philox offset, which a CPU generator lacks);
 - verl's repair of nested mrope position ids is wrapped to handle equal-length batches
   (vgpo_verl.cpu.position_ids_fix; a verl bug that the demo's fixed-length responses hit);
 - the torchvision-free vision path (vgpo_verl.cpu.vision) when torchvision is among them.
@@ -104,6 +106,12 @@ def _linears_on_synced_weights(layers_utils) -> None:
     install(layers_utils)
 
 
+def _seeded_sampling_rewinds(model_runner_module) -> None:
+    from vgpo_verl.cpu.seeded_sampling import install
+
+    install(model_runner_module)
+
+
 def install() -> None:
     """Install every CPU-platform hook in this process (idempotent)."""
     if not any(isinstance(f, _VllmDistributionFinder) for f in sys.meta_path):
@@ -112,6 +120,7 @@ def install() -> None:
     when_imported("verl.utils.distributed", _gloo_process_groups)
     when_imported("verl.utils.tensordict_utils", _fix_equal_length_position_ids)
     when_imported("vllm.model_executor.layers.utils", _linears_on_synced_weights)
+    when_imported("vllm.v1.worker.gpu_model_runner", _seeded_sampling_rewinds)
     hidden = [name for name in os.environ.get(ENV_HIDDEN_MODULES, "").split(",") if name]
     for name in hidden:
         sys.modules[name] = None  # the documented way to make `import name` fail cleanly

@@ -13,17 +13,20 @@ N continues from the last checkpoint, trains only the missing steps and says `re
 
 `--learn`: VGPO and DAPO from the same warm start for vgpo_verl.demo.learn.STEPS steps each, with
 validation; writes learning_curve_tiny.{json,png} (see vgpo_verl.demo.learn).
+
+`--mechanism`: visual forgetting in miniature, VGPO vs DAPO over seeds on the shapes "describe"
+task; writes mechanism_tiny.{json,png} (see vgpo_verl.demo.mechanism and docs/mechanism.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import re
 import signal
 import sys
 import time
 
+from vgpo_verl import cli
 from vgpo_verl.demo import run as demo_run
 from vgpo_verl.demo.memory import PeakMemory
 from vgpo_verl.demo.summary import read_metrics, render_summary
@@ -33,22 +36,26 @@ PROGRESS = re.compile(
     r"Training Progress|step:\d|val-core|Error|Traceback|Exception|Started a local Ray|vllm_async_server"
 )
 NOISE = re.compile(r"Warning|warnings.warn|'truncation'")
+PROG = "python -m vgpo_verl.demo"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vgpo_verl.demo", description=__doc__.splitlines()[0])
+def _parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--cache-dir", type=pathlib.Path, default=demo_run.DEFAULT_CACHE,
                    help="where the tiny model, the data and the run directories go (default: %(default)s)")
     p.add_argument("--estimator", default="vgpo", help="algorithm.adv_estimator (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=demo_run.STEPS, help="training steps (default: %(default)s)")
+    p.add_argument("--steps", type=cli.int_at_least(1), default=demo_run.STEPS, help="training steps (default: %(default)s)")
     p.add_argument("--run-dir", type=pathlib.Path, default=None,
                    help="checkpoint after every step into this directory; run again with it and a larger "
                         "--steps to continue from the last checkpoint (vgpo_verl.demo.continuing)")
     p.add_argument("--verbose", action="store_true", help="echo all of verl's output, not just progress")
     p.add_argument("--learn", action="store_true",
                    help="VGPO vs DAPO learning curves from the warm start (about 25 min on 2 cores)")
+    p.add_argument("--mechanism", action="store_true",
+                   help="VGPO vs DAPO over 3 seeds on a task that reasons before it answers, with the "
+                        "forgetting curves (about 80 min on 2 cores)")
     p.add_argument("--out", type=pathlib.Path, default=None,
-                   help="--learn: where learning_curve_tiny.{json,png} go (default: the cache directory)")
+                   help="--learn, --mechanism: where their .json and .png go (default: the cache directory)")
     p.add_argument("extra", nargs="*", help="extra Hydra overrides passed to main_ppo")
     return p
 
@@ -57,11 +64,16 @@ def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)  # unwinds through run_verl, which ends the run's processes
 
 
+@cli.command(PROG)
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error(f"--steps {args.steps}: give at least 1")
+    args = _parser().parse_args(argv)
+    if args.out is not None:
+        cli.output_folder("--out", args.out)
+    if args.run_dir is not None and (args.learn or args.mechanism):
+        raise cli.UsageError("--run-dir continues the demo's run; --learn and --mechanism run their own",
+                             "drop one of them")
+    if args.learn and args.mechanism:
+        raise cli.UsageError("--learn and --mechanism are two experiments", "run one at a time")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     started = time.monotonic()
     cache = args.cache_dir.resolve()
@@ -69,12 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_dir is not None:
         from vgpo_verl.demo import continuing
 
-        if args.learn:
-            parser.error("--run-dir continues the demo's run; --learn runs its own (drop one of them)")
-        try:
-            run_dir, checkpoint_dir, resumed_from = continuing.prepare(args.run_dir.resolve(), args.estimator)
-        except ValueError as error:
-            parser.error(str(error))
+        run_dir, checkpoint_dir, resumed_from = continuing.prepare(args.run_dir.resolve(), args.estimator)
         if resumed_from >= args.steps:
             print(f"[demo] {checkpoint_dir} is at step {resumed_from}: nothing to train for --steps {args.steps}",
                   flush=True)
@@ -93,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     def echo(line: str) -> None:
         if args.verbose or (PROGRESS.search(line) and not NOISE.search(line)):
             print("  | " + line.rstrip()[:300], flush=True)
+
+    if args.mechanism:
+        from vgpo_verl.demo.mechanism import run_mechanism
+
+        run_mechanism(cache, model_dir, args.out or cache, extra=args.extra, echo=echo)
+        print(f"[mechanism] done in {(time.monotonic() - started) / 60:.1f} min; results in {args.out or cache}", flush=True)
+        return 0
 
     if args.learn:
         from vgpo_verl.demo.learn import run_learn

@@ -18,6 +18,7 @@ import pathlib
 import time
 
 from vgpo_verl.checkpoints import settle_tracker
+from vgpo_verl.cli import UsageError
 
 RECORD = "demo.json"
 
@@ -30,14 +31,14 @@ def checkpoint_overrides(checkpoint_dir: pathlib.Path) -> list[str]:
 def prepare(run_dir: pathlib.Path, estimator: str) -> tuple[pathlib.Path, pathlib.Path, int]:
     """(this invocation's directory (to create), the checkpoint directory, the step it resumes from (0: none)).
 
-    ValueError when DIR holds a run of another estimator (naming both).
+    UsageError when DIR holds a run of another estimator (naming both).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     record = run_dir / RECORD
     if record.exists():
         before = json.loads(record.read_text())["estimator"]
         if before != estimator:
-            raise ValueError(f"--run-dir {run_dir} holds a run of --estimator {before}, not {estimator}: "
+            raise UsageError(f"--run-dir {run_dir} holds a run of --estimator {before}, not {estimator}",
                              f"continue it with --estimator {before}, or give another --run-dir")
     else:
         record.write_text(json.dumps({"estimator": estimator}))

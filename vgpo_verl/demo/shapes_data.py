@@ -10,6 +10,11 @@
   squares and triangles), none overlapping; "How many red circles?", answer the integer. A model
   that ignores the image cannot beat guessing; too hard for the tiny model to learn in minutes
   (its warm start stayed at chance), kept as a GPU sanity task.
+- "describe" (the `--mechanism` experiment's task, vgpo_verl.demo.mechanism): the colour task's
+  images, but the response reasons before it answers: it names the shape, says what it needs, and
+  gives the colour only at its end, after 34 tokens (`reference_response`), so
+  the one token the reward depends on has to look back at the image late in the response, where
+  visual forgetting would hurt. Answer `red` / `blue` / `green` / `orange`, graded as "colour".
 
 Either way a model that ignores the image cannot beat guessing. Answers are a plain word or
 number, so every grader (math-verify's, mathruler's) compares them the same way.
@@ -38,7 +43,13 @@ IMAGE_SIZE = 112
 MAX_TARGETS = 4
 QUESTION = "<image>How many red circles are in the image? Put the final answer in \\boxed{}."
 COLOUR_QUESTION = "<image>What colour is the shape? Put the final answer in \\boxed{}."
-TASKS = ("colour", "count")
+DESCRIBE_QUESTION = ("<image>Describe the shape, then say what colour it is. "
+                     "Put the final answer in \\boxed{}.")
+# The describe task's response: the shape's kind twice (image-dependent description tokens), the
+# colour only at the end. Every kind and colour is one token, so every response has one length.
+DESCRIBE_TEMPLATE = ("The image shows one {kind} on a white background. To answer, I need the colour of the "
+                     "{kind}, so I look at the {kind} once more. Its colour is \\boxed{{{answer}}}.")
+TASKS = ("colour", "count", "describe")
 DEFAULT_TASK = "colour"
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 70, 220), "green": (30, 160, 60), "orange": (240, 150, 20)}
@@ -107,7 +118,7 @@ def make_colour_example(rng: random.Random) -> tuple[bytes, str, list[dict]]:
 
 def example(task: str, rng: random.Random) -> tuple[bytes, str, list[dict]]:
     """(PNG bytes, answer as the grader's ground truth string, shapes drawn) for `task`."""
-    if task == "colour":
+    if task in ("colour", "describe"):
         return make_colour_example(rng)
     if task == "count":
         png, count, drawn = make_example(rng)
@@ -117,7 +128,17 @@ def example(task: str, rng: random.Random) -> tuple[bytes, str, list[dict]]:
 
 def question(task: str) -> str:
     """The user turn of `task`, with verl's `<image>` placeholder."""
-    return COLOUR_QUESTION if task == "colour" else QUESTION
+    return {"colour": COLOUR_QUESTION, "count": QUESTION, "describe": DESCRIBE_QUESTION}[task]
+
+
+def reference_response(task: str, answer: str, shapes: list[dict]) -> str:
+    """A right response to `task` (what the warm start learns to say), without the end-of-turn token.
+
+    colour and count: the boxed answer alone; describe: DESCRIBE_TEMPLATE about the one shape drawn.
+    """
+    if task == "describe":
+        return DESCRIBE_TEMPLATE.format(kind=shapes[0]["kind"], answer=answer)
+    return f"\\boxed{{{answer}}}"
 
 
 def _rows(split: str, n: int, rng: random.Random, task: str) -> list[dict]:
@@ -129,7 +150,7 @@ def _rows(split: str, n: int, rng: random.Random, task: str) -> list[dict]:
                 "data_source": DATA_SOURCE,
                 "prompt": [{"role": "user", "content": question(task)}],
                 "images": [{"bytes": png}],
-                "ability": "colour" if task == "colour" else "counting",
+                "ability": "counting" if task == "count" else "colour",
                 "reward_model": {"style": "rule", "ground_truth": answer},
                 "extra_info": {"split": split, "index": index, "shapes": drawn},
             }

@@ -12,6 +12,8 @@ ROLLOUT_CORR_KEYS = ("rollout_corr/kl", "rollout_corr/k3_kl", "rollout_corr/log_
 STEP_TIME_KEY = "timing_s/step"
 NO_VISUAL_KEY = "vgpo/no_visual_fraction"
 VAL_PREFIX = "val-core/"
+# the live forgetting curve (vgpo_verl.algorithm.vgpo_metrics): one line per step instead of one per bin
+FOCUS_PREFIX = "vgpo/focus_by_position/bin_"
 
 
 def read_metrics(path: pathlib.Path) -> dict[int, dict[str, float]]:
@@ -28,6 +30,16 @@ def read_metrics(path: pathlib.Path) -> dict[int, dict[str, float]]:
 
 def training_steps(metrics: dict[int, dict[str, float]]) -> list[int]:
     return sorted(step for step, values in metrics.items() if REWARD_KEY in values)
+
+
+def focus_line(values: dict[str, float]) -> str | None:
+    """The step's forgetting curve, first to last fifth of the response (`-` for a bin not logged),
+    or None when the step logged none."""
+    bins = sorted(int(k[len(FOCUS_PREFIX):]) for k in values if k.startswith(FOCUS_PREFIX))
+    if not bins:
+        return None
+    return " ".join(f"{values[FOCUS_PREFIX + str(k)]:.3f}" if FOCUS_PREFIX + str(k) in values else "-"
+                    for k in range(bins[-1] + 1))
 
 
 def render_summary(metrics, steps: int, estimator: str, exit_code: int, wall_s: float,
@@ -64,8 +76,12 @@ def render_summary(metrics, steps: int, estimator: str, exit_code: int, wall_s: 
         shown = {k: values[k] for k in (REWARD_KEY, *ADVANTAGE_KEYS, *ROLLOUT_CORR_KEYS) if k in values}
         if method is not None:
             shown.update({k: v for k, v in values.items()
-                          if k.startswith(method.metric_prefix) and isinstance(v, (int, float))})
+                          if k.startswith(method.metric_prefix) and isinstance(v, (int, float))
+                          and not k.startswith(FOCUS_PREFIX)})
         lines.extend(f"    {k:<34} {v:+.4g}" for k, v in shown.items())
+        focus = focus_line(values)
+        if focus is not None:
+            lines.append(f"    {'vgpo/focus_by_position (5ths)':<34} {focus}")
         if method is not None:
             own = {k: v for k, v in values.items() if k.startswith(method.metric_prefix)}
             if not own:

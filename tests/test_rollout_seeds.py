@@ -1,0 +1,58 @@
+"""Per-sample rollout seeds (vgpo_verl.rollout_seeds): which seed each sample gets, and the verl hook."""
+
+import asyncio
+import types
+
+import pytest
+
+from vgpo_verl.rollout_seeds import sample_seed
+
+
+def test_each_response_slot_gets_its_own_reproducible_seed():
+    slots = [(seed, validate, step, index, n) for seed in (0, 1) for validate in (False, True)
+             for step in (0, 1, 7) for index in (0, 3, "a3") for n in range(8)]
+    seeds = [sample_seed(*slot) for slot in slots]
+    assert len(set(seeds)) == len(slots)  # no two slots share a seed
+    assert seeds == [sample_seed(*slot) for slot in slots]  # and each is the same every time
+    assert all(0 <= s < 2**63 for s in seeds)  # fits torch.Generator.manual_seed
+
+
+def _worker(custom, seed=5):
+    return types.SimpleNamespace(rollout_config=types.SimpleNamespace(custom=custom, seed=seed))
+
+
+def test_the_hook_adds_the_seed_only_when_asked(monkeypatch):
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
+    from vgpo_verl import rollout_seeds
+
+    received = []
+
+    async def original(self, sampling_params, trajectory, *, agent_name, **kwargs):
+        received.append(sampling_params)
+        return agent_name
+
+    monkeypatch.setattr(AgentLoopWorker, "_run_agent_loop", original)
+    rollout_seeds.install()
+    trajectory = {"step": 3, "sample_index": 11, "rollout_n": 2, "validate": False}
+    params = {"temperature": 1.0}
+    run = AgentLoopWorker._run_agent_loop
+    on = _worker({"seed_per_sample": True})
+    # the legacy agent loop: one call per response, its slot in the trajectory's rollout_n
+    assert asyncio.run(run(on, params, trajectory, agent_name="single")) == "single"
+    asyncio.run(run(_worker(None), params, trajectory, agent_name="single"))
+    asyncio.run(run(_worker({"seed_per_sample": False}), params, trajectory, agent_name="single"))
+    assert received == [{"temperature": 1.0, "seed": sample_seed(5, False, 3, 11, 2)}, params, params]
+    # the v1 agent loop (AgentLoopWorkerTQ._run_prompt): the prompt's n calls share one trajectory
+    # info (rollout_n 0) and pass trajectory by keyword; the slot is their session_id
+    received.clear()
+    v1 = {**trajectory, "rollout_n": 0}
+    for session in range(3):
+        asyncio.run(run(on, params, trajectory=v1, agent_name="single", session_id=session))
+    assert [r["seed"] for r in received] == [sample_seed(5, False, 3, 11, s) for s in range(3)]
+    assert params == {"temperature": 1.0}  # the caller's dict, shared by the prompt's samples, is untouched
+
+    rollout_seeds.install()  # a second install does not wrap twice
+    assert AgentLoopWorker._run_agent_loop is run
+    with pytest.raises(ValueError, match=r"rollout.custom.seed_per_sample='yes': must be true or false"):
+        asyncio.run(run(_worker({"seed_per_sample": "yes"}), params, trajectory, agent_name="single"))
