@@ -392,13 +392,3 @@ def test_config_from_mapping_rejects_unknown_keys():
     assert cfg.beta == 0.5 and cfg.rho_norm == "batch"
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['betta'\]"):
         VGPOConfig.from_mapping({"betta": 0.5})
-
-
-def test_readme_knob_table_matches_the_config():
-    import pathlib
-
-    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
-    rows = [line for line in readme.splitlines() if line.startswith("| `")]
-    table = {line.split("`")[1]: line.split("`")[3] for line in rows if line.count("`") >= 4}
-    for f in dataclasses.fields(VGPOConfig):
-        assert table.get(f.name) == repr(f.default), f"README row for {f.name} is missing or stale"

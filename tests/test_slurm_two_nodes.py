@@ -20,7 +20,7 @@ replicas of the one-node demo. Kept small by: one rollout replica per node at te
 Peak PSS of every process of the run is measured and must stay under 22 GiB (measured: 17.8 GiB,
 319 s wall, on a 2-core AMD EPYC, AVX2 only).
 
-To watch it: `.venv/bin/python -m pytest -s tests/test_slurm_two_nodes.py` (README).
+To watch it: `.venv/bin/python -m pytest -s tests/test_slurm_two_nodes.py` (docs/cluster.md).
 """
 
 from __future__ import annotations
