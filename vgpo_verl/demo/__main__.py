@@ -67,8 +67,7 @@ def _exit_on_sigterm(signum, frame):
 @cli.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.out is not None:
-        cli.output_folder("--out", args.out)
+    out_dir = None if args.out is None else cli.output_folder("--out", args.out)
     if args.run_dir is not None and (args.learn or args.mechanism):
         raise cli.UsageError("--run-dir continues the demo's run; --learn and --mechanism run their own",
                              "drop one of them")
@@ -104,15 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.mechanism:
         from vgpo_verl.demo.mechanism import run_mechanism
 
-        run_mechanism(cache, model_dir, args.out or cache, extra=args.extra, echo=echo)
-        print(f"[mechanism] done in {(time.monotonic() - started) / 60:.1f} min; results in {args.out or cache}", flush=True)
+        run_mechanism(cache, model_dir, out_dir or cache, extra=args.extra, echo=echo)
+        print(f"[mechanism] done in {(time.monotonic() - started) / 60:.1f} min; results in {out_dir or cache}", flush=True)
         return 0
 
     if args.learn:
         from vgpo_verl.demo.learn import run_learn
 
-        result = run_learn(cache, model_dir, args.out or cache, extra=args.extra, echo=echo)
-        print(f"[learn] done in {(time.monotonic() - started) / 60:.1f} min; curves in {args.out or cache}", flush=True)
+        result = run_learn(cache, model_dir, out_dir or cache, extra=args.extra, echo=echo)
+        print(f"[learn] done in {(time.monotonic() - started) / 60:.1f} min; curves in {out_dir or cache}", flush=True)
         return max(result[arm]["exit_code"] for arm in ("vgpo", "dapo"))
 
     data_dir = cache / f"shapes_{DEFAULT_TASK}"
