@@ -32,6 +32,25 @@ def test_the_overrides_compose_into_verl_config_with_seeded_sampling():
     assert cfg.trainer.total_training_steps == m.STEPS and cfg.trainer.save_freq == m.STEPS
     assert list(cfg.actor_rollout_ref.actor.checkpoint.save_contents) == ["hf_model"]
     assert cfg.data.max_response_length == m.MAX_RESPONSE_TOKENS and cfg.algorithm.adv_estimator == "grpo"
+    assert cfg.data.max_prompt_length == m.MAX_PROMPT_TOKENS
+    assert rollout.max_model_len == m.MAX_PROMPT_TOKENS + m.MAX_RESPONSE_TOKENS
+
+
+def test_the_describe_prompt_fits_the_mechanism_prompt_length():
+    """verl refuses a longer prompt only when the first batch is drawn (truncation='error'), an hour in."""
+    from vgpo_verl.demo import shapes_data, tiny_model
+
+    tokenizer = tiny_model._tokenizer()
+    text = shapes_data.question(m.TASK)
+    before, after = text.split("<image>")  # verl's RLHFDataset: the placeholder becomes an image part
+    content = [{"type": "text", "text": before}, {"type": "image"}, {"type": "text", "text": after}]
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": content}], chat_template=tiny_model.CHAT_TEMPLATE,
+                                        add_generation_prompt=True, tokenize=True, return_dict=False)
+    image_tokens = (shapes_data.IMAGE_SIZE // 14 // 2) ** 2  # 14 px patches, 2 x 2 merged: 16
+    length = len(ids) - 1 + image_tokens  # the one <|image_pad|> expands to image_tokens
+    assert ids.count(tiny_model.IMAGE_PAD_ID) == 1
+    assert length == 45  # what verl logged as prompt_length/max in the runs: the count above is verl's
+    assert length <= m.MAX_PROMPT_TOKENS
 
 
 def test_t_quantiles_and_the_detectable_gap():
