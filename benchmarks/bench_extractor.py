@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from vgpo_verl.families import Sample, position_ids
+from vgpo_verl.families import Sample, position_ids, synthetic_sample
 from vgpo_verl.timing import SCORE, TIMING_PREFIX, PassTimer
 
 IMAGE_TOKEN_OFFSET = 10  # visual/special token ids sit just below the vocabulary's end
@@ -73,25 +73,14 @@ def build_config(preset: dict):
 
 
 def make_samples(config, preset: dict, count: int, text_len: int, seed: int = 0) -> list[Sample]:
-    """`count` samples: text, one image (grid x grid patches), text (sample i: text_len + i tokens), of
-    which the last text_len // 2 tokens are the response."""
+    """`count` samples of the family's layout (vgpo_verl.families.synthetic_sample): one image of
+    grid x grid patches, text_len + i text tokens for sample i, the last text_len // 2 the response."""
     generator = torch.Generator().manual_seed(seed)
-    grid = preset["grid"]
-    image_tokens = grid * grid // 4
-    patch_dim = 3 * 2 * preset["patch"] ** 2
-    samples = []
-    for index in range(count):  # lengths differ by a few tokens: verl's batches are ragged
-        def text(n):
-            return torch.randint(0, config.vision_start_token_id - 1, (n,), generator=generator)
-
-        ids = torch.cat([text(text_len // 4), torch.tensor([config.vision_start_token_id]),
-                         torch.full((image_tokens,), config.image_token_id), torch.tensor([config.vision_end_token_id]),
-                         text(text_len - text_len // 4 + index)])
-        samples.append(Sample(input_ids=ids, mm_token_type_ids=(ids == config.image_token_id).long(),
-                              response_len=text_len // 2,
-                              pixel_values=torch.randn(grid * grid, patch_dim, generator=generator),
-                              image_grid_thw=torch.tensor([[1, grid, grid]])))
-    return samples
+    grid = (1, preset["grid"], preset["grid"])
+    response = text_len // 2
+    # synthetic_sample adds 2 text tokens after the image; lengths differ by a token: verl's batches are ragged
+    return [synthetic_sample(config, generator, images=1, grid=grid, prompt_text=text_len - 2 - response + index,
+                             response_len=response) for index in range(count)]
 
 
 def random_hf_model(args, preset: dict):
