@@ -53,7 +53,7 @@ def _parser() -> cli.ArgumentParser:
                    help="VGPO vs DAPO learning curves from the warm start (about 25 min on 2 cores)")
     p.add_argument("--mechanism", action="store_true",
                    help="VGPO vs DAPO over 3 seeds on a task that reasons before it answers, with the "
-                        "forgetting curves (about 80 min on 2 cores)")
+                        "forgetting curves (about 70 min on 2 cores)")
     p.add_argument("--out", type=pathlib.Path, default=None,
                    help="--learn, --mechanism: where their .json and .png go (default: the cache directory)")
     p.add_argument("extra", nargs="*", help="extra Hydra overrides passed to main_ppo")
