@@ -163,6 +163,13 @@ def test_bad_inputs_name_the_problem():
     s[1, 2] = float("nan")
     with pytest.raises(ValueError, match=r"rows \[1\]"):
         compute_vgpo_weights(s, torch.ones_like(s), np.array([0, 1, 2]))
+    # only scored tokens are checked: NaN at padding or on a row without an image is no error
+    mask = torch.ones_like(s)
+    mask[1, 2] = 0
+    psi, alpha = compute_vgpo_weights(s, mask, np.array([0, 1, 2]))
+    assert torch.isfinite(psi).all() and torch.isfinite(alpha).all() and psi[1, 2] == 1
+    psi, alpha = compute_vgpo_weights(s, torch.ones_like(s), np.array([0, 1, 2]), has_visual=torch.tensor([True, False, True]))
+    assert torch.isfinite(psi).all() and (psi[1] == 1).all() and alpha[1] == 1
 
 
 # ---------------------------------------------------------------- the slow reference

@@ -46,7 +46,8 @@ def test_the_describe_prompt_fits_the_mechanism_prompt_length():
     content = [{"type": "text", "text": before}, {"type": "image"}, {"type": "text", "text": after}]
     ids = tokenizer.apply_chat_template([{"role": "user", "content": content}], chat_template=tiny_model.CHAT_TEMPLATE,
                                         add_generation_prompt=True, tokenize=True, return_dict=False)
-    image_tokens = (shapes_data.IMAGE_SIZE // 14 // 2) ** 2  # 14 px patches, 2 x 2 merged: 16
+    vision = tiny_model._model_config().vision_config  # the shapes images are within its pixel range: not resized
+    image_tokens = (shapes_data.IMAGE_SIZE // vision.patch_size // vision.spatial_merge_size) ** 2  # 16
     length = len(ids) - 1 + image_tokens  # the one <|image_pad|> expands to image_tokens
     assert ids.count(tiny_model.IMAGE_PAD_ID) == 1
     assert length == 45  # what verl logged as prompt_length/max in the runs: the count above is verl's
