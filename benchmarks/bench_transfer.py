@@ -3,12 +3,12 @@ layout next to the response layout of issue 12, measured in one run.
 
 The scoring engine adds its outputs to verl's model output; verl concatenates them into per-sample
 rows (`postprocess_batch_func`) and the worker writes every row to the TransferQueue. Only the driver
-reads them back, once, to compute the advantages (vgpo_verl/trainer_wiring.py takes them out of the
+reads them back, once, to compute the advantages (vgpo_verl/plugin/trainer_wiring.py takes them out of the
 field list the reference and update workers fetch). Per step each stored byte thus moves twice.
 
 - full sequence (before): `vgpo_visual_score` and a per-token copy of `vgpo_has_visual`, float32 over
   prompt + response tokens; likewise VPPO's `vppo_aug_log_probs`.
-- response (after, vgpo_verl/scoring.py `score_outputs`, vgpo_verl/engine.py): the response slice of
+- response (after, vgpo_verl/methods/scoring.py `score_outputs`, vgpo_verl/plugin/engine.py): the response slice of
   the scores (float32) and one bool per sample; VPPO's aug log-probs over the response only.
 
 Shapes come from a recipe (default recipes/vgpo_qwen2_5_vl_7b.yaml, composed by Hydra like
@@ -45,8 +45,8 @@ def stored_nbytes(model_output: dict[str, torch.Tensor]) -> dict[str, int]:
 
 def full_sequence_layout(lengths: torch.Tensor) -> dict[str, torch.Tensor]:
     """The engine's outputs before issue 12: float32 over every token of each sequence."""
-    from vgpo_verl.perturb import AUG_LOG_PROBS_KEY
-    from vgpo_verl.scoring import HAS_VISUAL_KEY, SCORE_KEY
+    from vgpo_verl.methods.perturb import AUG_LOG_PROBS_KEY
+    from vgpo_verl.methods.scoring import HAS_VISUAL_KEY, SCORE_KEY
 
     offsets = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
 
@@ -58,8 +58,8 @@ def full_sequence_layout(lengths: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def response_layout(lengths: torch.Tensor, responses: torch.Tensor) -> dict[str, torch.Tensor]:
     """The engine's outputs now, built by the functions the engine calls."""
-    from vgpo_verl.perturb import AUG_LOG_PROBS_KEY
-    from vgpo_verl.scoring import response_slice, score_outputs
+    from vgpo_verl.methods.perturb import AUG_LOG_PROBS_KEY
+    from vgpo_verl.methods.scoring import response_slice, score_outputs
 
     cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
     similarity = torch.zeros(int(lengths.sum()))  # (N,) packed, as the scoring hook returns it
@@ -90,8 +90,8 @@ def main():
 
     from verl.trainer.ppo.utils import need_reference_policy
 
-    from vgpo_verl.perturb import AUG_LOG_PROBS_KEY
-    from vgpo_verl.scoring import HAS_VISUAL_KEY, SCORE_KEY
+    from vgpo_verl.methods.perturb import AUG_LOG_PROBS_KEY
+    from vgpo_verl.methods.scoring import HAS_VISUAL_KEY, SCORE_KEY
 
     config = compose(args.recipe)
     prompts, n = int(config.data.train_batch_size), int(config.actor_rollout_ref.rollout.n)

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights
+from vgpo_verl.methods.vgpo import VGPOConfig, compute_vgpo_weights
 
 QUICK = dict(batch=64, length=128, rounds=2)
 

@@ -16,7 +16,7 @@ import pathlib
 import numpy as np
 import torch
 
-from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights_detailed
+from vgpo_verl.methods.vgpo import VGPOConfig, compute_vgpo_weights_detailed
 
 OUT = pathlib.Path(__file__).resolve().parent / "vgpo_overview.png"
 

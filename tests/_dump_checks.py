@@ -1,4 +1,4 @@
-"""Checks of a training run's dump (vgpo_verl.dump) shared by the demo's and the two-node run's tests.
+"""Checks of a training run's dump (vgpo_verl.plugin.dump) shared by the demo's and the two-node run's tests.
 
 - `load_dumps`: the per-step records, all steps present;
 - `expected_vgpo_advantages`: verl's GRPO advantage, alpha and psi recomputed from a record;
@@ -19,14 +19,14 @@ import sys
 # actor computed in the old-log-prob pass, for every quantity the dump holds:
 # - similarity: last_hidden_state (post-norm, layer -1), cosine to the mean over <|image_pad|> positions;
 # - old_log_probs: the log-softmax of the logits at temperature 1 (the demo's) at the response tokens;
-# - aug_log_probs: the log-probs with the image's patches blackened (vgpo_verl.perturb) at the seed given.
+# - aug_log_probs: the log-probs with the image's patches blackened (vgpo_verl.methods.perturb) at the seed given.
 # Prints {quantity: [largest difference per row]}.
 _RECOMPUTE = r"""
 import json, sys, torch
 import vgpo_verl.cpu; vgpo_verl.cpu.enable()
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from vgpo_verl.perturb import blacken_patches
-from vgpo_verl.vppo import VPPOConfig
+from vgpo_verl.methods.perturb import blacken_patches
+from vgpo_verl.methods.vppo import VPPOConfig
 dump, rows, probes = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])  # probes: [[checkpoint, seed]]
 record = torch.load(dump, weights_only=False)
 dumped = {"similarity": record.get("similarity"), "old_log_probs": record.get("old_log_probs"),
@@ -83,11 +83,11 @@ def load_dumps(dump_dir: pathlib.Path, steps: int, first: int = 1) -> list[dict]
 
 def expected_vgpo_advantages(record: dict):
     """(grpo (B, T), psi (B, T), alpha (B,)): verl's GRPO advantage and VGPO's weights, recomputed
-    with verl's and vgpo_verl.algorithm's own functions from the dumped rewards and scores."""
+    with verl's and vgpo_verl.methods.vgpo's own functions from the dumped rewards and scores."""
     import numpy as np
     from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
-    from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights
+    from vgpo_verl.methods.vgpo import VGPOConfig, compute_vgpo_weights
 
     algorithm = record["algorithm"]
     uid = np.array(record["uid"], dtype=object)

@@ -29,17 +29,17 @@ def engine_worker(rank: int, world_size: int, port: int, model_dir: str, samples
     try:
         import transformers
 
-        import vgpo_verl.engine
+        import vgpo_verl.plugin.engine
 
         scoring_hooks = []
-        original_capture = vgpo_verl.engine.HiddenStateCapture
+        original_capture = vgpo_verl.plugin.engine.HiddenStateCapture
 
         def recording_capture(*args, **kwargs):  # records every hook the engine installs and its module's name
             capture = original_capture(*args, **kwargs)
             scoring_hooks.append(next(n for n, m in args[0].named_modules() if m is capture.module))
             return capture
 
-        vgpo_verl.engine.HiddenStateCapture = recording_capture
+        vgpo_verl.plugin.engine.HiddenStateCapture = recording_capture
         plain_models, engines, results = {}, {}, {}
         for run in runs:
             run_dir, run_samples = run.get("model_dir", model_dir), run.get("samples", samples)

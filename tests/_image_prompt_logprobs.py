@@ -77,8 +77,8 @@ def report_and_exit(tag: str, facts: dict, llm) -> None:
 
     Why: once in a while (seen once in CI, in 1 of many runs) a C++ thread still alive at interpreter
     teardown aborted the process ("terminate called without an active exception", SIGABRT) after the
-    facts were computed. The engine is shut down in order, as vgpo_verl.evaluate does, and os._exit
-    skips the static destructors; a crash before this point still fails the test.
+    facts were computed. The engine is shut down in order, as vgpo_verl.evaluate.backends does, and
+    os._exit skips the static destructors; a crash before this point still fails the test.
     """
     print(f"{tag}=" + json.dumps(facts), flush=True)
     llm.llm_engine.engine_core.shutdown()

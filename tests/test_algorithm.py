@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vgpo_verl.algorithm import (VGPOConfig, compute_vgpo_weights, compute_vgpo_weights_detailed, position_bin_means,
+from vgpo_verl.methods.vgpo import (VGPOConfig, compute_vgpo_weights, compute_vgpo_weights_detailed, position_bin_means,
                                  vgpo_metrics)
 from vgpo_reference import reference_vgpo_weights
 

@@ -227,7 +227,8 @@ REFERENCE = r"""
 import json, sys, torch
 import vgpo_verl.cpu; vgpo_verl.cpu.enable()
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from vgpo_verl.evaluate import load_benchmark, chat_text
+from vgpo_verl.evaluate.backends import chat_text
+from vgpo_verl.evaluate.benchmarks import load_benchmark
 checkpoint, data, responses = sys.argv[1:4]
 processor = AutoProcessor.from_pretrained(checkpoint, min_pixels=56 * 56, max_pixels=112 * 112)
 model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()

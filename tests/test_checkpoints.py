@@ -1,4 +1,4 @@
-"""Only complete checkpoints are resumed from (vgpo_verl.checkpoints), including after a SIGKILL mid-save.
+"""Only complete checkpoints are resumed from (vgpo_verl.plugin.checkpoints), including after a SIGKILL mid-save.
 
 The kill tests run verl's own `_save_checkpoint` and `_load_checkpoint` (v1 PPOTrainerSync, wrapped
 by the plugin) over stand-in workers (tests/_fake_trainers.py): a child process saves step 1, then
@@ -22,8 +22,8 @@ import pytest
 
 from _fake_trainers import DataLoader, Workers, v1_trainer, verl_config
 
-from vgpo_verl import checkpoints
-from vgpo_verl.checkpoints import RECORD, TRACKER, problem, record_complete, settle_tracker, step_folder
+from vgpo_verl.plugin import checkpoints
+from vgpo_verl.plugin.checkpoints import RECORD, TRACKER, problem, record_complete, settle_tracker, step_folder
 
 TESTS = pathlib.Path(__file__).resolve().parent
 

@@ -30,9 +30,11 @@ from _dataset_cards import (
     write_wemath,
 )
 from _recipes_utils import png_bytes, write_geo3k_parquet
-from vgpo_verl import data
-from vgpo_verl.data import DATASETS, EVAL_PIXELS, TRAIN_PIXELS, BadRowError, parse_choices
-from vgpo_verl.grading import score
+from vgpo_verl.cli import UsageError
+from vgpo_verl.data import cli, sources, writer
+from vgpo_verl.data.datasets import DATASETS, EVAL_PIXELS, QUESTION_IN_IMAGE, TRAIN_PIXELS
+from vgpo_verl.data.grading import score
+from vgpo_verl.data.rows import BadRowError, parse_choices
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +61,7 @@ def read_output(path):
 
 
 def convert_main(*args) -> int:
-    return data.main([str(a) for a in args])
+    return cli.main([str(a) for a in args])
 
 
 def test_virl39k_command_writes_the_authors_prompt(tmp_path):
@@ -95,7 +97,7 @@ def test_other_template_by_name(tmp_path):
     first = read_output(tmp_path / "out" / "virl39k" / "train.parquet")[0]
     assert first["prompt"][0]["content"] == authors_prompt(AUTHORS_MATH_TEMPLATE, PAPO_VIRL_ROWS[0]["problem"])
     with pytest.raises(ValueError, match="unknown prompt template 'r1v'"):
-        data.convert(DATASETS["virl39k"], [], tmp_path / "o", "train", prompt="r1v")
+        writer.convert(DATASETS["virl39k"], [], tmp_path / "o", "train", prompt="r1v")
 
 
 @pytest.mark.parametrize("zipped", [True, False])
@@ -112,7 +114,7 @@ def test_tiger_virl39k_from_its_zip_or_unzipped(tmp_path, zipped):
 
 
 def test_tiger_virl39k_from_the_hub_is_refused_clearly(tmp_path, capsys):
-    line = usage_error(capsys, data.main, "virl39k_tiger", "--out", tmp_path)
+    line = usage_error(capsys, cli.main, "virl39k_tiger", "--out", tmp_path)
     assert "error: virl39k_tiger needs --input; " in line and "images.zip" in line
 
 
@@ -139,16 +141,16 @@ def test_mathvista_snapshot_query_letters_and_one_source(tmp_path):
 
 def test_mathverse_snapshot_reads_one_source(tmp_path):
     source = write_mathverse_snapshot(tmp_path / "MathVerse")
-    assert [p.name for p in data.split_files(source, "testmini")] == ["testmini.parquet"]
-    report = data.convert(DATASETS["mathverse"], data.read_rows(source, "testmini"), tmp_path / "out", "testmini")
+    assert [p.name for p in sources.split_files(source, "testmini")] == ["testmini.parquet"]
+    report = writer.convert(DATASETS["mathverse"], sources.read_rows(source, "testmini"), tmp_path / "out", "testmini")
     assert report.written == 2 and not report.bad_rows  # not 8: no json duplicates, no text-only rows
     rows = read_output(report.output)
     assert rows[1]["prompt"][0]["content"].startswith("<image>Please first conduct reasoning (2).")  # query_cot
     assert json.loads(rows[1]["extra_info"]["meta"])["problem_version"] == "Vision Only"
-    vision = data.convert(DATASETS["mathverse_vision"], data.read_rows(source, "testmini"), tmp_path / "o", "testmini")
+    vision = writer.convert(DATASETS["mathverse_vision"], sources.read_rows(source, "testmini"), tmp_path / "o", "testmini")
     assert (vision.written, vision.outside_subset) == (1, 1)
     # The json release on its own: images by file name from images/.
-    from_json = data.convert(DATASETS["mathverse"], data.read_rows(source / "testmini.json", "testmini"),
+    from_json = writer.convert(DATASETS["mathverse"], sources.read_rows(source / "testmini.json", "testmini"),
                              tmp_path / "o3", "testmini", image_root=source)
     assert from_json.written == 2 and not from_json.bad_rows
 
@@ -156,7 +158,7 @@ def test_mathverse_snapshot_reads_one_source(tmp_path):
 def test_mmmu_pro_ten_options_images_in_options_and_vision(tmp_path):
     source = write_mmmu_pro_snapshot(tmp_path / "MMMU_Pro")
     with pytest.raises(ValueError, match="several folders"):
-        data.split_files(source, "test")  # configs are never mixed
+        sources.split_files(source, "test")  # configs are never mixed
     assert convert_main("mmmu_pro", "--input", source, "--out", tmp_path / "out") == 0
     (row,) = read_output(tmp_path / "out" / "mmmu_pro" / "test.parquet")
     content = row["prompt"][0]["content"]
@@ -166,7 +168,7 @@ def test_mmmu_pro_ten_options_images_in_options_and_vision(tmp_path):
     assert row["reward_model"]["ground_truth"] == "J"
     assert convert_main("mmmu_pro_vision", "--input", source, "--out", tmp_path / "out") == 0
     (vision,) = read_output(tmp_path / "out" / "mmmu_pro_vision" / "test.parquet")
-    assert vision["prompt"][0]["content"] == authors_prompt(AUTHORS_MATH_TEMPLATE, "<image>" + data.QUESTION_IN_IMAGE)
+    assert vision["prompt"][0]["content"] == authors_prompt(AUTHORS_MATH_TEMPLATE, "<image>" + QUESTION_IN_IMAGE)
     assert "option" not in vision["prompt"][0]["content"] and vision["reward_model"]["ground_truth"] == "J"
     assert convert_main("mmmu_pro", "--input", source, "--hf-config", "standard (4 options)", "--out",
                         tmp_path / "o4") == 0
@@ -238,7 +240,7 @@ def test_bad_rows_are_reported_with_ids_and_counted(tmp_path, capsys):
     source = write_geo3k_parquet(tmp_path / "geometry3k")
     assert convert_main("geo3k", "--input", source, "--out", tmp_path / "out") == 0
     geo3k_output = tmp_path / "out" / "geo3k" / "test.parquet"
-    bad = [json.loads(line) for line in data.bad_rows_path(geo3k_output).read_text().splitlines()]
+    bad = [json.loads(line) for line in writer.bad_rows_path(geo3k_output).read_text().splitlines()]
     assert [(b["id"], b["reason"].split(":")[0]) for b in bad] == [
         ("3", "no image"),
         ("4", "no answer"),
@@ -276,7 +278,7 @@ def test_a_crash_midway_leaves_the_earlier_split_as_it_was(tmp_path, monkeypatch
     split_dir = tmp_path / "o" / "geo3k"
     assert convert_main("geo3k", "--input", source, "--out", tmp_path / "o") == 0
     before = {p.name: p.read_bytes() for p in split_dir.iterdir()}
-    converted, convert_row = [], data.convert_row
+    converted, convert_row = [], writer.convert_row
 
     def crash_on_the_second_row(*args, **kwargs):
         if converted:
@@ -284,7 +286,7 @@ def test_a_crash_midway_leaves_the_earlier_split_as_it_was(tmp_path, monkeypatch
         converted.append(convert_row(*args, **kwargs))
         return converted[-1]
 
-    monkeypatch.setattr(data, "convert_row", crash_on_the_second_row)
+    monkeypatch.setattr(writer, "convert_row", crash_on_the_second_row)
     with pytest.raises(RuntimeError, match="planted bug"):
         convert_main("geo3k", "--input", source, "--out", tmp_path / "o", "--fail-on-bad-rows")
     assert converted  # it crashed in the middle, not before the first row
@@ -311,14 +313,14 @@ def test_command_mistakes_are_one_line_and_write_nothing(tmp_path, capsys, argv,
     source = write_geo3k_parquet(tmp_path / "geometry3k")
     (tmp_path / "notes.txt").write_text("not data")
     fill = {"source": source, "tmp": tmp_path}
-    line = usage_error(capsys, data.main, *[a.format(**fill) for a in argv], *(["--out", tmp_path / "o"] * ("--out" not in argv)))
+    line = usage_error(capsys, cli.main, *[a.format(**fill) for a in argv], *(["--out", tmp_path / "o"] * ("--out" not in argv)))
     assert line.startswith("python -m vgpo_verl.data: ") and expected.format(**fill) in line
     assert not [path for path in (tmp_path / "o").rglob("*") if path.is_file()]
 
 
 def test_a_missing_split_is_found_before_any_conversion(tmp_path, capsys):
     source = write_geo3k_parquet(tmp_path / "geometry3k")
-    line = usage_error(capsys, data.main, "geo3k", "--input", source, "--out", tmp_path / "o",
+    line = usage_error(capsys, cli.main, "geo3k", "--input", source, "--out", tmp_path / "o",
                        "--split", "test", "--split", "validation")
     assert f"error: --input {source} has no file for split 'validation' (found: ['data/test-00000-of-00001.parquet'" in line
     assert line.endswith("; name the split those files hold with --split, or pass the file itself as --input")
@@ -348,8 +350,8 @@ def test_save_to_disk_folder_and_subset(tmp_path):
     # A selection (indices mapping) on top of the table must be honoured: drop nothing, reverse the order.
     testmini = datasets.Dataset.from_dict(rows, features=features).select([2, 1, 0])
     datasets.DatasetDict({"testmini": testmini}).save_to_disk(str(tmp_path / "MathVerse"))
-    report = data.convert(
-        DATASETS["mathverse_vision"], data.read_rows(tmp_path / "MathVerse", "testmini"), tmp_path / "out", "testmini"
+    report = writer.convert(
+        DATASETS["mathverse_vision"], sources.read_rows(tmp_path / "MathVerse", "testmini"), tmp_path / "out", "testmini"
     )
     assert report.written == 1 and report.outside_subset == 1
     assert [(b.id, b.reason) for b in report.bad_rows] == [("3", "no image")]
@@ -361,7 +363,7 @@ def test_save_to_disk_folder_and_subset(tmp_path):
 def test_image_path_missing_but_bytes_present(tmp_path):
     """MathVista ships `image` (a path into an images/ folder) and `decoded_image` (bytes): either will do."""
     row = {**MATHVISTA_ROWS[1], "image": "images/not_here.jpg"}
-    report = data.convert(DATASETS["mathvista"], [row], tmp_path / "out", "testmini", image_root=tmp_path)
+    report = writer.convert(DATASETS["mathvista"], [row], tmp_path / "out", "testmini", image_root=tmp_path)
     assert report.written == 1 and not report.bad_rows
 
 
@@ -376,8 +378,8 @@ def test_parse_choices_formats():
 
 def test_missing_split_is_an_error_before_reading(tmp_path):
     source = write_geo3k_parquet(tmp_path / "g")
-    with pytest.raises(data.UsageError, match="no file for split 'validation'"):
-        data.read_rows(source, "validation")  # raised by the call, not by the first row
+    with pytest.raises(UsageError, match="no file for split 'validation'"):
+        sources.read_rows(source, "validation")  # raised by the call, not by the first row
 
 
 ROUND_TRIP = textwrap.dedent(

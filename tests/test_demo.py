@@ -7,9 +7,9 @@ checks what the demo promises: exit 0, two training steps with a reward, a valid
 non-zero advantages (the warm start gets some answers right), and no process of the run left behind.
 A second run has its vLLM engine killed after the first step and must end quickly with the cause named.
 
-The same run has the debugging dump on (`algorithm.vgpo.dump_dir`, vgpo_verl.dump), and the
+The same run has the debugging dump on (`algorithm.vgpo.dump_dir`, vgpo_verl.plugin.dump), and the
 fidelity tests check from it what verl actually trained on: the advantages it stored equal verl's
-GRPO advantage x alpha x psi recomputed with vgpo_verl.algorithm from the dumped scores, and the
+GRPO advantage x alpha x psi recomputed with vgpo_verl.methods.vgpo from the dumped scores, and the
 dumped scores of a few responses equal a plain-transformers recomputation from the warm start
 (so the row / uid / response alignment survived Ray, the TransferQueue and the micro-batching).
 """
@@ -28,7 +28,7 @@ import pytest
 from _demo_cache import demo_command, demo_env, invocation_metrics, seeded_demo_cache, stop
 from _dump_checks import expected_vgpo_advantages, load_dumps, similarity_errors
 
-from vgpo_verl.checkpoints import TRACKER, problem, step_folder
+from vgpo_verl.plugin.checkpoints import TRACKER, problem, step_folder
 from vgpo_verl.demo.run import RESPONSES_PER_PROMPT, RUN_ID_VAR, STEPS, pids_of_run
 
 
@@ -71,7 +71,7 @@ def test_demo_vgpo_metrics_come_from_image_tokens(demo_run):
 
 @pytest.mark.slow
 def test_demo_logs_what_our_code_cost_each_step(demo_run):
-    """vgpo_verl.timing's keys next to verl's timings: the scoring hook's seconds from the actor worker,
+    """vgpo_verl.plugin.timing's keys next to verl's timings: the scoring hook's seconds from the actor worker,
     the estimator's from the driver, their share of verl's step time; the summary prints them."""
     proc, metrics, _ = demo_run
     for step in range(1, STEPS + 1):

@@ -13,7 +13,7 @@ import pytest
 
 from _cli_utils import usage_error
 
-from vgpo_verl.checkpoints import TRACKER, record_complete, step_folder
+from vgpo_verl.plugin.checkpoints import TRACKER, record_complete, step_folder
 from vgpo_verl.demo import continuing
 from vgpo_verl.demo import run as demo_run
 from vgpo_verl.demo.__main__ import main

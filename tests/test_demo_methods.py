@@ -17,10 +17,10 @@ import pytest
 
 from _dump_checks import load_dumps, merged_actor, optimizer_steps, probe_errors
 
-from vgpo_verl.checkpoints import TRACKER, step_folder
+from vgpo_verl.plugin.checkpoints import TRACKER, step_folder
 from vgpo_verl.demo.run import STEPS
 from vgpo_verl.demo.summary import render_summary
-from vgpo_verl.perturb import step_seed
+from vgpo_verl.methods.perturb import step_seed
 
 VAL = {"val-core/shapes/acc/mean@1": 0.25}
 
@@ -100,7 +100,7 @@ def test_the_method_continues_a_run_at_the_next_step(resumed):
         assert own["vppo/token_score_max"] > 0 and 0 < own["vppo/kept_token_fraction"] < 1
     else:
         assert own["entropy/token_entropy_mean"] > 0 and own["entropy/bonus_mean"] >= 0
-    # our cost (vgpo_verl.timing): the estimator's seconds, and VPPO's extra forward
+    # our cost (vgpo_verl.plugin.timing): the estimator's seconds, and VPPO's extra forward
     step = resumed.metrics[STEPS]
     timed = {k for k in step if k in ("timing_s/vgpo_score", "timing_s/vppo_aug_forward", "timing_s/vgpo_weights")}
     assert timed == {"timing_s/vgpo_weights", *(["timing_s/vppo_aug_forward"] if resumed.estimator == "vppo" else [])}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from vgpo_verl import knobs
-from vgpo_verl.algorithm import TRAINER_KEYS
+from vgpo_verl.methods.vgpo import TRAINER_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

@@ -13,7 +13,7 @@ import pytest
 from _cli_utils import usage_error
 
 from vgpo_verl import doctor
-from vgpo_verl.families import tiny_model
+from vgpo_verl.doctor.tiny_models import tiny_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

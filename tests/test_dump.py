@@ -1,4 +1,4 @@
-"""vgpo_verl.dump: off by default; when on, one file per step with what verl stored for the update.
+"""vgpo_verl.plugin.dump: off by default; when on, one file per step with what verl stored for the update.
 
 Runs verl's own (wrapped) v1 trainer methods over the in-memory TransferQueue of
 test_trainer_wiring; the end-to-end check of a real run is in test_demo.py (fidelity tests).
@@ -8,8 +8,8 @@ import pytest
 import torch
 from test_trainer_wiring import HAS_VISUAL, PROMPT_LENS, RESPONSE_LENS, UIDS, run_steps, v1  # noqa: F401
 
-from vgpo_verl.algorithm import VGPOConfig
-from vgpo_verl.dump import dump_dir_from
+from vgpo_verl.methods.vgpo import VGPOConfig
+from vgpo_verl.plugin.dump import dump_dir_from
 
 
 def test_dump_dir_is_accepted_next_to_the_knobs_and_off_by_default():
@@ -51,8 +51,8 @@ def test_dump_holds_what_verl_stored_and_recomputes(v1, tmp_path):  # noqa: F811
 
     # the scores are the ones the estimator received (the fixture's keys put both rows of a uid in one
     # multi-output session, so its stored advantages are 0; the recomputation is checked on a real run)
-    from vgpo_verl.methods import method_of
-    from vgpo_verl.trainer_wiring import fetch_v1_inputs
+    from vgpo_verl.plugin.method_table import method_of
+    from vgpo_verl.plugin.trainer_wiring import fetch_v1_inputs
 
     inputs = fetch_v1_inputs(method_of("vgpo"), batch)
     torch.testing.assert_close(record["similarity"], inputs["visual_similarity"], atol=0, rtol=0)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from _engine_utils import run_engine
-from vgpo_verl import reference
-from vgpo_verl.families import synthetic_sample, tiny_model
+from vgpo_verl.doctor import reference
+from vgpo_verl.doctor.tiny_models import synthetic_sample, tiny_model
 
 SCORE = {"vgpo_score": True}
 # VPPO's perturbed pass with explicit normalisation (the test engine loads no image processor)
@@ -100,7 +100,7 @@ def test_verl_registry_picks_the_scoring_engine_on_nvidia_and_the_cpu_platform_o
     from verl.workers.engine import EngineRegistry
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
-    from vgpo_verl.engine import VGPOFSDPEngineWithLMHead
+    from vgpo_verl.plugin.engine import VGPOFSDPEngineWithLMHead
 
     monkeypatch.setenv("VERL_ENGINE_DEVICE", "cuda")
     for backend in ("fsdp", "fsdp2"):
@@ -163,7 +163,7 @@ def test_ulysses_sp2_gives_the_sp1_scores(setup, ws1, references):
 @pytest.mark.parametrize("run", [r["name"] for r in WS1_RUNS])
 def test_the_pass_reports_the_seconds_of_our_additions(ws1, run):
     """infer_batch's metrics carry this rank's seconds in the scoring hook / the perturbed forward
-    (vgpo_verl.timing), one number per pass, only for what the flags asked for."""
+    (vgpo_verl.plugin.timing), one number per pass, only for what the flags asked for."""
     flags = next(r for r in WS1_RUNS if r["name"] == run).get("flags", {})
     expected = {"timing_s/vgpo_score"} if flags.get("vgpo_score") else set()
     expected |= {"timing_s/vppo_aug_forward"} if flags.get("vppo_perturb") else set()
@@ -174,7 +174,7 @@ def test_the_pass_reports_the_seconds_of_our_additions(ws1, run):
 
 def test_training_forward_is_never_scored_even_with_the_flag(monkeypatch):
     """forward_only=False (update_actor) goes straight to verl's forward_step: no hook."""
-    import vgpo_verl.engine as engine_module
+    import vgpo_verl.plugin.engine as engine_module
     from verl.utils import tensordict_utils as tu
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
@@ -193,11 +193,11 @@ def test_the_pass_sums_our_seconds_over_its_micro_batches(monkeypatch, device):
     CUDA device) and adds each name's sum to the pass's metrics once. verl's micro-batch loop, its
     forward and our scorer are stand-ins; the timer's clock advances 1 s per reading, so every timed
     region lasts 1 s: per micro-batch the hook and the slicing of its scores, and the perturbed forward."""
-    import vgpo_verl.engine as engine_module
+    import vgpo_verl.plugin.engine as engine_module
     from verl.utils import tensordict_utils as tu
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
-    from vgpo_verl import timing
+    from vgpo_verl.plugin import timing
 
     real_timer, asked_for_events = timing.PassTimer, []
 
@@ -256,7 +256,7 @@ def test_the_pass_sums_our_seconds_over_its_micro_batches(monkeypatch, device):
 
 def reference_log_probs(model, sample, perturbed: bool):
     """(L-1,) float64: log p(token j+1 | ..j) of one sample alone, plain transformers, with the sample's
-    own pixels blackened by vgpo_verl.perturb (so the mask cannot depend on the batch it sat in)."""
+    own pixels blackened by vgpo_verl.methods.perturb (so the mask cannot depend on the batch it sat in)."""
     perturbation = (7, 0.5, IMAGE_MEAN, IMAGE_STD) if perturbed else None
     return reference.log_probs_and_entropy(model, sample, perturbation)[0]
 

@@ -12,8 +12,8 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 from _batches import grouped_outcome_batch
 from methods_reference import reference_entropy_shaping
 
-from vgpo_verl.entropy_shaping import EntropyShapingConfig, entropy_metrics, shape_advantages
-from vgpo_verl.estimator import compute_entropy_shaped_advantage, estimator_inputs, pop_metrics
+from vgpo_verl.methods.entropy_shaping import EntropyShapingConfig, entropy_metrics, shape_advantages
+from vgpo_verl.plugin.estimator import compute_entropy_shaped_advantage, estimator_inputs, pop_metrics
 
 
 def test_hand_computed_bonus_is_clipped_by_abs_advantage_over_kappa():
@@ -90,7 +90,7 @@ def test_rounding_level_negative_entropy_of_confident_tokens_counts_as_zero():
     (torch.bfloat16, -0.25, -40.0),  # bf16 logits: 31 nats, the sign of a near-zero entropy is noise
 ])
 def test_the_line_between_rounding_and_a_bug_follows_the_entropy_dtype(dtype, rounding, bug):
-    from vgpo_verl.entropy_shaping import rounding_tolerance
+    from vgpo_verl.methods.entropy_shaping import rounding_tolerance
 
     assert -rounding_tolerance(dtype) < rounding and bug < -rounding_tolerance(dtype)
     mask, adv = torch.ones(2, 3), torch.ones(2, 3)
@@ -152,8 +152,8 @@ def test_metrics_on_hand_case():
 
 
 def test_methods_table_lists_every_registered_estimator_of_ours():
-    from vgpo_verl.estimator import ESTIMATORS
-    from vgpo_verl.methods import ESTIMATOR_NAMES, method_of, methods
+    from vgpo_verl.plugin.estimator import ESTIMATORS
+    from vgpo_verl.plugin.method_table import ESTIMATOR_NAMES, method_of, methods
 
     assert set(methods()) == set(ESTIMATOR_NAMES) == set(ESTIMATORS)
     assert method_of("grpo") is None and method_of("entropy_shaping").metric_prefix == "entropy/"

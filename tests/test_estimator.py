@@ -12,8 +12,8 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 
 from _batches import grouped_outcome_batch
 
-from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights
-from vgpo_verl.estimator import compute_vgpo_advantage, estimator_inputs, pop_metrics
+from vgpo_verl.methods.vgpo import VGPOConfig, compute_vgpo_weights
+from vgpo_verl.plugin.estimator import compute_vgpo_advantage, estimator_inputs, pop_metrics
 
 
 def _batch(seed=0, prompts=3, n=4, length=10):
@@ -130,7 +130,7 @@ def test_metrics_are_reported_once():
 
 
 def test_late_early_ratio_sees_visual_forgetting():
-    from vgpo_verl.algorithm import compute_vgpo_weights_detailed, vgpo_metrics
+    from vgpo_verl.methods.vgpo import compute_vgpo_weights_detailed, vgpo_metrics
 
     fading = torch.linspace(1.0, 0.0, 30).repeat(4, 1)  # similarity decays along the response
     w = compute_vgpo_weights_detailed(fading, torch.ones_like(fading), np.zeros(4), VGPOConfig())
@@ -181,7 +181,7 @@ def test_multi_output_sessions_all_switches_off_equal_verl_multi_output_grpo():
 
 
 def test_multi_output_sessions_weight_alpha_per_session_psi_per_output():
-    from vgpo_verl.estimator import session_grpo_advantage
+    from vgpo_verl.plugin.estimator import session_grpo_advantage
 
     keys, rewards, mask, uid, similarity = _multi_output(seed=6)
     has_visual = torch.ones(len(uid), dtype=torch.bool)
@@ -240,14 +240,14 @@ def test_comparison_methods_with_switches_off_equal_verls_multi_output_grpo(esti
 
 
 def _sessions_of(keys):
-    from vgpo_verl.trainer_wiring import agent_session_codes
+    from vgpo_verl.plugin.trainer_wiring import agent_session_codes
 
     return agent_session_codes(keys)
 
 
 def test_entropy_shaping_on_sessions_shapes_each_token_of_the_sessions_advantage():
-    from vgpo_verl.entropy_shaping import EntropyShapingConfig, shape_advantages
-    from vgpo_verl.estimator import session_grpo_advantage
+    from vgpo_verl.methods.entropy_shaping import EntropyShapingConfig, shape_advantages
+    from vgpo_verl.plugin.estimator import session_grpo_advantage
 
     keys, rewards, mask, uid, _ = _multi_output(seed=8)
     entropy = torch.rand(*mask.shape, generator=torch.Generator().manual_seed(8)) * 2
@@ -261,8 +261,8 @@ def test_entropy_shaping_on_sessions_shapes_each_token_of_the_sessions_advantage
 
 
 def test_vppo_on_sessions_filters_per_output_and_scales_per_session():
-    from vgpo_verl.estimator import session_grpo_advantage
-    from vgpo_verl.vppo import VPPOConfig, compute_vppo_weights, perception_scores, top_share_mask, trajectory_factors
+    from vgpo_verl.plugin.estimator import session_grpo_advantage
+    from vgpo_verl.methods.vppo import VPPOConfig, compute_vppo_weights, perception_scores, top_share_mask, trajectory_factors
 
     keys, rewards, mask, uid, _ = _multi_output(seed=9)
     gen = torch.Generator().manual_seed(9)

@@ -8,7 +8,8 @@ import sys
 import pandas as pd
 import pytest
 
-from vgpo_verl import evaluate as ev
+from vgpo_verl.evaluate import backends, benchmarks, protocol, scoring, tables
+from vgpo_verl.evaluate import cli as evaluate_cli
 
 from _analysis_utils import TINY_PIXELS, build_tiny_setup, run_module, write_benchmark, write_checkpoint_folder
 from _cli_utils import module_usage_error, usage_error
@@ -40,19 +41,20 @@ class PlantedBackend:
             raise KeyboardInterrupt("simulated interruption")
         self.calls += 1
         self.generated += [p.sample_id for p in prompts]
-        return [[ev.Completion(self.responses[p.sample_id], [1, 2, 3])] * sampling.n for p in prompts]
+        return [[backends.Completion(self.responses[p.sample_id], [1, 2, 3])] * sampling.n for p in prompts]
 
 
 @pytest.fixture()
 def benchmark(tmp_path):
     path = tmp_path / "planted.parquet"
     write_benchmark(path, {k: truth for k, (truth, _) in PLANTED.items()})
-    return ev.load_benchmark(path)
+    return benchmarks.load_benchmark(path)
 
 
 def _run(backend, benchmark, out_dir, label="ckpt", settings=None, **kwargs):
     settings = settings or {"checkpoint": label}
-    return ev.evaluate_checkpoint(label, backend, {"planted": benchmark}, out_dir, settings, progress=False, **kwargs)
+    return scoring.evaluate_checkpoint(label, backend, {"planted": benchmark}, out_dir, settings, progress=False,
+                                       **kwargs)
 
 
 def test_load_benchmark_reads_verl_parquet(benchmark):
@@ -71,13 +73,13 @@ def test_load_benchmark_names_bad_rows(tmp_path):
     frame.at[1, "images"] = []  # a placeholder without its image
     frame.to_parquet(path)
     with pytest.raises(ValueError, match=r"row 1 \(sample 1\).*1 <image> placeholder.*0 image"):
-        ev.load_benchmark(path)
+        benchmarks.load_benchmark(path)
 
     write_benchmark(path, {"0": "1", "1": "2"})
     frame = pd.read_parquet(path)
     frame.at[1, "images"] = [{"bytes": b"not an image", "path": None}]
     frame.to_parquet(path)
-    broken = ev.load_benchmark(path)[1]  # images are decoded when a batch needs them
+    broken = benchmarks.load_benchmark(path)[1]  # images are decoded when a batch needs them
     with pytest.raises(ValueError, match="planted sample 1: the image bytes do not decode"):
         broken.images
 
@@ -86,7 +88,7 @@ def test_load_benchmark_names_bad_rows(tmp_path):
     frame["extra_info"] = [{"index": 4}, {"index": 4}]
     frame.to_parquet(path)
     with pytest.raises(ValueError, match="not unique"):
-        ev.load_benchmark(path)
+        benchmarks.load_benchmark(path)
 
 
 def test_planted_answers_give_the_right_accuracy(benchmark, tmp_path):
@@ -115,11 +117,11 @@ def test_avg_at_k_averages_over_samples(benchmark, tmp_path):
             if sampling.n > 1:
                 for prompt, options in zip(prompts, out):
                     if prompt.sample_id == "0":
-                        options[1::2] = [ev.Completion("\\boxed{99}", [1])] * len(options[1::2])
+                        options[1::2] = [backends.Completion("\\boxed{99}", [1])] * len(options[1::2])
             return out
 
     results = _run(HalfRight(responses), benchmark, tmp_path, avg_k=4)
-    assert results["modes"]["avg@4"]["temperature"] == ev.AVG_K_TEMPERATURE
+    assert results["modes"]["avg@4"]["temperature"] == protocol.AVG_K_TEMPERATURE
     assert results["modes"]["greedy"]["temperature"] == 0.0
     assert results["benchmarks"]["planted"]["greedy"]["accuracy"] == pytest.approx(60.0)
     assert results["benchmarks"]["planted"]["avg@4"]["accuracy"] == pytest.approx(100.0 * 2.5 / 5)
@@ -166,11 +168,11 @@ def test_regrade_fixes_stored_scores_without_generating(benchmark, tmp_path):
 
 def test_resume_refuses_other_settings(benchmark, tmp_path):
     responses = {k: response for k, (_, response) in PLANTED.items()}
-    ev.evaluate_checkpoint("ckpt", PlantedBackend(responses), {"planted": benchmark}, tmp_path,
-                           {"checkpoint": "a", "max_pixels": 1}, progress=False)
+    scoring.evaluate_checkpoint("ckpt", PlantedBackend(responses), {"planted": benchmark}, tmp_path,
+                                {"checkpoint": "a", "max_pixels": 1}, progress=False)
     with pytest.raises(ValueError, match="max_pixels"):
-        ev.evaluate_checkpoint("ckpt", PlantedBackend(responses), {"planted": benchmark}, tmp_path,
-                               {"checkpoint": "a", "max_pixels": 2}, progress=False)
+        scoring.evaluate_checkpoint("ckpt", PlantedBackend(responses), {"planted": benchmark}, tmp_path,
+                                    {"checkpoint": "a", "max_pixels": 2}, progress=False)
 
 
 @pytest.fixture
@@ -179,7 +181,7 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the mistake was reported")
 
-    monkeypatch.setattr(ev, "make_backend", refuse)
+    monkeypatch.setattr(evaluate_cli, "make_backend", refuse)
 
 
 @pytest.fixture
@@ -222,17 +224,17 @@ def command_inputs(tmp_path):
     (["--out", "{tmp}/o", "--compare", "{tmp}/a", "{tmp}/b"], "error: --compare {tmp}/a/results.json does not exist"),
 ])
 def test_command_mistakes_are_one_line_before_any_model(command_inputs, no_model, capsys, argv, expected):
-    line = usage_error(capsys, ev.main, *[arg.format(**command_inputs) for arg in argv])
+    line = usage_error(capsys, evaluate_cli.main, *[arg.format(**command_inputs) for arg in argv])
     assert line.startswith("python -m vgpo_verl.evaluate: ") and expected.format(**command_inputs) in line
 
 
 def test_resume_under_other_flags_is_refused_before_any_model(command_inputs, no_model, benchmark, capsys):
     out = command_inputs["tmp"] / "o"
     flags = ["--out", out, "--checkpoint", f"run={command_inputs['ckpt']}", "--benchmark", command_inputs["bench"]]
-    args = ev.build_parser().parse_args([str(flag) for flag in flags])
+    args = evaluate_cli.build_parser().parse_args([str(flag) for flag in flags])
     _run(PlantedBackend({k: r for k, (_, r) in PLANTED.items()}), benchmark, out, label="run",
-         settings=ev.protocol_settings(args, str(command_inputs["ckpt"])))
-    line = usage_error(capsys, ev.main, *flags, "--max-new-tokens", "64")
+         settings=evaluate_cli.protocol_settings(args, str(command_inputs["ckpt"])))
+    line = usage_error(capsys, evaluate_cli.main, *flags, "--max-new-tokens", "64")
     assert f"error: {out / 'run'} was started with other settings (['max_new_tokens']:" in line
     assert line.endswith("; use a new --out directory to evaluate with these, or the earlier flags to resume")
 
@@ -241,10 +243,10 @@ def test_a_bug_is_not_a_usage_error(command_inputs, monkeypatch):
     def broken_backend(*args, **kwargs):
         raise RuntimeError("planted bug")
 
-    monkeypatch.setattr(ev, "make_backend", broken_backend)
+    monkeypatch.setattr(evaluate_cli, "make_backend", broken_backend)
     with pytest.raises(RuntimeError, match="planted bug"):
-        ev.main(["--out", str(command_inputs["tmp"] / "o"), "--checkpoint", str(command_inputs["ckpt"]),
-                 "--benchmark", str(command_inputs["bench"])])
+        evaluate_cli.main(["--out", str(command_inputs["tmp"] / "o"), "--checkpoint", str(command_inputs["ckpt"]),
+                           "--benchmark", str(command_inputs["bench"])])
 
 
 def test_the_real_entry_reports_a_mistake_in_one_line(command_inputs):
@@ -258,32 +260,33 @@ def test_comparison_of_two_checkpoints(benchmark, tmp_path):
     planted = PlantedBackend({k: response for k, (_, response) in PLANTED.items()})
     base = _run(planted, benchmark, tmp_path, label="dapo")
     better = _run(good, benchmark, tmp_path, label="vgpo")
-    markdown = ev.write_comparison([base, better], tmp_path)
+    markdown = tables.write_comparison([base, better], tmp_path)
     assert "| planted | 60.00 | 100.00 | +40.00 |" in markdown
     table = json.loads((tmp_path / "comparison.json").read_text())
     assert table["modes"]["greedy"]["planted"]["delta vgpo"] == pytest.approx(40.0)
     assert table["modes"]["greedy"]["average"]["vgpo"] == pytest.approx(100.0)
 
     # The command-line form reads two finished result directories.
-    assert ev.main(["--compare", str(tmp_path / "dapo"), str(tmp_path / "vgpo"), "--out", str(tmp_path / "cmp")]) == 0
+    assert evaluate_cli.main(["--compare", str(tmp_path / "dapo"), str(tmp_path / "vgpo"),
+                              "--out", str(tmp_path / "cmp")]) == 0
     assert "+40.00" in (tmp_path / "cmp/comparison.md").read_text()
 
 
 def test_backend_choice_is_explicit(monkeypatch):
     with pytest.raises(ValueError, match="--backend must be"):
-        ev.make_backend("sglang", "/nonexistent")
+        backends.make_backend("sglang", "/nonexistent")
     monkeypatch.setitem(sys.modules, "vllm", None)  # an environment where vllm does not import
-    usable, why_not = ev.vllm_usable(cpu=False)
+    usable, why_not = backends.vllm_usable(cpu=False)
     assert not usable and "vllm does not import" in why_not
 
 
 def test_protocol_defaults_are_the_papers():
     """Look-Back's eval/main.py defaults (max model length, pixels, --max-tokens 2048) and its scorer."""
-    args = ev.build_parser().parse_args(["--out", "x"])
+    args = evaluate_cli.build_parser().parse_args(["--out", "x"])
     assert (args.max_model_len, args.min_pixels, args.max_pixels) == (8192, 262_144, 1_000_000)
     assert (args.max_new_tokens, args.grader) == (2048, "lookback")
-    assert ev.modes(None)["greedy"].temperature == 0.0
-    settings = ev.protocol_settings(args, "ckpt")
+    assert scoring.modes(None)["greedy"].temperature == 0.0
+    settings = evaluate_cli.protocol_settings(args, "ckpt")
     assert (settings["max_new_tokens"], settings["grader"]) == (2048, "lookback")
 
 
@@ -296,7 +299,8 @@ def test_grader_and_budget_are_recorded_and_used(benchmark, tmp_path):
             self.budget = sampling.max_new_tokens
             return super().generate(prompts, sampling)
 
-    letters = [ev.Prompt(p.sample_id, p.messages, p.image_sources, "C", p.data_source, p.extra_info) for p in benchmark]
+    letters = [benchmarks.Prompt(p.sample_id, p.messages, p.image_sources, "C", p.data_source, p.extra_info)
+               for p in benchmark]
     backend = Recording(responses)
     results = _run(backend, letters, tmp_path / "lookback")
     assert backend.budget == 2048
@@ -305,8 +309,8 @@ def test_grader_and_budget_are_recorded_and_used(benchmark, tmp_path):
     assert "grader lookback, max new tokens 2048" in (tmp_path / "lookback/ckpt/results.md").read_text()
 
     settings = {"checkpoint": "ckpt", "grader": "vgpo", "max_new_tokens": None}
-    results = ev.evaluate_checkpoint("ckpt", Recording(responses), {"planted": letters}, tmp_path / "vgpo", settings,
-                                     progress=False)
+    results = scoring.evaluate_checkpoint("ckpt", Recording(responses), {"planted": letters}, tmp_path / "vgpo",
+                                          settings, progress=False)
     assert results["settings"]["grader"] == "vgpo"
     assert results["benchmarks"]["planted"]["greedy"]["accuracy"] == pytest.approx(0.0)  # mathruler: "C. 12" != "C"
     assert json.loads((tmp_path / "vgpo/ckpt/settings.json").read_text())["grader"] == "vgpo"
@@ -328,7 +332,7 @@ def test_end_to_end_on_the_tiny_model(tiny_setup, tmp_path):
     greedy = results["benchmarks"]["shapes"]["greedy"]
     records = [json.loads(line) for line in (tmp_path / "tiny/samples/shapes.greedy.jsonl").read_text().splitlines()]
     assert greedy["n"] == len(records) == 3 and greedy["generated_now"] == 3
-    assert [r["ground_truth"] for r in records] == [p.ground_truth for p in ev.load_benchmark(data)]
+    assert [r["ground_truth"] for r in records] == [p.ground_truth for p in benchmarks.load_benchmark(data)]
     assert greedy["accuracy"] == pytest.approx(100.0 * sum(r["accuracy"] for r in records) / 3)
     assert all(0 < r["response_tokens"][0] <= 6 for r in records)
     assert f"| shapes | 3 | {greedy['accuracy']:.2f} |" in (tmp_path / "tiny/results.md").read_text()
@@ -338,10 +342,10 @@ def test_benchmark_prepared_by_the_data_tool(tmp_path):
     """vgpo_verl.data's parquet -> load_benchmark -> grading with Look-Back's scorer, ids kept in the samples."""
     from _dataset_cards import write_wemath
 
-    from vgpo_verl import data
+    from vgpo_verl.data import cli as data_cli
 
-    assert data.main(["wemath", "--input", str(write_wemath(tmp_path / "We-Math")), "--out", str(tmp_path / "data")]) == 0
-    prompts = ev.load_benchmark(tmp_path / "data/wemath/testmini.parquet")
+    assert data_cli.main(["wemath", "--input", str(write_wemath(tmp_path / "We-Math")), "--out", str(tmp_path / "data")]) == 0
+    prompts = benchmarks.load_benchmark(tmp_path / "data/wemath/testmini.parquet")
     assert [len(p.images) for p in prompts] == [1, 1] and [p.ground_truth for p in prompts] == ["B", "B"]
     responses = {prompts[0].sample_id: "<think>...</think> \\boxed{B. 24}",  # the gold letter inside the box
                  prompts[1].sample_id: "\\boxed{24}"}  # the option's text is not its letter

@@ -1,5 +1,5 @@
-"""Every VLM family verl 0.9.1 trains (vgpo_verl.families), through verl's real FSDP2 engine on CPU, against
-a plain-transformers recomputation (vgpo_verl.reference); the backing of docs/models.md.
+"""Every VLM family verl 0.9.1 trains (vgpo_verl.doctor.tiny_models), through verl's real FSDP2 engine on CPU, against
+a plain-transformers recomputation (vgpo_verl.doctor.reference); the backing of docs/models.md.
 
 Per family one spawned rank runs every layout and method on one batch (one image, text only, two
 images, a video next to an image; GLM-4V is refused): padded and packed (remove padding, dynamic
@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from _engine_utils import run_engine
-from vgpo_verl import reference
-from vgpo_verl.families import FAMILIES, FAMILY_TABLE, synthetic_sample, tiny_config, tiny_model
-from vgpo_verl.model_check import UNRUNNABLE, config_problems
-from vgpo_verl.perturb import black_patch_mask, black_row, blacken_patches
+from vgpo_verl.doctor import reference
+from vgpo_verl.plugin.families import FAMILIES, FAMILY_TABLE
+from vgpo_verl.doctor.tiny_models import synthetic_sample, tiny_config, tiny_model
+from vgpo_verl.plugin.model_check import UNRUNNABLE, config_problems
+from vgpo_verl.methods.perturb import black_patch_mask, black_row, blacken_patches
 
 RUNNABLE = [f for f in FAMILIES if f not in UNRUNNABLE]
 SEED, PROB = 7, 0.5
@@ -116,7 +117,7 @@ def test_layer_minus_two_scores_the_last_decoder_layer_before_the_norm(family):
 @pytest.mark.parametrize("run, model", [("padded", "base"), ("packed", "base"), ("lora_packed", "lora"),
                                         ("lora_frozen_vision_padded", "lora_frozen_vision")])
 def test_perturbed_forward_blackens_each_samples_own_patches(family, run, model):
-    """VPPO's extra forward: the plain model on the sample's pixel rows blackened by vgpo_verl.perturb,
+    """VPPO's extra forward: the plain model on the sample's pixel rows blackened by vgpo_verl.methods.perturb,
     images and video alike; a text-only sample is left as it was; verl's own outputs are the clean model's."""
     outputs, refs, samples = family["results"][run]["outputs"], family["refs"][model], family["samples"]
     assert max_delta(outputs, refs, samples, "vppo_aug_log_probs", "perturbed") < ATOL
@@ -167,7 +168,7 @@ def test_ulysses_sp2_on_qwen3_vl_gives_the_plain_scores_and_perturbed_log_probs(
 @pytest.mark.parametrize("name", FAMILIES)
 def test_blackened_rows_are_blackened_squares_of_the_image_the_processor_cut(name):
     """Each family's image processor (its patch size, 2 temporal frames, 2x2 merge order, its mean/std):
-    blackening the rows of vgpo_verl.perturb's mask equals painting those P x P squares black in the
+    blackening the rows of vgpo_verl.methods.perturb's mask equals painting those P x P squares black in the
     image before processing. A wrong patch size, row order or normalisation breaks the equality."""
     import transformers
     from PIL import Image

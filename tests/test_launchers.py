@@ -322,7 +322,7 @@ def test_dry_run_checkpoints_into_the_run_directory_and_tells_the_trainer_where_
 
 
 # srun for the launcher's real path: the cluster answers at once; main_ppo is a trainer stand-in that,
-# on the job's first start, waits for the stop request (vgpo_verl.preemption's protocol), answers
+# on the job's first start, waits for the stop request (vgpo_verl.plugin.preemption's protocol), answers
 # and exits 0 (or exits 1 with FAKE_TRAINER_FAILS), and on a restart trains to the end.
 REQUEUE_SRUN = r"""#!/usr/bin/env bash
 echo "srun $*" >> "$FAKE_LOG"

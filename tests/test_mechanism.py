@@ -18,7 +18,7 @@ def test_the_overrides_compose_into_verl_config_with_seeded_sampling():
 
     from vgpo_verl.demo import learn
     from vgpo_verl.demo import run as demo_run
-    from vgpo_verl.rollout_seeds import enabled
+    from vgpo_verl.plugin.rollout_seeds import enabled
 
     path = pathlib.Path("/nonexistent")
     overrides = learn.merge_overrides(demo_run.overrides(path, path, path, "grpo"), learn.learn_overrides())

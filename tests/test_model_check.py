@@ -1,4 +1,4 @@
-"""vgpo_verl.model_check: the model is refused in the driver from its config.json alone (no weights), naming
+"""vgpo_verl.plugin.model_check: the model is refused in the driver from its config.json alone (no weights), naming
 model_type and what is missing; preflight.problems carries the refusal."""
 
 import logging
@@ -8,9 +8,10 @@ import pytest
 import transformers
 from omegaconf import OmegaConf
 
-from vgpo_verl import preflight
-from vgpo_verl.families import FAMILIES, tiny_config
-from vgpo_verl.model_check import UNRUNNABLE, model_problems
+from vgpo_verl.plugin import preflight
+from vgpo_verl.plugin.families import FAMILIES
+from vgpo_verl.doctor.tiny_models import tiny_config
+from vgpo_verl.plugin.model_check import UNRUNNABLE, model_problems
 
 NVIDIA = ("cuda", "nvidia")
 

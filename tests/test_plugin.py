@@ -14,14 +14,14 @@ def test_plain_import_verl_registers_vgpo_and_loads_nothing_heavy():
     proc = _run(
         "import sys, verl\n"
         "assert 'vgpo_verl.plugin' in sys.modules, 'entry point not loaded'\n"
-        "heavy = [m for m in ('vgpo_verl.algorithm', 'vgpo_verl.estimator', 'vgpo_verl.engine', 'vgpo_verl.scoring',"
-        " 'vgpo_verl.trainer_wiring') if m in sys.modules]\n"
+        "heavy = [m for m in ('vgpo_verl.methods.vgpo', 'vgpo_verl.plugin.estimator', 'vgpo_verl.plugin.engine', 'vgpo_verl.methods.scoring',"
+        " 'vgpo_verl.plugin.trainer_wiring') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "from verl.trainer.ppo.core_algos import get_adv_estimator_fn\n"
         "print(get_adv_estimator_fn('vgpo').__module__)\n"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == "vgpo_verl.estimator"
+    assert proc.stdout.strip().splitlines()[-1] == "vgpo_verl.plugin.estimator"
 
 
 def test_external_lib_fallback_when_entry_points_are_disabled():

@@ -1,4 +1,4 @@
-"""A stop request ends a run cleanly at the end of a step, saved (vgpo_verl.preemption).
+"""A stop request ends a run cleanly at the end of a step, saved (vgpo_verl.plugin.preemption).
 
 v1: verl's own PPOTrainerSync.fit loop (tests/_fake_trainers.py: no Ray, no model; the step itself
 and the weight sync are stand-ins) with the plugin's hook; the request arrives during step 2 of 4.
@@ -16,8 +16,8 @@ import pytest
 
 from _fake_trainers import FakeStep, Workers, v1_trainer, verl_config
 
-from vgpo_verl import preemption
-from vgpo_verl.checkpoints import TRACKER, problem, step_folder
+from vgpo_verl.plugin import preemption
+from vgpo_verl.plugin.checkpoints import TRACKER, problem, step_folder
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ class _LegacyLoop:
     """The end of RayPPOTrainer.fit's step (test above), over 4 steps, saving like verl at `save_freq`."""
 
     def __init__(self, checkpoint_dir, save_freq, request_at=None, request=None):
-        from vgpo_verl.checkpoints import SAVED_STEP_ATTR, record_complete
+        from vgpo_verl.plugin.checkpoints import SAVED_STEP_ATTR, record_complete
 
         class Dataset:
             def __init__(self):

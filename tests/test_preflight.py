@@ -1,4 +1,4 @@
-"""vgpo_verl.preflight: unsupported setups are refused in the driver, before Ray, naming the dotted key.
+"""vgpo_verl.plugin.preflight: unsupported setups are refused in the driver, before Ray, naming the dotted key.
 
 The subprocess tests run verl's real entry points (`python -m verl.trainer.main_ppo` and the two
 experimental mains) with a model path that does not exist: a refusal must come from our check,
@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import verl
-from vgpo_verl import preflight
+from vgpo_verl.plugin import preflight
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SITE = pathlib.Path(verl.__file__).resolve().parents[1]  # the experimental configs' searchpath is relative
@@ -86,7 +86,7 @@ def test_disabled_entry_points_need_external_lib():
     ("none", "other_lib", True),  # imports someone else's module, not ours
     ("none", "vgpo_verl_extras", True),  # a name that only starts like ours
     ("none", ["other_lib", "vgpo_verl"], False),  # verl accepts a list
-    ("none", "vgpo_verl.engine", False),  # a submodule imports the package, which installs the plugin
+    ("none", "vgpo_verl.plugin.engine", False),  # a submodule imports the package, which installs the plugin
 ])
 def test_plugin_reaches_the_workers_by_entry_point_or_external_lib(plugins, external_lib, refused):
     cfg = config(**{"actor_rollout_ref.model.external_lib": external_lib})
@@ -101,7 +101,7 @@ def test_plugin_reaches_the_workers_by_entry_point_or_external_lib(plugins, exte
 def test_each_method_gets_only_the_checks_its_table_row_implies(estimator, strategy_refused):
     """Entropy shaping reads verl's own entropy, which every engine writes: Megatron and AMD are fine for
     it; vgpo and vppo need outputs of our FSDP engine. Bypass mode and the plugin check stay for all."""
-    from vgpo_verl.methods import ENGINE_ESTIMATORS, method_of
+    from vgpo_verl.plugin.method_table import ENGINE_ESTIMATORS, method_of
 
     assert (estimator in ENGINE_ESTIMATORS) == method_of(estimator).needs_engine_pass
     cfg = config(**{"algorithm.adv_estimator": estimator, "actor_rollout_ref.actor.strategy": "megatron"})

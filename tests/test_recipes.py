@@ -21,9 +21,9 @@ from verl.trainer.ppo.reward import get_custom_reward_fn, resolve_reward_manager
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import omega_conf_to_dataclass, validate_config
 from verl.workers.config import FSDPActorConfig, RolloutConfig
-from vgpo_verl.algorithm import VGPOConfig
-from vgpo_verl.entropy_shaping import EntropyShapingConfig
-from vgpo_verl.vppo import VPPOConfig
+from vgpo_verl.methods.vgpo import VGPOConfig
+from vgpo_verl.methods.entropy_shaping import EntropyShapingConfig
+from vgpo_verl.methods.vppo import VPPOConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"

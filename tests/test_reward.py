@@ -1,4 +1,4 @@
-"""The graders (vgpo_verl.grading) and the verl reward function: equal to the authors' library calls.
+"""The graders (vgpo_verl.data.grading) and the verl reward function: equal to the authors' library calls.
 
 The references below are direct compositions of mathruler and math-verify, written the way the
 authors' files call them (VGPO's examples/reward_function/math.py ``compute_score_wo_format``, batch
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from math_verify import parse, verify
 from mathruler.grader import extract_boxed_content, grade_answer
 
-from vgpo_verl import grading
+from vgpo_verl.data import grading
 from vgpo_verl.reward import compute_score
 
 

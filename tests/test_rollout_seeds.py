@@ -1,11 +1,11 @@
-"""Per-sample rollout seeds (vgpo_verl.rollout_seeds): which seed each sample gets, and the verl hook."""
+"""Per-sample rollout seeds (vgpo_verl.plugin.rollout_seeds): which seed each sample gets, and the verl hook."""
 
 import asyncio
 import types
 
 import pytest
 
-from vgpo_verl.rollout_seeds import sample_seed
+from vgpo_verl.plugin.rollout_seeds import sample_seed
 
 
 def test_each_response_slot_gets_its_own_reproducible_seed():
@@ -24,7 +24,7 @@ def _worker(custom, seed=5):
 def test_the_hook_adds_the_seed_only_when_asked(monkeypatch):
     from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
 
-    from vgpo_verl import rollout_seeds
+    from vgpo_verl.plugin import rollout_seeds
 
     received = []
 

@@ -1,11 +1,12 @@
-"""vgpo_verl.scoring against independent plain computations (loops, float64, the model's own outputs)."""
+"""vgpo_verl.methods.scoring against independent plain computations (loops, float64, the model's own outputs)."""
 
 import pytest
 import torch
 
-from vgpo_verl import reference
-from vgpo_verl.families import FAMILIES, position_ids, synthetic_sample, tiny_model
-from vgpo_verl.scoring import (
+from vgpo_verl.doctor import reference
+from vgpo_verl.plugin.families import FAMILIES
+from vgpo_verl.doctor.tiny_models import position_ids, synthetic_sample, tiny_model
+from vgpo_verl.methods.scoring import (
     HiddenStateCapture,
     resolve_layer,
     response_slice,
@@ -166,7 +167,7 @@ def test_layer_indexes_the_decoder_layers_then_the_final_norm_on_a_two_layer_mod
 
 def test_padded_layout_gives_the_packed_scores():
     """Right-padded (S, max_len) rows scored through padded_segment_ids equal the packed computation."""
-    from vgpo_verl.scoring import cosine_to_prototypes, padded_segment_ids, visual_prototypes
+    from vgpo_verl.methods.scoring import cosine_to_prototypes, padded_segment_ids, visual_prototypes
 
     generator = torch.Generator().manual_seed(3)
     lengths = torch.tensor([5, 2, 7])

@@ -5,7 +5,7 @@ pins them) execute what the launcher asks on this host, one Ray node per Slurm n
 launcher's own head start, worker join, plugin check on every node, GPU wait and `ray stop` trap all
 run, and verl's main_ppo trains the CPU demo's model with trainer.nnodes=2 and one actor rank per node
 (the CPU platform gives each Ray node one logical GPU), 2 VGPO steps with rollouts. The debugging
-dump (vgpo_verl.dump) then shows what both ranks produced.
+dump (vgpo_verl.plugin.dump) then shows what both ranks produced.
 
 The job also outlives its allocation: it runs as a Slurm job (tests/localhost_slurm/sbatch) that
 gets USR1 during step 1, as Slurm warns before a time limit; the trainer saves step 1 and stops, the
@@ -42,7 +42,7 @@ import pytest
 
 from _dump_checks import expected_vgpo_advantages, load_dumps, merged_actor, probe_errors, similarity_errors
 
-from vgpo_verl.checkpoints import TRACKER, problem, step_folder
+from vgpo_verl.plugin.checkpoints import TRACKER, problem, step_folder
 from vgpo_verl.demo import run as demo_run
 from vgpo_verl.demo import watchdog
 from vgpo_verl.demo.memory import PeakMemory
@@ -330,7 +330,7 @@ def test_two_node_run_leaves_no_process_behind(two_node_run):
 
 
 # ---------------------------------------------------------------------------------------------
-# What verl trained on across the two ranks, from the dump (vgpo_verl.dump)
+# What verl trained on across the two ranks, from the dump (vgpo_verl.plugin.dump)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""vgpo_verl.timing: our seconds per step, summed per pass, averaged over ranks, logged by verl's timing metrics.
+"""vgpo_verl.plugin.timing: our seconds per step, summed per pass, averaged over ranks, logged by verl's timing metrics.
 
 Clocks are stand-ins returning set values, so every sum below is exact (no timing threshold).
 """
@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from vgpo_verl import timing
+from vgpo_verl.plugin import timing
 
 
 class Clock:

@@ -1,4 +1,4 @@
-"""vgpo_verl.trainer_wiring: verl's own trainer methods (wrapped) carry the scores to the estimator.
+"""vgpo_verl.plugin.trainer_wiring: verl's own trainer methods (wrapped) carry the scores to the estimator.
 
 The v1 trainer's methods run unmodified against an in-memory stand-in for the TransferQueue
 (same kv_batch_get / kv_batch_put contract: absent fields are skipped) and a stand-in actor worker
@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 from tensordict import NonTensorData, NonTensorStack, TensorDict
 
 import vgpo_verl.plugin  # noqa: F401  (installs the wiring when verl's trainer modules are imported)
-from vgpo_verl.perturb import AUG_LOG_PROBS_KEY, PERTURB_FLAG, SEED_KEY
-from vgpo_verl.scoring import HAS_VISUAL_KEY, LAYER_KEY, SCORE_FLAG, SCORE_KEY
+from vgpo_verl.methods.perturb import AUG_LOG_PROBS_KEY, PERTURB_FLAG, SEED_KEY
+from vgpo_verl.methods.scoring import HAS_VISUAL_KEY, LAYER_KEY, SCORE_FLAG, SCORE_KEY
 
 PROMPT_LENS = [5, 7, 4, 6]
 RESPONSE_LENS = [6, 3, 8, 5]
@@ -79,12 +79,12 @@ class FakeTransferQueue:
 
 def response_values(sample: int, fn) -> torch.Tensor:
     """(R,) float32: fn(sample, position) at each response token's own position prompt_len + t (the
-    engine's layout for its outputs, vgpo_verl/engine.py)."""
+    engine's layout for its outputs, vgpo_verl/plugin/engine.py)."""
     p, r = PROMPT_LENS[sample], RESPONSE_LENS[sample]
     return torch.tensor([fn(sample, p + t) for t in range(r)], dtype=torch.float32)
 
 
-# seconds the engine reports per rank (vgpo_verl.engine.infer_batch), as verl gathers them over 2 DP ranks
+# seconds the engine reports per rank (vgpo_verl.plugin.engine.infer_batch), as verl gathers them over 2 DP ranks
 SCORE_SECONDS, AUG_FORWARD_SECONDS = [0.25, 0.75], [1.0, 2.0]
 
 
@@ -103,8 +103,8 @@ STEP_SECONDS = 10.0  # verl's timing_raw["step"] in the tests that log a step's 
 @pytest.fixture
 def driver_clock(monkeypatch):
     """An empty tally of our seconds, and a clock under which every block the driver times
-    (vgpo_verl.timing.on_driver) lasts exactly 1 s, so the logged seconds count the timed blocks."""
-    from vgpo_verl import timing
+    (vgpo_verl.plugin.timing.on_driver) lasts exactly 1 s, so the logged seconds count the timed blocks."""
+    from vgpo_verl.plugin import timing
 
     timing.pop_step_seconds()
     monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=itertools.count(0.0).__next__))
@@ -213,7 +213,7 @@ def run_steps(trainer, batch):
 
 
 def test_v1_estimator_receives_own_position_scores_and_metrics_reach_the_trainer(v1, monkeypatch):
-    import vgpo_verl.estimator as estimator
+    import vgpo_verl.plugin.estimator as estimator
 
     make_trainer, batch, tq = v1
     trainer = make_trainer("vgpo")
@@ -273,7 +273,7 @@ def test_v1_vgpo_layer_knob_reaches_the_scoring_pass(v1, layer):
 
 
 def test_v1_grpo_is_untouched(v1, monkeypatch):
-    import vgpo_verl.trainer_wiring as wiring
+    import vgpo_verl.plugin.trainer_wiring as wiring
     from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
     monkeypatch.setattr(wiring, "fetch_v1_inputs", lambda method, batch: pytest.fail("inputs fetched for grpo"))
@@ -360,7 +360,7 @@ def legacy_batch():
 
 
 def test_legacy_trainer_carries_scores_to_the_estimator_and_metrics(monkeypatch):
-    import vgpo_verl.estimator as estimator
+    import vgpo_verl.plugin.estimator as estimator
     from verl.trainer.ppo import ray_trainer
 
     trainer = object.__new__(ray_trainer.RayPPOTrainer)
@@ -469,7 +469,7 @@ def _expected_response_values(fn):
 
 
 def test_v1_entropy_shaping_reuses_verls_entropy_without_a_flag(v1):
-    from vgpo_verl.estimator import compute_entropy_shaped_advantage
+    from vgpo_verl.plugin.estimator import compute_entropy_shaped_advantage
 
     make_trainer, batch, tq = v1
     trainer = make_trainer("entropy_shaping")
@@ -486,7 +486,7 @@ def test_v1_entropy_shaping_reuses_verls_entropy_without_a_flag(v1):
 
 
 def test_v1_vppo_flags_the_old_log_prob_pass_only_and_gets_its_aug_log_probs(v1):
-    from vgpo_verl.estimator import compute_vppo_advantage
+    from vgpo_verl.plugin.estimator import compute_vppo_advantage
 
     make_trainer, batch, tq = v1
     trainer = make_trainer("vppo")
@@ -522,7 +522,7 @@ def test_v1_vppo_seed_changes_with_the_step(v1):
 def test_legacy_trainer_carries_entropy_and_aug_log_probs(estimator, prefix, flag):
     from verl.trainer.ppo import ray_trainer
 
-    import vgpo_verl.trainer_wiring as wiring
+    import vgpo_verl.plugin.trainer_wiring as wiring
 
     trainer = object.__new__(ray_trainer.RayPPOTrainer)
     trainer.config = make_config(estimator)
@@ -540,7 +540,7 @@ def test_legacy_trainer_carries_entropy_and_aug_log_probs(estimator, prefix, fla
 
 def test_per_sample_flags_arrive_nested_or_dense_and_responses_pad_to_the_batch_width():
     """TransferQueue may hand back a field whose samples all have shape (1,) as (B, 1) dense or nested."""
-    import vgpo_verl.trainer_wiring as wiring
+    import vgpo_verl.plugin.trainer_wiring as wiring
 
     rows = [torch.tensor([True]), torch.tensor([False]), torch.tensor([True])]
     assert wiring._per_sample_flags(torch.nested.as_nested_tensor(rows, layout=torch.jagged)).tolist() == [True, False, True]

@@ -15,9 +15,9 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 from _batches import grouped_outcome_batch
 from methods_reference import reference_vppo
 
-from vgpo_verl.estimator import compute_vppo_advantage, estimator_inputs, pop_metrics
-from vgpo_verl.perturb import black_patch_mask, black_row, blacken_patches, step_seed
-from vgpo_verl.vppo import VPPOConfig, apply_vppo, compute_vppo_weights, perception_scores
+from vgpo_verl.plugin.estimator import compute_vppo_advantage, estimator_inputs, pop_metrics
+from vgpo_verl.methods.perturb import black_patch_mask, black_row, blacken_patches, step_seed
+from vgpo_verl.methods.vppo import VPPOConfig, apply_vppo, compute_vppo_weights, perception_scores
 
 
 def k3(delta):

@@ -4,8 +4,8 @@
         --data data/val.parquet --out analysis/ --max-samples 64
 
 For every checkpoint it generates responses to the prompts (vLLM when usable, else transformers; the
-backend of ``vgpo_verl.evaluate``), runs one teacher-forced forward pass over prompt + response with
-the scoring core the actor uses (``vgpo_verl.scoring``: hidden state of the chosen layer, cosine to
+backend of ``vgpo_verl.evaluate.backends``), runs one teacher-forced forward pass over prompt + response with
+the scoring core the actor uses (``vgpo_verl.methods.scoring``: hidden state of the chosen layer, cosine to
 the mean hidden state of the image tokens), and writes into ``--out``:
 
 - ``visual_forgetting.png``: mean raw similarity s and mean rho (spec section 1, min-max over the
@@ -42,9 +42,10 @@ import torch
 
 from vgpo_verl import cli
 from vgpo_verl.cli import UsageError
-from vgpo_verl.evaluate import (PAPER_MAX_PIXELS, PAPER_MIN_PIXELS, Completion, Prompt, Sampling,
-                                TransformersBackend, check_checkpoint, check_pixels, encode_prompts, load_benchmarks,
-                                make_backend, named_paths)
+from vgpo_verl.evaluate.backends import Completion, Sampling, TransformersBackend, encode_prompts, make_backend
+from vgpo_verl.evaluate.benchmarks import Prompt, load_benchmarks
+from vgpo_verl.evaluate.checks import check_checkpoint, check_pixels, named_paths
+from vgpo_verl.evaluate.protocol import PAPER_MAX_PIXELS, PAPER_MIN_PIXELS
 
 logger = logging.getLogger("vgpo_verl.analyze")
 PROG = "python -m vgpo_verl.analyze"
@@ -103,7 +104,7 @@ def score_responses(model, processor, prompts: Sequence[Prompt], completions: Se
     """Raw similarity of every response token, from the hidden state at that token's own position."""
     from tqdm import tqdm
 
-    from vgpo_verl.scoring import HiddenStateCapture, visual_mask_of, visual_similarity, visual_token_ids
+    from vgpo_verl.methods.scoring import HiddenStateCapture, visual_mask_of, visual_similarity, visual_token_ids
 
     visual_ids = visual_token_ids(model.config)
     device = next(model.parameters()).device
@@ -146,7 +147,7 @@ def rho_of(scores: ResponseScores, scope: str) -> torch.Tensor:
     Computed by the training code itself (``compute_vgpo_weights_detailed``), so the plot shows the
     very rho the VGPO advantage uses; rows without a visual token get 0 there and are not plotted.
     """
-    from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights_detailed
+    from vgpo_verl.methods.vgpo import VGPOConfig, compute_vgpo_weights_detailed
 
     if scope not in RHO_SCOPES:
         raise ValueError(f"--rho-norm must be one of {RHO_SCOPES}, not {scope!r}")
@@ -170,10 +171,10 @@ def binned_curve(values: torch.Tensor, offsets: torch.Tensor, keep: torch.Tensor
     """Per-bin mean and std over responses of each response's own mean in the bin.
 
     values (N,), offsets (R+1,), keep (R,) bool (responses to use). Bins of tau = t/(T-1) as the
-    live metric vgpo/focus_by_position (vgpo_verl.algorithm.position_bin_means). Returns lists of
+    live metric vgpo/focus_by_position (vgpo_verl.methods.vgpo.position_bin_means). Returns lists of
     n_bins floats (NaN where no response reaches the bin) and the response and token counts per bin.
     """
-    from vgpo_verl.algorithm import position_bin_means
+    from vgpo_verl.methods.vgpo import position_bin_means
 
     padded, mask = _padded(values, offsets)
     per_response, counts = position_bin_means(padded, mask & keep[:, None], n_bins)  # (R, n_bins) each
@@ -370,8 +371,8 @@ def analyze_checkpoint(label: str, checkpoint: str, prompts: Sequence[Prompt], a
 
 
 def build_parser() -> cli.ArgumentParser:
-    from vgpo_verl.algorithm import VGPOConfig
-    from vgpo_verl.scoring import LAYER_HELP
+    from vgpo_verl.methods.vgpo import VGPOConfig
+    from vgpo_verl.methods.scoring import LAYER_HELP
 
     at_least_1 = cli.int_at_least(1)
     parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
@@ -406,7 +407,7 @@ def build_parser() -> cli.ArgumentParser:
 
 
 def check_layer(layer: int, checkpoint: str) -> None:
-    """--layer indexes the decoder layers (vgpo_verl.scoring.resolve_layer); checked against a local
+    """--layer indexes the decoder layers (vgpo_verl.methods.scoring.resolve_layer); checked against a local
     config.json before any model is loaded (a hub checkpoint's when scoring starts)."""
     config_path = pathlib.Path(checkpoint).expanduser() / "config.json"
     if layer == -1 or not config_path.is_file():

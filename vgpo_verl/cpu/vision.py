@@ -31,7 +31,7 @@ import importlib.util
 import sys
 import types
 
-from vgpo_verl._import_hooks import when_imported, while_importing
+from vgpo_verl.plugin._import_hooks import when_imported, while_importing
 
 QWEN2VL_TORCHVISION_MODULE = "transformers.models.qwen2_vl.image_processing_qwen2_vl"
 QWEN2VL_PIL_MODULE = "transformers.models.qwen2_vl.image_processing_pil_qwen2_vl"

@@ -6,7 +6,7 @@
     DIR/demo.json       the estimator of the run: continuing it with another one is refused
 
 Running again with the same DIR and a larger N resumes from the newest complete checkpoint K
-(vgpo_verl.checkpoints; verl's trainer.resume_mode=auto) and trains steps K+1..N only: the same
+(vgpo_verl.plugin.checkpoints; verl's trainer.resume_mode=auto) and trains steps K+1..N only: the same
 prompts in the same order as an uninterrupted run, the actor's weights, optimizer, lr schedule and
 RNG as saved.
 """
@@ -17,7 +17,7 @@ import json
 import pathlib
 import time
 
-from vgpo_verl.checkpoints import settle_tracker
+from vgpo_verl.plugin.checkpoints import settle_tracker
 from vgpo_verl.cli import UsageError
 
 RECORD = "demo.json"

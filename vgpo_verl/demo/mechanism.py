@@ -7,7 +7,7 @@ fine-tuned on that response (vgpo_verl.demo.warm_start, its answer token hedged 
 Arms: verl's `main_ppo` with `algorithm.adv_estimator=vgpo` (VGPOConfig's defaults, the paper's)
 and `grpo` (DAPO: the knobs of vgpo_verl.demo.learn), from that one warm start, SEEDS each. Seed s
 of both arms shuffles the training prompts with `data.seed=s` and samples every response slot with
-its own vLLM seed derived from `rollout.seed=s` (vgpo_verl.rollout_seeds), so at step 1 both arms
+its own vLLM seed derived from `rollout.seed=s` (vgpo_verl.plugin.rollout_seeds), so at step 1 both arms
 draw the same rollouts from the same policy, and later ones from the same random numbers.
 
 Measures, per arm and seed: validation accuracy before training and every TEST_FREQ steps
@@ -32,7 +32,7 @@ import sys
 import time
 from collections import Counter
 
-from vgpo_verl.algorithm import FOCUS_BINS
+from vgpo_verl.methods.vgpo import FOCUS_BINS
 from vgpo_verl.demo import learn
 from vgpo_verl.demo import run as demo_run
 from vgpo_verl.demo.summary import read_metrics

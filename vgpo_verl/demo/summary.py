@@ -12,7 +12,7 @@ ROLLOUT_CORR_KEYS = ("rollout_corr/kl", "rollout_corr/k3_kl", "rollout_corr/log_
 STEP_TIME_KEY = "timing_s/step"
 NO_VISUAL_KEY = "vgpo/no_visual_fraction"
 VAL_PREFIX = "val-core/"
-# the live forgetting curve (vgpo_verl.algorithm.vgpo_metrics): one line per step instead of one per bin
+# the live forgetting curve (vgpo_verl.methods.vgpo.vgpo_metrics): one line per step instead of one per bin
 FOCUS_PREFIX = "vgpo/focus_by_position/bin_"
 
 
@@ -47,11 +47,11 @@ def render_summary(metrics, steps: int, estimator: str, exit_code: int, wall_s: 
     """The summary text, and whether the run shows everything the demo promises.
 
     Complete means: verl exited 0, training steps resumed_from + 1 .. `steps` (and no other) were
-    logged with a reward, a validation ran, and for our estimators (vgpo_verl.methods) every step
+    logged with a reward, a validation ran, and for our estimators (vgpo_verl.plugin.method_table) every step
     has the method's metrics (`vgpo/`, `entropy/`, `vppo/`); for vgpo also no response lacking a
     visual token. `resumed_from`: the checkpoint's step this run continued from (0: a fresh run).
     """
-    from vgpo_verl.methods import method_of
+    from vgpo_verl.plugin.method_table import method_of
 
     method = method_of(estimator)
     done = training_steps(metrics)
@@ -113,9 +113,9 @@ def render_summary(metrics, steps: int, estimator: str, exit_code: int, wall_s: 
 
 
 def our_cost(values: dict[str, float]) -> str | None:
-    """What our own code took in a step (vgpo_verl.timing's keys), e.g. "our code 0.412 s
+    """What our own code took in a step (vgpo_verl.plugin.timing's keys), e.g. "our code 0.412 s
     (vgpo_score 0.401 s, vgpo_weights 0.011 s), 1.20 % of the step"; None if the step has none."""
-    from vgpo_verl.timing import NAMES, SHARE_KEY, TIMING_PREFIX
+    from vgpo_verl.plugin.timing import NAMES, SHARE_KEY, TIMING_PREFIX
 
     parts = {name: values[TIMING_PREFIX + name] for name in NAMES if TIMING_PREFIX + name in values}
     if not parts:

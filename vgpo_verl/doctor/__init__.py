@@ -1,12 +1,12 @@
 """`python -m vgpo_verl.doctor` (console script `vgpo-doctor`): check a model before a cluster run.
 
     vgpo-doctor --model PATH [--device cpu|cuda] [--lora-rank R] [--methods vgpo,vppo,entropy_shaping]
-    vgpo-doctor --tiny FAMILY [--lora-rank R] [--methods ...]      (FAMILY: see vgpo_verl.families)
+    vgpo-doctor --tiny FAMILY [--lora-rank R] [--methods ...]      (FAMILY: see vgpo_verl.plugin.families)
 
 In this one process, through verl's real actor engine (the one our plugin registers, FSDP2, world
 size 1), on synthetic prompts laid out like the family's processor output (one image, text only, two
 images, a video): the padded and the packed (remove-padding, dynamic batch) layouts, each method's
-extra outputs compared with a plain-transformers recomputation of the same model (vgpo_verl.reference,
+extra outputs compared with a plain-transformers recomputation of the same model (vgpo_verl.doctor.reference,
 run before verl patches the model classes). With --lora-rank, a random non-zero adapter goes through
 verl's LoRA path (`lora_adapter_path`); the reference is the merged model, and VPPO's perturbed
 log-probs must differ from the base model's. With --tiny, a random model of the family is built
@@ -17,6 +17,11 @@ Output: the visual token ids, the scored module's name, per layout max |delta| a
 scoring chunk at the model's hidden size. The last line is `<family or path>: ok (...)` or
 `<family or path>: FAILED (...)`. Exit status: 0 every check passed; 1 a check failed or the model is
 refused; 2 a usage error (one line naming the flag).
+
+Its modules: `checks` (the checks above), `verl_run` (verl's engine built in this process),
+`reference` (the plain-transformers recomputation), `tiny_models` (tiny random models of every family
+and synthetic prompts laid out like their processors'). A tool: may import vgpo_verl.plugin,
+vgpo_verl.methods, vgpo_verl.cpu, verl and transformers.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import time
 import traceback
 
 from vgpo_verl import cli
-from vgpo_verl.families import FAMILIES
+from vgpo_verl.plugin.families import FAMILIES
 
 METHODS = ("vgpo", "vppo", "entropy_shaping")
 PROG = "vgpo-doctor"

@@ -9,7 +9,8 @@ import os
 
 import torch
 
-from vgpo_verl.families import Sample, family_of, synthetic_sample, tiny_model
+from vgpo_verl.doctor.tiny_models import Sample, synthetic_sample, tiny_model
+from vgpo_verl.plugin.families import family_of
 
 # |engine - reference| allowed on CPU (fp32 everywhere; the tests see ~1e-7) and on CUDA (bf16 compute
 # and flash-attention against an fp32 reference).
@@ -22,7 +23,7 @@ LAYOUTS = (("padded", False, False), ("packed", True, True))
 
 @dataclasses.dataclass
 class Reference:
-    """Plain-transformers values of one sample (vgpo_verl.reference): (L,) scores, has_visual,
+    """Plain-transformers values of one sample (vgpo_verl.doctor.reference): (L,) scores, has_visual,
     (L-1,) log-probs, (L,) entropy, (L-1,) log-probs under the perturbed image; with LoRA also the
     perturbed log-probs of the base model without the adapter."""
 
@@ -64,7 +65,7 @@ class Doctor:
     def run(self) -> None:
         import transformers
 
-        from vgpo_verl.model_check import config_problems
+        from vgpo_verl.plugin.model_check import config_problems
 
         model_dir = self._model_dir()
         hf_config = transformers.AutoConfig.from_pretrained(model_dir)
@@ -87,7 +88,7 @@ class Doctor:
         references, adapter_dir = self._references(model_dir, samples, normalisation)
         self._engine_checks(model_dir, hf_config, samples, references, normalisation, adapter_dir)
         if self.args.model:
-            from vgpo_verl.scoring import DEFAULT_CHUNK_TOKENS
+            from vgpo_verl.methods.scoring import DEFAULT_CHUNK_TOKENS
 
             hidden = hf_config.get_text_config().hidden_size
             self.say(f"scoring memory at hidden size {hidden}: {DEFAULT_CHUNK_TOKENS * hidden * 4 / 2**20:.0f} MiB for "
@@ -137,7 +138,7 @@ class Doctor:
         With --lora-rank, a random non-zero adapter is saved for verl and merged for the reference."""
         import transformers
 
-        from vgpo_verl import reference
+        from vgpo_verl.doctor import reference
 
         device = self.args.device
         perturbation = (VPPO_SEED, VPPO_PROB, *normalisation)
@@ -163,8 +164,8 @@ class Doctor:
     # ------------------------------------------------------------------ verl's engine
 
     def _flags(self, normalisation) -> dict:
-        from vgpo_verl.perturb import MEAN_KEY, PERTURB_FLAG, PROB_KEY, SEED_KEY, STD_KEY
-        from vgpo_verl.scoring import SCORE_FLAG
+        from vgpo_verl.methods.perturb import MEAN_KEY, PERTURB_FLAG, PROB_KEY, SEED_KEY, STD_KEY
+        from vgpo_verl.methods.scoring import SCORE_FLAG
 
         flags = {}
         if "vgpo" in self.args.methods:
@@ -178,7 +179,7 @@ class Doctor:
         import transformers
 
         from vgpo_verl.doctor import verl_run
-        from vgpo_verl.scoring import resolve_layer
+        from vgpo_verl.methods.scoring import resolve_layer
 
         verl_run.init_process_group(self.args.device)
         try:
@@ -201,8 +202,8 @@ class Doctor:
             torch.distributed.destroy_process_group()
 
     def _compare(self, layout, outputs, samples, references) -> None:
-        from vgpo_verl.perturb import AUG_LOG_PROBS_KEY
-        from vgpo_verl.scoring import HAS_VISUAL_KEY, SCORE_KEY
+        from vgpo_verl.methods.perturb import AUG_LOG_PROBS_KEY
+        from vgpo_verl.methods.scoring import HAS_VISUAL_KEY, SCORE_KEY
 
         tol = self.tolerance
         parts = []

@@ -15,7 +15,7 @@ import socket
 
 import torch
 
-from vgpo_verl.families import Sample, position_ids
+from vgpo_verl.doctor.tiny_models import Sample, position_ids
 
 
 def free_port() -> int:

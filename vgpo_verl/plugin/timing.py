@@ -17,7 +17,7 @@ one of them, and one name puts the arms of a comparison side by side in a logger
 verl's GRPO base advantage, which every method reshapes and GRPO itself would spend.
 
 Within a step the seconds accumulate like verl's `timing_raw` (several old-log-prob passes per step
-add up) until the trainer logs its timing metrics (vgpo_verl.trainer_wiring wraps verl's
+add up) until the trainer logs its timing metrics (vgpo_verl.plugin.trainer_wiring wraps verl's
 `compute_timing_metrics`). Plain Python and torch: no verl import.
 """
 

@@ -1,11 +1,11 @@
 """Our advantage estimators for verl, one glue layer on verl's `register_adv_est` hook.
 
-- `vgpo`: GRPO outcome advantage times alpha (B,) times psi (B, T) (vgpo_verl.algorithm);
-- `entropy_shaping`: GRPO advantage plus the clipped entropy bonus (vgpo_verl.entropy_shaping);
-- `vppo`: GRPO advantage times VPPO's trajectory factor, masked to its top tokens (vgpo_verl.vppo).
+- `vgpo`: GRPO outcome advantage times alpha (B,) times psi (B, T) (vgpo_verl.methods.vgpo);
+- `entropy_shaping`: GRPO advantage plus the clipped entropy bonus (vgpo_verl.methods.entropy_shaping);
+- `vppo`: GRPO advantage times VPPO's trajectory factor, masked to its top tokens (vgpo_verl.methods.vppo).
 
 verl calls registered estimators with only (token_level_rewards, response_mask, index, config), so
-what each one needs from the old-log-prob pass (vgpo_verl.methods) arrives through
+what each one needs from the old-log-prob pass (vgpo_verl.plugin.method_table) arrives through
 `estimator_inputs(...)`, a context the trainer wiring opens around verl's own compute_advantage.
 Direct callers may pass the same tensors as keyword arguments.
 
@@ -28,7 +28,7 @@ methods' own parts:
   the batch's min / max / mean (scaling_scope=fork cuts chunks of sessions, in order of first output).
 
 Each estimator adds the seconds of its own part (everything after the outcome advantage) to the
-step's `timing_s/vgpo_weights`, one key for all three (vgpo_verl.timing).
+step's `timing_s/vgpo_weights`, one key for all three (vgpo_verl.plugin.timing).
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from vgpo_verl import timing
-from vgpo_verl.algorithm import VGPOConfig, compute_vgpo_weights_detailed, vgpo_metrics
-from vgpo_verl.entropy_shaping import EntropyShapingConfig, entropy_metrics, shape_advantages
-from vgpo_verl.vppo import VPPOConfig, apply_vppo, compute_vppo_weights, vppo_metrics
+from vgpo_verl.plugin import timing
+from vgpo_verl.methods.vgpo import VGPOConfig, compute_vgpo_weights_detailed, vgpo_metrics
+from vgpo_verl.methods.entropy_shaping import EntropyShapingConfig, entropy_metrics, shape_advantages
+from vgpo_verl.methods.vppo import VPPOConfig, apply_vppo, compute_vppo_weights, vppo_metrics
 
 ESTIMATOR_NAME = "vgpo"
 
@@ -242,7 +242,7 @@ def compute_entropy_shaped_advantage(
     entropy: torch.Tensor | None = None,
     **unused: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """GRPO advantage + min(alpha * H, |A| / kappa) (vgpo_verl.entropy_shaping), verl's estimator signature.
+    """GRPO advantage + min(alpha * H, |A| / kappa) (vgpo_verl.methods.entropy_shaping), verl's estimator signature.
 
     Args: as `compute_vgpo_advantage`; knobs under `algorithm.entropy_shaping.*`; `entropy` (B, T) is
     the old policy's token entropy, None reads it from `estimator_inputs(...)`.
@@ -272,7 +272,7 @@ def compute_vppo_advantage(
     old_log_probs: torch.Tensor | None = None,
     **unused: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """GRPO advantage * VPPO's trajectory factor, kept on its top tokens only (vgpo_verl.vppo).
+    """GRPO advantage * VPPO's trajectory factor, kept on its top tokens only (vgpo_verl.methods.vppo).
 
     Args: as `compute_vgpo_advantage`; knobs under `algorithm.vppo.*`; `aug_log_probs` / `old_log_probs`
     (B, T) are the old policy's log-probs with the perturbed / the real image, None reads them from

@@ -1,19 +1,19 @@
-"""Carry what our estimators need from verl's old-log-prob pass to the estimator (vgpo_verl.methods).
+"""Carry what our estimators need from verl's old-log-prob pass to the estimator (vgpo_verl.plugin.method_table).
 
 verl gives registered estimators only (rewards, response_mask, uid, config), so this module wraps
 verl's trainer methods (their code is not copied), and only when `algorithm.adv_estimator` is one of
 ours (vgpo, entropy_shaping, vppo); for every other estimator each wrapper calls the original and
-nothing else. What each estimator needs is one row of `vgpo_verl.methods.methods()`: flags for the
+nothing else. What each estimator needs is one row of `vgpo_verl.plugin.method_table.methods()`: flags for the
 pass, the engine's extra outputs, and verl's own fields it reuses.
 
 v1 trainer (`trainer.use_v1=true`, default; verl/trainer/ppo/v1/trainer_base.py, PPOTrainer):
-- `_compute_old_log_prob`: sets the method's flags (vgpo: vgpo_verl.scoring.SCORE_FLAG + the layer;
-  vppo: vgpo_verl.perturb.PERTURB_FLAG + probability + this step's seed) in the batch's extra_info
+- `_compute_old_log_prob`: sets the method's flags (vgpo: vgpo_verl.methods.scoring.SCORE_FLAG + the layer;
+  vppo: vgpo_verl.methods.perturb.PERTURB_FLAG + probability + this step's seed) in the batch's extra_info
   for the duration of the call, then removes them again, so the reference pass that follows (same
   batch object) is plain. The engine's extra outputs land in the TransferQueue next to `log_probs`.
 - `_compute_advantage`: fetches the method's fields for the same keys (the engine's outputs are
   already response-aligned, like verl's `old_log_probs`; pads them like verl pads its own with
-  `to_padded_tensor`), and runs the original inside `vgpo_verl.estimator.estimator_inputs(...)`;
+  `to_padded_tensor`), and runs the original inside `vgpo_verl.plugin.estimator.estimator_inputs(...)`;
   the estimator's metrics (`vgpo/`, `entropy/`, `vppo/`) are merged into the trainer's `metrics`.
 - Both return their KVBatchMeta without the engine's extra fields in `fields`, the list workers
   fetch: the reference and update workers never receive them (benchmarks/bench_transfer.py:
@@ -22,7 +22,7 @@ v1 trainer (`trainer.use_v1=true`, default; verl/trainer/ppo/v1/trainer_base.py,
   per session (keys `{uid}_{session}_{i}`), tells our estimators which rows form a session
   (`estimator.agent_sessions`): verl itself gives the session treatment to its `grpo` only and would
   hand ours every output as its own group member. How each method treats a session is in
-  vgpo_verl/estimator.py (all three start from verl's multi-output GRPO advantage).
+  vgpo_verl/plugin/estimator.py (all three start from verl's multi-output GRPO advantage).
 
 Legacy trainer (`trainer.use_v1=false`; verl/trainer/ppo/ray_trainer.py, RayPPOTrainer, still
 present in verl 0.9.1 but deprecated):
@@ -39,7 +39,7 @@ present in verl 0.9.1 but deprecated):
   metric_utils directly) log the metrics too; their old-log-prob and advantage calls are the legacy
   ones wrapped here (RayPPOTrainer subclasses, `compute_advantage` imported from ray_trainer).
 
-Our cost (vgpo_verl.timing), in every trainer: both `_compute_old_log_prob` wrappers take the engine's
+Our cost (vgpo_verl.plugin.timing), in every trainer: both `_compute_old_log_prob` wrappers take the engine's
 seconds from the metrics verl's workers return with `compute_log_prob` (v1: the returned meta's
 `extra_info`, where verl's TransferQueue bridge puts a worker's non-tensor outputs; legacy: the
 returned TensorDict), which verl itself reads no further for this pass. That costs no TransferQueue
@@ -59,8 +59,8 @@ import functools
 
 import torch
 
-from vgpo_verl import timing
-from vgpo_verl.methods import Method, method_of
+from vgpo_verl.plugin import timing
+from vgpo_verl.plugin.method_table import Method, method_of
 
 INPUT_PREFIX = "estimator_input__"  # legacy batch keys carrying an estimator keyword's tensor
 # The legacy and experimental fit loops compute advantages and, later in the same step, their data
@@ -88,7 +88,7 @@ def _padded_response(value: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def _missing_inputs_error(method: Method, fields: list[str], cause: Exception) -> RuntimeError:
-    from vgpo_verl.estimator import MISSING_SCORES_FIX
+    from vgpo_verl.plugin.estimator import MISSING_SCORES_FIX
 
     return RuntimeError(
         f"adv_estimator={method.estimator}: the actor's old-log-prob outputs {fields} are not in the batch "
@@ -119,8 +119,8 @@ def _observed_compute_log_prob(worker_group):
 
 
 def _tally_worker_seconds(worker_metrics) -> None:
-    """Add the old-log-prob pass's engine seconds (vgpo_verl.engine: one value per rank) to the
-    step's tally, averaged over ranks (vgpo_verl.timing.mean_over_ranks)."""
+    """Add the old-log-prob pass's engine seconds (vgpo_verl.plugin.engine: one value per rank) to the
+    step's tally, averaged over ranks (vgpo_verl.plugin.timing.mean_over_ranks)."""
     for name in (timing.SCORE, timing.AUG_FORWARD):
         seconds = timing.mean_over_ranks(worker_metrics, timing.TIMING_PREFIX + name)
         if seconds is not None:
@@ -203,8 +203,8 @@ def _wrap_v1_advantage(original):
         method = method_of(self.config.algorithm.adv_estimator)
         if method is None:
             return original(self, batch, metrics)
-        from vgpo_verl.dump import dump_step
-        from vgpo_verl.estimator import estimator_inputs, pop_metrics
+        from vgpo_verl.plugin.dump import dump_step
+        from vgpo_verl.plugin.estimator import estimator_inputs, pop_metrics
 
         is_padding = torch.tensor([bool(tag.get("is_padding", False)) for tag in batch.tags], dtype=torch.bool)
         with timing.on_driver(timing.WEIGHTS):
@@ -243,7 +243,7 @@ def _wrap_multi_trajectories(original):
         structure = agent_session_codes(batch_keys) if method_of(adv_estimator) is not None else None
         if structure is None:
             return original(data, batch_keys, adv_estimator, *args, **kwargs)
-        from vgpo_verl.estimator import agent_sessions
+        from vgpo_verl.plugin.estimator import agent_sessions
 
         with agent_sessions(*structure):
             return original(data, batch_keys, adv_estimator, *args, **kwargs)
@@ -294,7 +294,7 @@ def _wrap_legacy_compute_advantage(original):
         keys = [k for k in data.batch.keys() if k.startswith(INPUT_PREFIX)]
         if method_of(adv_estimator) is None or not keys:
             return original(data, adv_estimator, *args, **kwargs)
-        from vgpo_verl.estimator import estimator_inputs, pop_metrics
+        from vgpo_verl.plugin.estimator import estimator_inputs, pop_metrics
 
         inputs = {k[len(INPUT_PREFIX):]: data.batch.pop(k) for k in keys}
         with estimator_inputs(**inputs):

@@ -1,17 +1,17 @@
 """Start-up check of the actor's model, from its config.json alone: no weights are read, no worker starts.
 
-`model_problems(config)` (called by vgpo_verl.preflight.problems in the driver, before Ray) refuses
+`model_problems(config)` (called by vgpo_verl.plugin.preflight.problems in the driver, before Ray) refuses
 a model the estimator cannot work with, naming the `model_type` and what is missing:
 - vgpo: no image/video placeholder id in the config (the visual prototype has no positions), no text
   decoder the scorer can hook (a module with `layers` and `norm`, found on a copy of the model built
   on the meta device), or `algorithm.vgpo.layer` outside that decoder;
-- vppo: no placeholder id (nothing to perturb), or a family whose pixel rows vgpo_verl.perturb does
-  not know (vgpo_verl.families: patch rows with `image_grid_thw`);
+- vppo: no placeholder id (nothing to perturb), or a family whose pixel rows vgpo_verl.methods.perturb does
+  not know (vgpo_verl.plugin.families: patch rows with `image_grid_thw`);
 - both: a family verl 0.9.1 cannot run with the installed transformers (UNRUNNABLE, with the reason).
 entropy_shaping reads only verl's own entropy and needs nothing of the model. Logged, not refused:
 `actor_rollout_ref.actor.freeze_vision_tower=true`, which verl 0.9.1 declares but never reads.
 
-A family outside vgpo_verl.families that passes these checks is let through with a warning: nothing
+A family outside vgpo_verl.plugin.families that passes these checks is let through with a warning: nothing
 of it is tested. Where the config comes from: `actor_rollout_ref.model.hf_config_path` (else
 `.path`), a local directory or a Hugging Face hub id already in the local cache; anything else is not
 fetched (the check is skipped with a logged note, and the workers meet the model as usual).
@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 import os
 from typing import Any
+
+from vgpo_verl.plugin.config_value import config_value
 
 logger = logging.getLogger("vgpo_verl")
 
@@ -70,8 +72,8 @@ def meta_model(hf_config, trust_remote_code: bool = False):
 
 def config_problems(hf_config, estimator: str, layer: int = -1, trust_remote_code: bool = False) -> list[str]:
     """What `estimator` cannot work with in this HF config, one line each (empty: fine)."""
-    from vgpo_verl.families import FAMILIES
-    from vgpo_verl.scoring import LAYER_HELP, find_text_decoder, scoreable_outputs, visual_token_ids
+    from vgpo_verl.plugin.families import FAMILIES
+    from vgpo_verl.methods.scoring import LAYER_HELP, find_text_decoder, scoreable_outputs, visual_token_ids
 
     model_type = getattr(hf_config, "model_type", None)
     found = []
@@ -83,7 +85,7 @@ def config_problems(hf_config, estimator: str, layer: int = -1, trust_remote_cod
                      f"(tested: {', '.join(FAMILIES)})")
     if estimator in NEEDS_PIXEL_ROWS and model_type not in FAMILIES:
         found.append(f"model_type={model_type}: vppo blackens the pixel rows of the families it knows "
-                     f"({', '.join(FAMILIES)}); this family's pixel layout is unknown to vgpo_verl.perturb")
+                     f"({', '.join(FAMILIES)}); this family's pixel layout is unknown to vgpo_verl.methods.perturb")
     if estimator in NEEDS_DECODER:
         try:
             model = meta_model(hf_config, trust_remote_code)
@@ -94,7 +96,7 @@ def config_problems(hf_config, estimator: str, layer: int = -1, trust_remote_cod
         if decoder is None:
             found.append(f"model_type={model_type}: no text decoder the scorer can hook in {type(model).__name__} "
                          "(a module with a `layers` ModuleList and a `norm`, as in the families of "
-                         "vgpo_verl.families)")
+                         "vgpo_verl.plugin.families)")
         else:
             outputs = len(scoreable_outputs(decoder[1]))
             if not -outputs <= layer < outputs:
@@ -108,13 +110,12 @@ def config_problems(hf_config, estimator: str, layer: int = -1, trust_remote_cod
 
 def model_problems(config: Any) -> list[str]:
     """Problems of `actor_rollout_ref.model` for `algorithm.adv_estimator`, each naming the path and model_type."""
-    from vgpo_verl.preflight import _get  # (preflight calls this function: import at use)
-
-    estimator = str(_get(config, "algorithm.adv_estimator", ""))
+    estimator = str(config_value(config, "algorithm.adv_estimator", ""))
     if estimator not in NEEDS_DECODER + NEEDS_PIXEL_ROWS:
         return []
-    path = str(_get(config, "actor_rollout_ref.model.hf_config_path", None) or _get(config, "actor_rollout_ref.model.path", ""))
-    trust_remote_code = bool(_get(config, "actor_rollout_ref.model.trust_remote_code", False))
+    path = str(config_value(config, "actor_rollout_ref.model.hf_config_path", None)
+               or config_value(config, "actor_rollout_ref.model.path", ""))
+    trust_remote_code = bool(config_value(config, "actor_rollout_ref.model.trust_remote_code", False))
     if not path:
         return []  # verl itself refuses a run without a model
     where = f"actor_rollout_ref.model.path={path}"
@@ -126,11 +127,11 @@ def model_problems(config: Any) -> list[str]:
         logger.warning("vgpo-verl: %s is neither a local directory nor in the Hugging Face cache; the start-up "
                        "model check (visual token ids, text decoder) is skipped, nothing is downloaded", where)
         return []
-    if bool(_get(config, "actor_rollout_ref.actor.freeze_vision_tower", False)):
+    if bool(config_value(config, "actor_rollout_ref.actor.freeze_vision_tower", False)):
         logger.warning("vgpo-verl: actor_rollout_ref.actor.freeze_vision_tower=true is read by nothing in verl 0.9.1 "
                        "(only its config declares it): the vision tower trains. Under LoRA, keep it frozen with "
                        "actor_rollout_ref.model.exclude_modules='.*visual.*' (no adapter there)")
-    layer = _get(config, "algorithm.vgpo.layer", -1)
+    layer = config_value(config, "algorithm.vgpo.layer", -1)
     if isinstance(layer, bool) or not isinstance(layer, int):
         layer = -1  # VGPOConfig's own check names a malformed value
     return [f"{where}: {line}" for line in config_problems(hf_config, estimator, layer, trust_remote_code)]

@@ -3,7 +3,7 @@
 VPPO (huaixuheqing/VPPO-RL, `verl/workers/perc_utils.py`, `random_patch_blackening`) blackens each
 14-px square of the PIL image with probability p = 0.5 before processing. Here the same happens
 after the HF processor, on what the actor's vision tower reads: every family of
-vgpo_verl.families gives `pixel_values` (N, C*T*P*P), one row per P-px vision patch (P = 14 for
+vgpo_verl.plugin.families gives `pixel_values` (N, C*T*P*P), one row per P-px vision patch (P = 14 for
 Qwen2/2.5-VL, 16 for Qwen3-VL and Qwen3.5; T = 2 temporal frames per image patch; values
 channel-major, normalised by the processor's mean/std; tests/test_families.py checks each family's
 processor), and `image_grid_thw` (n_images, 3) with t*h*w rows per image (videos likewise with
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 
 # Names under which the perturbed pass is requested and its result travels in verl's batches
-# (shared by vgpo_verl.engine and vgpo_verl.trainer_wiring through vgpo_verl.methods).
+# (shared by vgpo_verl.plugin.engine and vgpo_verl.plugin.trainer_wiring through vgpo_verl.plugin.method_table).
 PERTURB_FLAG = "vppo_perturb"  # non-tensor bool: add a forward on the perturbed images
 PROB_KEY = "vppo_black_prob"  # non-tensor float: probability p that a patch goes black
 SEED_KEY = "vppo_seed"  # non-tensor int: this step's seed

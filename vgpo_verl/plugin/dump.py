@@ -1,6 +1,6 @@
 """Opt-in dump of what verl trained on, per step: a debugging aid (`algorithm.vgpo.dump_dir=DIR`).
 
-Off by default. When set, the trainer wiring (vgpo_verl.trainer_wiring, v1 trainer, adv_estimator
+Off by default. When set, the trainer wiring (vgpo_verl.plugin.trainer_wiring, v1 trainer, adv_estimator
 vgpo) calls `dump_step` right after verl's `_compute_advantage` has written the advantages into the
 TransferQueue, and this module reads them back for the same keys, so the file holds exactly what
 the actor update will consume, next to the inputs the estimator saw. It runs on the driver (the
@@ -36,7 +36,7 @@ batch's key order (the order verl's `_compute_advantage` used), T = the longest 
 
 Recomputation (tests/test_dump_fidelity.py does it): verl's GRPO advantage from
 (token_level_rewards, response_mask, uid) times alpha times psi from
-`vgpo_verl.algorithm.compute_vgpo_weights(similarity, response_mask, uid, config, has_visual)`
+`vgpo_verl.methods.vgpo.compute_vgpo_weights(similarity, response_mask, uid, config, has_visual)`
 equals `advantages`; the similarity of row i equals cos(h_t, mean of h at image tokens) of a plain
 transformers forward of input_ids[i] with pixel_values[i] / image_grid_thw[i].
 """
@@ -90,7 +90,7 @@ def collect(data, inputs: dict[str, torch.Tensor], step: int, algorithm: dict) -
 
     Args:
         data: TensorDict with the `_FIELDS` present in the batch (nested tensors for per-token fields).
-        inputs: the estimator's extra keyword tensors (vgpo_verl.trainer_wiring.fetch_v1_inputs).
+        inputs: the estimator's extra keyword tensors (vgpo_verl.plugin.trainer_wiring.fetch_v1_inputs).
     """
     keys = set(data.keys())
     width = max(row.numel() for row in _rows(data["response_mask"]))

@@ -50,14 +50,14 @@ def stop_requested() -> bool:
 
 
 def _answer(request: pathlib.Path, step: int, checkpoint: pathlib.Path) -> None:
-    from vgpo_verl.checkpoints import write_atomically
+    from vgpo_verl.plugin.checkpoints import write_atomically
 
     write_atomically(answer_path(request), json.dumps({"step": step, "checkpoint": str(checkpoint)}))
 
 
 def _save_unless_saved(trainer, step: int) -> pathlib.Path:
     """global_step_{step}, saved now unless verl's own save of this step completed already."""
-    from vgpo_verl.checkpoints import SAVED_STEP_ATTR, checkpoint_dir_of, step_folder
+    from vgpo_verl.plugin.checkpoints import SAVED_STEP_ATTR, checkpoint_dir_of, step_folder
 
     if getattr(trainer, SAVED_STEP_ATTR, None) != step:
         print(f"vgpo-verl: stop requested ({request_path()}): saving step {step}", flush=True)
@@ -91,7 +91,7 @@ def _wrap_v1_step_end(original):
 def _wrap_get_trainer_cls(original):
     @functools.wraps(original)
     def get_trainer_cls(name):
-        from vgpo_verl.trainer_wiring import _wrap
+        from vgpo_verl.plugin.trainer_wiring import _wrap
 
         cls = original(name)
         owner = next(c for c in cls.__mro__ if "on_step_end" in vars(c))
@@ -105,7 +105,7 @@ def install_v1() -> None:
     """Wrap `verl.trainer.ppo.v1.get_trainer_cls` (run when the package verl.trainer.ppo.v1 is imported)."""
     from verl.trainer.ppo import v1
 
-    from vgpo_verl.trainer_wiring import _wrap
+    from vgpo_verl.plugin.trainer_wiring import _wrap
 
     _wrap(v1, "get_trainer_cls", _wrap_get_trainer_cls)
 
@@ -160,6 +160,6 @@ def install_legacy() -> None:
     """Wrap the legacy RayPPOTrainer's fit (run when verl.trainer.ppo.ray_trainer is imported)."""
     from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
-    from vgpo_verl.trainer_wiring import _wrap
+    from vgpo_verl.plugin.trainer_wiring import _wrap
 
     _wrap(RayPPOTrainer, "fit", _wrap_legacy_fit)

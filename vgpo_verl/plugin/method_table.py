@@ -10,7 +10,7 @@ reads the metric prefixes. Plain Python: the driver imports it without verl's en
 | `entropy_shaping` | nothing                                              | `entropy` (calculate_entropy) |
 | `vppo`            | log-probs under a perturbed image (B, R), 1 forward  | `old_log_probs`               |
 
-(B, R): nested, response tokens only, aligned with verl's `old_log_probs` (vgpo_verl/engine.py);
+(B, R): nested, response tokens only, aligned with verl's `old_log_probs` (vgpo_verl/plugin/engine.py);
 (B, 1): one value per sample. No prompt token of ours rides in the TransferQueue.
 """
 
@@ -20,7 +20,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-# The estimators of the table below, importable without torch-side modules (vgpo_verl.preflight
+# The estimators of the table below, importable without torch-side modules (vgpo_verl.plugin.preflight
 # registers them at `import verl`, where nothing heavy may load).
 ESTIMATOR_NAMES = ("vgpo", "entropy_shaping", "vppo")
 # Those whose inputs only vgpo-verl's FSDP engine writes (`Method.needs_engine_pass`): the start-up
@@ -53,15 +53,15 @@ class Method:
 
 
 def _vgpo_flags(config, step: int) -> dict[str, Any]:
-    from vgpo_verl.estimator import vgpo_config_from
-    from vgpo_verl.scoring import LAYER_KEY, SCORE_FLAG
+    from vgpo_verl.plugin.estimator import vgpo_config_from
+    from vgpo_verl.methods.scoring import LAYER_KEY, SCORE_FLAG
 
     return {SCORE_FLAG: True, LAYER_KEY: vgpo_config_from(config.algorithm).layer}
 
 
 def _vppo_flags(config, step: int) -> dict[str, Any]:
-    from vgpo_verl.perturb import MEAN_KEY, PERTURB_FLAG, PROB_KEY, SEED_KEY, STD_KEY, step_seed
-    from vgpo_verl.vppo import VPPOConfig
+    from vgpo_verl.methods.perturb import MEAN_KEY, PERTURB_FLAG, PROB_KEY, SEED_KEY, STD_KEY, step_seed
+    from vgpo_verl.methods.vppo import VPPOConfig
 
     vppo = VPPOConfig.from_mapping(config.algorithm.get("vppo", None))
     flags = {PERTURB_FLAG: True, PROB_KEY: vppo.black_prob, SEED_KEY: step_seed(vppo.seed, step)}
@@ -73,8 +73,8 @@ def _vppo_flags(config, step: int) -> dict[str, Any]:
 @functools.lru_cache(maxsize=None)
 def methods() -> dict[str, Method]:
     """estimator name -> Method (built on first use: it imports the key names of the engine's outputs)."""
-    from vgpo_verl.perturb import AUG_LOG_PROBS_KEY
-    from vgpo_verl.scoring import HAS_VISUAL_KEY, SCORE_KEY
+    from vgpo_verl.methods.perturb import AUG_LOG_PROBS_KEY
+    from vgpo_verl.methods.scoring import HAS_VISUAL_KEY, SCORE_KEY
 
     return {
         m.estimator: m
@@ -93,7 +93,7 @@ def methods() -> dict[str, Method]:
 
 def validate_knobs(method: Method, algorithm_config: Any) -> None:
     """Build the method's config dataclass from `algorithm.<config_key>`; ValueError naming the key."""
-    from vgpo_verl.knobs import config_class as config_class_of
+    from vgpo_verl.methods.knobs import config_class as config_class_of
 
     config_class = config_class_of(method.config_key)
     block = None if algorithm_config is None else algorithm_config.get(method.config_key, None)

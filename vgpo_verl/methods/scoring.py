@@ -2,7 +2,7 @@
 
 For every token n of a packed batch of S sequences, s_n = cos(h_n, mu_seq(n)), where mu is the mean
 hidden state over the visual placeholder positions of n's own sequence (spec section 1). Used by the
-verl engine (vgpo_verl.engine) inside the forward pass verl already runs, and by
+verl engine (vgpo_verl.plugin.engine) inside the forward pass verl already runs, and by
 benchmarks/bench_extractor.py on a bare torch + transformers machine.
 
 Memory: the captured layer output is reduced to scores inside the forward hook, before lm_head
@@ -21,11 +21,11 @@ import torch.distributed as dist
 DEFAULT_CHUNK_TOKENS = 8192
 
 # Names under which scoring is requested and its results travel in verl's batches (shared by
-# vgpo_verl.engine and vgpo_verl.trainer_wiring; plain strings, so the driver need not import the engine).
+# vgpo_verl.plugin.engine and vgpo_verl.plugin.trainer_wiring; plain strings, so the driver need not import the engine).
 SCORE_FLAG = "vgpo_score"  # non-tensor bool: score this forward-only pass
 LAYER_KEY = "vgpo_layer"  # non-tensor int: which layer (see resolve_layer)
 CHUNK_KEY = "vgpo_chunk_tokens"  # non-tensor int: rows per float32 work chunk
-SCORE_KEY = "vgpo_visual_score"  # model output, nested (bsz, response_len) float32 (see vgpo_verl.engine)
+SCORE_KEY = "vgpo_visual_score"  # model output, nested (bsz, response_len) float32 (see vgpo_verl.plugin.engine)
 HAS_VISUAL_KEY = "vgpo_has_visual"  # model output, nested (bsz, 1) bool: one flag per sample
 
 # Module paths that wrap a module without changing what it computes (FSDP1, activation checkpointing,
@@ -108,7 +108,7 @@ def response_slice(
 
 def score_outputs(similarity: torch.Tensor, has_visual: torch.Tensor, cu_seqlens: torch.Tensor,
                   response_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
-    """What the engine adds to verl's model output for S scored sequences (see vgpo_verl.engine).
+    """What the engine adds to verl's model output for S scored sequences (see vgpo_verl.plugin.engine).
 
     Args:
         similarity: (N,) float32 packed cos(h_n, mu) of every token.
@@ -269,14 +269,14 @@ def resolve_layer(model: torch.nn.Module, layer: int = -1) -> torch.nn.Module:
     layer n-1 (the last layer's output before the final norm), -(n+1) = layer 0; k in [0, n) =
     decoder layer k, k = n = the final norm.
 
-    Works on every family in vgpo_verl.families (the decoder is `model.language_model`), text-only
+    Works on every family in vgpo_verl.plugin.families (the decoder is `model.language_model`), text-only
     causal LMs (`model.model`), and on FSDP1/FSDP2/checkpoint/PEFT-wrapped copies of them.
     """
     found = find_text_decoder(model)
     if found is None:
         raise ValueError(
             f"no text decoder (a module with `layers` and `norm`) found in {type(model).__name__}; "
-            "VGPO scoring supports the families of vgpo_verl.families and HF causal LMs"
+            "VGPO scoring supports the families of vgpo_verl.plugin.families and HF causal LMs"
         )
     outputs = scoreable_outputs(found[1])
     if not -len(outputs) <= layer < len(outputs):

@@ -2,7 +2,7 @@
 
 Which estimators need the scores (the one registry; other estimators register here):
 
-    from vgpo_verl.preflight import register_scoring_estimator, requires_scoring_pass
+    from vgpo_verl.plugin.preflight import register_scoring_estimator, requires_scoring_pass
     register_scoring_estimator("my_estimator", validate=my_validate)  # validate(algorithm_config) or None
     requires_scoring_pass("vgpo")  # True: the flagged old-log-prob pass must run and be scored
 
@@ -23,7 +23,7 @@ few config reads, no model download, no worker.
 What is checked, for estimators in the registry (each refusal names its dotted key and what to set).
 Each estimator gets only the checks its needs imply (`needs_engine` at registration: vgpo and vppo
 add outputs in the scoring engine, entropy_shaping reads only verl's own `entropy`, which every engine
-writes; see the table in vgpo_verl.methods):
+writes; see the table in vgpo_verl.plugin.method_table):
 - the estimator's own knobs (`algorithm.vgpo.*` through VGPOConfig for vgpo);
 - needs_engine only: `actor_rollout_ref.actor.strategy`: fsdp or fsdp2 (the scoring engine
   subclasses verl's FSDP engine);
@@ -50,11 +50,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from vgpo_verl.model_check import model_problems
+from vgpo_verl.plugin.config_value import config_value
+from vgpo_verl.plugin.model_check import model_problems
 
 logger = logging.getLogger("vgpo_verl")
 
-# Engine keys (device, vendor) the scoring engine is registered under (vgpo_verl.engine registers them).
+# Engine keys (device, vendor) the scoring engine is registered under (vgpo_verl.plugin.engine registers them).
 SCORING_ENGINE_KEYS: tuple[tuple[str, str], ...] = (("cuda", "nvidia"),)
 SCORING_STRATEGIES = ("fsdp", "fsdp2")
 # Name of our entry point in the `verl.plugins` group (setup.py).
@@ -103,10 +104,10 @@ def requires_scoring_pass(estimator: str) -> bool:
 
 
 def _validate_vgpo(algorithm_config: Any) -> None:
-    from vgpo_verl.algorithm import VGPOConfig
+    from vgpo_verl.methods.vgpo import VGPOConfig
 
     try:
-        VGPOConfig.from_mapping(_get(algorithm_config, "vgpo"))
+        VGPOConfig.from_mapping(config_value(algorithm_config, "vgpo"))
     except ValueError as error:  # name the key as the user types it
         raise ValueError(str(error).replace("VGPOConfig.", "algorithm.vgpo.")) from error
 
@@ -115,10 +116,10 @@ register_scoring_estimator("vgpo", _validate_vgpo)
 
 
 def _register_comparison_methods() -> None:
-    """entropy_shaping and vppo (vgpo_verl.methods): their knobs, and the old-log-prob pass they read
+    """entropy_shaping and vppo (vgpo_verl.plugin.method_table): their knobs, and the old-log-prob pass they read
     (vppo: the engine's perturbed forward; entropy_shaping: verl's own entropy from that pass, which
     bypass mode skips, on any engine)."""
-    from vgpo_verl.methods import ENGINE_ESTIMATORS, ESTIMATOR_NAMES, method_of, validate_knobs
+    from vgpo_verl.plugin.method_table import ENGINE_ESTIMATORS, ESTIMATOR_NAMES, method_of, validate_knobs
 
     for name in ESTIMATOR_NAMES:
         if not requires_scoring_pass(name):
@@ -129,17 +130,6 @@ def _register_comparison_methods() -> None:
 _register_comparison_methods()
 
 
-def _get(config: Any, dotted: str, default: Any = None) -> Any:
-    """config.a.b.c for dicts / DictConfigs; `default` where a level is missing or None."""
-    node = config
-    for part in dotted.split("."):
-        if node is None:
-            return default
-        try:
-            node = node.get(part, None)
-        except AttributeError:
-            node = getattr(node, part, None)
-    return default if node is None else node
 
 
 def trainer_kind(config: Any, entry: str | None) -> str | None:
@@ -149,13 +139,13 @@ def trainer_kind(config: Any, entry: str | None) -> str | None:
     kind = ENTRY_POINTS[entry]
     if kind is not None:
         return kind
-    return "v1" if bool(_get(config, "trainer.use_v1", True)) else "legacy"
+    return "v1" if bool(config_value(config, "trainer.use_v1", True)) else "legacy"
 
 
 def worker_environment(config: Any, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The environment verl's workers will see: the driver's, then the Ray runtime_env's env_vars."""
     env = dict(os.environ if environ is None else environ)
-    extra = _get(config, "ray_kwargs.ray_init.runtime_env.env_vars", {}) or {}
+    extra = config_value(config, "ray_kwargs.ray_init.runtime_env.env_vars", {}) or {}
     env.update({str(k): str(v) for k, v in dict(extra).items()})
     return env
 
@@ -180,7 +170,7 @@ def problems(config: Any, entry: str | None, environ: dict[str, str] | None = No
         environ: the driver's environment (default os.environ).
         engine_key: (device, vendor) the workers resolve; default from verl's platform and the env.
     """
-    estimator = str(_get(config, "algorithm.adv_estimator", ""))
+    estimator = str(config_value(config, "algorithm.adv_estimator", ""))
     if not requires_scoring_pass(estimator):
         return []
     found = []
@@ -189,7 +179,7 @@ def problems(config: Any, entry: str | None, environ: dict[str, str] | None = No
     validate = _SCORING_ESTIMATORS[estimator]
     if validate is not None:
         try:
-            validate(_get(config, "algorithm"))
+            validate(config_value(config, "algorithm"))
         except ValueError as error:
             found.append(str(error))
 
@@ -197,7 +187,7 @@ def problems(config: Any, entry: str | None, environ: dict[str, str] | None = No
     if _NEEDS_ENGINE.get(estimator, True):
         found.extend(_engine_problems(config, est, env, engine_key))
 
-    if bool(_get(config, "algorithm.rollout_correction.bypass_mode", False)):
+    if bool(config_value(config, "algorithm.rollout_correction.bypass_mode", False)):
         kind = trainer_kind(config, entry)
         default_note = (
             f" (the experimental {kind} trainer's config sets it to true by default)"
@@ -212,7 +202,7 @@ def problems(config: Any, entry: str | None, environ: dict[str, str] | None = No
     plugins = env.get("VERL_USE_EXTERNAL_PLUGINS", "auto").strip().lower()
     plugin_off = plugins == "none" or (plugins != "auto" and PLUGIN_ENTRY_POINT not in
                                        {p.strip() for p in plugins.split(",")})
-    if plugin_off and not _external_lib_loads_plugin(_get(config, "actor_rollout_ref.model.external_lib", None)):
+    if plugin_off and not _external_lib_loads_plugin(config_value(config, "actor_rollout_ref.model.external_lib", None)):
         found.append(
             f"VERL_USE_EXTERNAL_PLUGINS={plugins}: verl will not load vgpo-verl's entry point in the workers, "
             f"so {est} would have no scoring engine there; set actor_rollout_ref.model.external_lib=vgpo_verl "
@@ -225,7 +215,7 @@ def problems(config: Any, entry: str | None, environ: dict[str, str] | None = No
 def _engine_problems(config: Any, est: str, env: dict[str, str], engine_key: tuple[str, str] | None) -> list[str]:
     """The FSDP-strategy and engine-key checks, for estimators that read the scoring engine's outputs."""
     found = []
-    strategy = str(_get(config, "actor_rollout_ref.actor.strategy", ""))
+    strategy = str(config_value(config, "actor_rollout_ref.actor.strategy", ""))
     if strategy not in SCORING_STRATEGIES:
         found.append(
             f"actor_rollout_ref.actor.strategy={strategy}: {est} scores in verl's FSDP actor engine only; "
@@ -233,7 +223,7 @@ def _engine_problems(config: Any, est: str, env: dict[str, str], engine_key: tup
         )
     device, vendor = engine_key if engine_key is not None else resolved_engine_key(env)
     if (device, vendor) not in SCORING_ENGINE_KEYS:
-        where = f"trainer.device={_get(config, 'trainer.device', '?')}, engine key ({device!r}, {vendor!r})"
+        where = f"trainer.device={config_value(config, 'trainer.device', '?')}, engine key ({device!r}, {vendor!r})"
         hint = (
             "set VERL_ENGINE_DEVICE=cuda VERL_ENGINE_VENDOR=nvidia (vgpo_verl.cpu.enable() does this for the demo)"
             if device == "cpu"
@@ -257,7 +247,7 @@ def warnings_for(config: Any, entry: str | None) -> list[str]:
     """Start-up warnings for any estimator (nothing refused)."""
     out = []
     kind = trainer_kind(config, entry)
-    if kind in IGNORES_FILTER_GROUPS and bool(_get(config, "algorithm.filter_groups.enable", False)):
+    if kind in IGNORES_FILTER_GROUPS and bool(config_value(config, "algorithm.filter_groups.enable", False)):
         switch = "trainer.use_v1=false" if kind == "legacy" else f"the experimental {kind} trainer"
         out.append(
             f"algorithm.filter_groups.enable=true is IGNORED with {switch}: verl 0.9's DAPO dynamic sampling "
@@ -265,8 +255,8 @@ def warnings_for(config: Any, entry: str | None) -> list[str]:
             "whose rewards are all equal. Use verl.trainer.main_ppo with trainer.use_v1=true (the default) "
             "to filter, or set algorithm.filter_groups.enable=false to silence this."
         )
-    estimator = str(_get(config, "algorithm.adv_estimator", ""))
-    mode = str(_get(config, "trainer.v1.trainer_mode", "sync"))
+    estimator = str(config_value(config, "algorithm.adv_estimator", ""))
+    mode = str(config_value(config, "trainer.v1.trainer_mode", "sync"))
     if requires_scoring_pass(estimator) and kind == "v1" and mode not in KNOWN_V1_MODES:
         out.append(
             f"trainer.v1.trainer_mode={mode}: a trainer mode vgpo-verl does not know; {estimator} works if its "
@@ -284,7 +274,7 @@ def check(config: Any, entry: str | None, environ: dict[str, str] | None = None,
             logger.warning("vgpo-verl: %s", message)
     found = problems(config, entry, environ, engine_key)
     if found:
-        estimator = _get(config, "algorithm.adv_estimator")
+        estimator = config_value(config, "algorithm.adv_estimator")
         raise UnsupportedSetupError(
             f"vgpo-verl refuses this run before starting Ray (algorithm.adv_estimator={estimator}):\n"
             + "\n".join(f"  - {line}" for line in found)

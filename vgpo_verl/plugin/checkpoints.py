@@ -229,7 +229,7 @@ def _wrap_load(original):
 
 
 def _install(trainer_class) -> None:
-    from vgpo_verl.trainer_wiring import _wrap
+    from vgpo_verl.plugin.trainer_wiring import _wrap
 
     _wrap(trainer_class, "_save_checkpoint", _wrap_save)
     _wrap(trainer_class, "_load_checkpoint", _wrap_load)

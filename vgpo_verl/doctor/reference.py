@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from vgpo_verl.families import Sample, position_ids
-from vgpo_verl.perturb import blacken_patches
+from vgpo_verl.doctor.tiny_models import Sample, position_ids
+from vgpo_verl.methods.perturb import blacken_patches
 
 
 @torch.no_grad()
@@ -21,7 +21,7 @@ def layer_outputs(model, sample: Sample) -> list[torch.Tensor]:
     the final norm's input, the norm's output as `last_hidden_state`.
 
     Args:
-        model: an HF *ForConditionalGeneration of vgpo_verl.families (a LoRA adapter merged into it:
+        model: an HF *ForConditionalGeneration of vgpo_verl.doctor.tiny_models (a LoRA adapter merged into it:
             peft's `merge_and_unload()`); its text decoder is `model.model.language_model`.
     """
     decoder = model.model.language_model
@@ -63,7 +63,7 @@ def log_probs_and_entropy(model, sample: Sample, perturbation: tuple | None = No
     """(log p(token j+1 | ..j) for j < L-1, (L-1,) float64; entropy of every position's distribution, (L,)).
 
     perturbation: (seed, prob, image_mean, image_std): blacken the sample's own patches first
-    (vgpo_verl.perturb, as VPPO's extra forward does), images and videos alike.
+    (vgpo_verl.methods.perturb, as VPPO's extra forward does), images and videos alike.
     """
     kwargs = sample.visual_kwargs()
     if perturbation is not None:

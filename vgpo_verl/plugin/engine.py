@@ -1,10 +1,10 @@
 """verl's FSDP actor engine plus the extra outputs our estimators need from the old-log-prob pass.
 
 `VGPOFSDPEngineWithLMHead` is verl's `FSDPEngineWithLMHead` unchanged, except in forward-only
-micro-batches carrying one of two non-tensor flags (set by vgpo_verl.trainer_wiring for the
-old-log-prob pass only, from the estimator's row in vgpo_verl.methods):
+micro-batches carrying one of two non-tensor flags (set by vgpo_verl.plugin.trainer_wiring for the
+old-log-prob pass only, from the estimator's row in vgpo_verl.plugin.method_table):
 
-VPPO, `vppo_perturb=True` (vgpo_verl.perturb): after verl's own forward, one more forward of the
+VPPO, `vppo_perturb=True` (vgpo_verl.methods.perturb): after verl's own forward, one more forward of the
 same micro-batch with the images' patches blackened (`vppo_black_prob`, `vppo_seed`; on the pixel
 rows the model reads, in `prepare_model_inputs`), whose log-probs join the model output as
 `vppo_aug_log_probs`, nested (bsz, response_len) float32: the response slice of that forward's
@@ -30,7 +30,7 @@ verl concatenates any model-output key over micro-batches, restores the dynamic-
 writes it to the TransferQueue, so nothing else in verl needs to know about these keys.
 
 Cost: the scoring (the hook, then the slicing of its scores to the responses) and the perturbed
-forward are timed in every micro-batch (vgpo_verl.timing.PassTimer: CUDA events read once after the
+forward are timed in every micro-batch (vgpo_verl.plugin.timing.PassTimer: CUDA events read once after the
 pass), and `infer_batch` adds each one's seconds, summed over the pass, to verl's metrics of the
 pass as `timing_s/vgpo_score` / `timing_s/vppo_aug_forward`.
 
@@ -73,9 +73,9 @@ from verl.utils.device import get_device_name  # noqa: E402
 from verl.workers.engine.base import EngineRegistry  # noqa: E402
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead  # noqa: E402
 
-from vgpo_verl import timing  # noqa: E402
-from vgpo_verl.preflight import SCORING_ENGINE_KEYS as ENGINE_KEYS  # noqa: E402  (one list, checked at start-up)
-from vgpo_verl.perturb import (  # noqa: E402
+from vgpo_verl.plugin import timing  # noqa: E402
+from vgpo_verl.plugin.preflight import SCORING_ENGINE_KEYS as ENGINE_KEYS  # noqa: E402  (one list, checked at start-up)
+from vgpo_verl.methods.perturb import (  # noqa: E402
     AUG_LOG_PROBS_KEY,
     MEAN_KEY,
     PERTURB_FLAG,
@@ -84,7 +84,7 @@ from vgpo_verl.perturb import (  # noqa: E402
     STD_KEY,
     blacken_patches,
 )
-from vgpo_verl.scoring import (  # noqa: E402
+from vgpo_verl.methods.scoring import (  # noqa: E402
     CHUNK_KEY,
     DEFAULT_CHUNK_TOKENS,
     LAYER_KEY,

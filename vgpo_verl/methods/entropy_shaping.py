@@ -35,8 +35,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from vgpo_verl.knobs import knob as _knob
-from vgpo_verl.knobs import knob_values
+from vgpo_verl.methods.knobs import knob as _knob
+from vgpo_verl.methods.knobs import knob_values
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 arXiv 2510.09285; code github huaixuheqing/VPPO-RL) in pure torch (no verl import).
 
 From the old policy's log-probs of each response token with the real image (log pi_old) and with
-a perturbed image (log pi_aug, patches blackened: vgpo_verl.perturb), both from our flagged
+a perturbed image (log pi_aug, patches blackened: vgpo_verl.methods.perturb), both from our flagged
 old-log-prob pass:
 
     delta_t = clamp(log pi_aug - log pi_old, -20, 20)
@@ -38,8 +38,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from vgpo_verl.knobs import knob as _knob
-from vgpo_verl.knobs import knob_values
+from vgpo_verl.methods.knobs import knob as _knob
+from vgpo_verl.methods.knobs import knob_values
 
 DELTA_CLIP = 20.0
 SCORE_MAX = 10.0
@@ -99,7 +99,7 @@ class VPPOConfig:
         return cls(**values)
 
 
-IMAGE_CHANNELS = 3  # every vision tower verl trains reads RGB patch rows, channel-major (vgpo_verl.perturb)
+IMAGE_CHANNELS = 3  # every vision tower verl trains reads RGB patch rows, channel-major (vgpo_verl.methods.perturb)
 
 
 def _check_channels(name: str, value: Any) -> None:

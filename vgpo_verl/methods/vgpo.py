@@ -26,16 +26,16 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from vgpo_verl.knobs import knob as _knob
-from vgpo_verl.knobs import knob_values
-from vgpo_verl.scoring import LAYER_HELP
+from vgpo_verl.methods.knobs import knob as _knob
+from vgpo_verl.methods.knobs import knob_values
+from vgpo_verl.methods.scoring import LAYER_HELP
 
 EPS = 1e-8  # the fork's epsilon in every min-max normalisation
 
 SCHEDULES = ("linear", "exponential", "step")
 RHO_NORMS = ("group", "trajectory", "batch")
 PHIS = ("sum", "mean")
-# Keys of `algorithm.vgpo` read by the trainer wiring, not by the weighting (vgpo_verl.dump).
+# Keys of `algorithm.vgpo` read by the trainer wiring, not by the weighting (vgpo_verl.plugin.dump).
 TRAINER_KEYS = ("dump_dir",)
 # Bins of relative response position of the live forgetting curve (vgpo/focus_by_position/bin_k).
 FOCUS_BINS = 5
