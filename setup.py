@@ -40,8 +40,8 @@ setup(
         "verl.plugins": ["vgpo = vgpo_verl.plugin"],
         "console_scripts": [
             "vgpo-analyze = vgpo_verl.analyze:main",
-            "vgpo-evaluate = vgpo_verl.evaluate.cli:main",
-            "vgpo-data = vgpo_verl.data.cli:main",
+            "vgpo-evaluate = vgpo_verl.evaluate:main",
+            "vgpo-data = vgpo_verl.data:main",
             "vgpo-doctor = vgpo_verl.doctor:main",
         ],
     },

@@ -397,5 +397,10 @@ def test_config_from_mapping_rejects_unknown_keys():
 
     cfg = VGPOConfig.from_mapping(OmegaConf.create({"beta": 0.5, "rho_norm": "batch"}))
     assert cfg.beta == 0.5 and cfg.rho_norm == "batch"
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['betta'\]"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['betta'\]; allowed: \[.*'dump_dir'"):
         VGPOConfig.from_mapping({"betta": 0.5})
+
+
+def test_the_trainer_keys_pass_through_to_the_wiring_untouched():
+    """`algorithm.vgpo.dump_dir` belongs to the trainer wiring (the dump): allowed, and no knob of the weighting."""
+    assert VGPOConfig.from_mapping({"dump_dir": "/tmp/dump", "beta": 0.5}) == VGPOConfig(beta=0.5)

@@ -18,6 +18,7 @@ import importlib.metadata
 import importlib.util
 import os
 import pkgutil
+import re
 import shutil
 import subprocess
 import sys
@@ -89,7 +90,43 @@ def test_a_planted_violation_of_each_contract_is_named(planted):
     assert "vgpo_verl.plugin.dump -> vgpo_verl.demo.summary" in out
     assert "No cycles are allowed in vgpo_verl.plugin." in out and "- .config_value -> .preflight" in out
     # each broken contract says what to do, from its guidance in .importlinter
-    assert "Move what needs verl into" in out and "Break the cycle" in out
+    assert "Move what needs the library into vgpo_verl.plugin" in out and "Break the cycle" in out
+
+
+# What the math may import beyond the standard library (methods/__init__.py says so).
+METHODS_MAY_IMPORT = {"torch", "numpy"}
+# Our stack's heavy libraries: none may reach the math, not even through importlib (which no static
+# contract sees).
+STACK = ("verl", "ray", "vllm", "transformers", "tensordict", "transfer_queue", "omegaconf", "hydra", "datasets",
+         "pandas", "pyarrow", "PIL", "mathruler", "math_verify", "matplotlib")
+
+
+def test_the_math_imports_only_torch_numpy_and_the_standard_library():
+    """An allow-list, where the contract can only forbid names: every import statement of vgpo_verl.methods,
+    in functions too, as import-linter's own graph (grimp) reads them."""
+    import grimp
+
+    graph = grimp.build_graph("vgpo_verl", include_external_packages=True, cache_dir=None)
+    imported = {m for module in graph.find_descendants("vgpo_verl.methods") | {"vgpo_verl.methods"}
+                for m in graph.find_modules_directly_imported_by(module)}
+    outside = {m.split(".")[0] for m in imported if not m.startswith("vgpo_verl.methods")}
+    assert outside - METHODS_MAY_IMPORT - set(sys.stdlib_module_names) == set()
+    forbidden = set(_lines(_contracts()["importlinter:contract:methods-is-pure-torch"]["forbidden_modules"]))
+    assert forbidden == set(STACK), "the contract forbids the whole stack by name"
+
+
+def test_the_math_runs_with_the_whole_stack_unimportable():
+    code = "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in STACK) + (
+        "import importlib, pkgutil, torch\n"
+        "import vgpo_verl.methods as methods\n"
+        "for info in pkgutil.iter_modules(methods.__path__):\n"
+        "    importlib.import_module(f'vgpo_verl.methods.{info.name}')\n"
+        "from vgpo_verl.methods.vgpo import VGPOConfig, compute_vgpo_weights\n"
+        "w = compute_vgpo_weights(torch.rand(4, 6), torch.ones(4, 6), ['a', 'a', 'b', 'b'], VGPOConfig())\n"
+        "print(tuple(w[0].shape))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("(4, 6)")
 
 
 def test_every_top_level_module_is_on_a_floor():
@@ -135,7 +172,8 @@ def test_the_library_names_resolve():
     targets = [t for value in hooks.values() for t in ((value,) if isinstance(value, str) else value)]
     for target in targets:  # a module renamed without its hook would only warn, in every process
         module, function = target.split(":")
-        assert function in importlib.util.find_spec(module).loader.get_source(module), target
+        assert re.search(rf"^def {function}\(", importlib.util.find_spec(module).loader.get_source(module), re.M), \
+            target
     reward = importlib.import_module("vgpo_verl.reward")  # reward.custom_reward_function.path=pkg://vgpo_verl.reward
     assert reward.compute_score("x", "\\boxed{2}", "2") == 1.0
     from vgpo_verl import VGPOConfig, compute_vgpo_weights  # the package's lazy API

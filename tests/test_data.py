@@ -251,6 +251,15 @@ def test_bad_rows_are_reported_with_ids_and_counted(tmp_path, capsys):
     assert "bad row id=5: unreadable image" in printed.err
 
 
+@pytest.mark.parametrize("problem", ["", "   ", None])
+def test_a_row_without_a_question_is_a_bad_row_of_that_kind(problem):
+    from vgpo_verl.data.rows import convert_row
+
+    row = {"images": [{"bytes": png_bytes(), "path": None}], "problem": problem, "answer": "3"}
+    with pytest.raises(BadRowError, match=r"^no question$"):
+        convert_row(DATASETS["geo3k"], row, 0, "test", EVAL_PIXELS)
+
+
 def test_fail_on_bad_rows_leaves_no_parquet(tmp_path, capsys):
     """A refused split has its bad-rows list and no parquet, not even an earlier run's."""
     source = write_geo3k_parquet(tmp_path / "geometry3k")

@@ -127,6 +127,11 @@ def test_knobs_update_rewrites_a_stale_table(tmp_path):
     with pytest.raises(SystemExit) as stop:
         knobs.main(["--update", str(tmp_path / "missing.md")])
     assert stop.value.code == 2
+    unmarked = tmp_path / "unmarked.md"
+    unmarked.write_text("a document without knob tables\n")
+    with pytest.raises(SystemExit) as stop:
+        knobs.main(["--update", str(unmarked)])
+    assert stop.value.code == 2 and unmarked.read_text() == "a document without knob tables\n"
 
 
 def test_the_readme_picture_is_drawn_by_the_training_code(tmp_path):

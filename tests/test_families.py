@@ -15,8 +15,8 @@ import torch
 
 from _engine_utils import run_engine
 from vgpo_verl.doctor import reference
-from vgpo_verl.plugin.families import FAMILIES, FAMILY_TABLE
 from vgpo_verl.doctor.tiny_models import synthetic_sample, tiny_config, tiny_model
+from vgpo_verl.plugin.families import FAMILIES, FAMILY_TABLE
 from vgpo_verl.plugin.model_check import UNRUNNABLE, config_problems
 from vgpo_verl.methods.perturb import black_patch_mask, black_row, blacken_patches
 

@@ -8,9 +8,9 @@ import pytest
 import transformers
 from omegaconf import OmegaConf
 
+from vgpo_verl.doctor.tiny_models import tiny_config
 from vgpo_verl.plugin import preflight
 from vgpo_verl.plugin.families import FAMILIES
-from vgpo_verl.doctor.tiny_models import tiny_config
 from vgpo_verl.plugin.model_check import UNRUNNABLE, model_problems
 
 NVIDIA = ("cuda", "nvidia")

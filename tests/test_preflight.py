@@ -121,6 +121,21 @@ def test_other_estimators_are_never_refused():
                               engine_key=("npu", "huawei")) == []
 
 
+def test_config_value_reads_dicts_and_configs_and_falls_back_only_on_missing_or_none():
+    from types import SimpleNamespace
+
+    from vgpo_verl.plugin.config_value import config_value
+
+    assert config_value({"a": {"b": 3}}, "a.b", 5) == 3
+    assert config_value(OmegaConf.create({"a": {"b": 3}}), "a.b", 5) == 3
+    assert config_value(SimpleNamespace(a=SimpleNamespace(b=3)), "a.b", 5) == 3  # attribute access
+    assert config_value({"a": None}, "a.b", 5) == 5  # a None level
+    assert config_value({"a": {"b": None}}, "a.b", 5) == 5  # a None leaf
+    assert config_value({"a": {}}, "a.b", 5) == 5 and config_value(None, "a", 5) == 5
+    assert config_value({"a": {"b": False}}, "a.b", True) is False  # falsy values are values
+    assert config_value({"a": {"b": 0}}, "a.b", 7) == 0
+
+
 def test_registry_lets_another_estimator_get_the_same_checks(monkeypatch):
     monkeypatch.setattr(preflight, "_SCORING_ESTIMATORS", dict(preflight._SCORING_ESTIMATORS))
     seen = []

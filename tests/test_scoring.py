@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from vgpo_verl.doctor import reference
-from vgpo_verl.plugin.families import FAMILIES
 from vgpo_verl.doctor.tiny_models import position_ids, synthetic_sample, tiny_model
+from vgpo_verl.plugin.families import FAMILIES
 from vgpo_verl.methods.scoring import (
     HiddenStateCapture,
     resolve_layer,

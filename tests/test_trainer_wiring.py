@@ -84,7 +84,7 @@ def response_values(sample: int, fn) -> torch.Tensor:
     return torch.tensor([fn(sample, p + t) for t in range(r)], dtype=torch.float32)
 
 
-# seconds the engine reports per rank (vgpo_verl.plugin.engine.infer_batch), as verl gathers them over 2 DP ranks
+# seconds the engine reports per rank (vgpo_verl.plugin.engine: VGPOFSDPEngineWithLMHead.infer_batch), as verl gathers them over 2 DP ranks
 SCORE_SECONDS, AUG_FORWARD_SECONDS = [0.25, 0.75], [1.0, 2.0]
 
 

@@ -1,5 +1,6 @@
-"""The knob tables of the docs, generated from the config dataclasses of vgpo_verl.methods.knobs
-(VGPOConfig, EntropyShapingConfig, VPPOConfig), never written by hand:
+"""The docs' knob tables, generated from the config dataclasses (vgpo_verl.methods.knobs.CONFIG_CLASSES).
+
+One table per dataclass (VGPOConfig, EntropyShapingConfig, VPPOConfig), never written by hand:
 
     python -m vgpo_verl.knobs --markdown             # the three tables
     python -m vgpo_verl.knobs --update docs/methods.md   # rewrite the tables between their markers

@@ -16,8 +16,7 @@ What it sets up:
   read as "<version>+cpu", broken CUDA builds of torchvision/torchcodec hidden, and the
   torchvision-free vision path (vgpo_verl.cpu.vision).
 
-A tool: may import verl, vLLM and vgpo_verl.plugin (its import hooks, the rollout seeds); the plugin
-never imports it.
+A tool: may import verl, vLLM and vgpo_verl.plugin (its import hooks); the plugin never imports it.
 """
 
 from __future__ import annotations

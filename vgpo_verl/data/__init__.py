@@ -13,3 +13,11 @@ Modules, each importing only those above it:
 May import: the standard library, pyarrow, PIL, datasets, mathruler and math-verify, and vgpo_verl.cli;
 nothing of verl.
 """
+
+
+def main(argv=None) -> int:
+    """The `vgpo-data` console script (setup.py), kept at this name across the re-layout so installed
+    scripts keep working; the command itself is vgpo_verl.data.cli (imported on call: this package stays light)."""
+    from vgpo_verl.data.cli import main as command
+
+    return command(argv)

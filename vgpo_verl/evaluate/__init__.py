@@ -14,3 +14,11 @@ each importing only those above it:
 May import: vgpo_verl.cli, vgpo_verl.data (graders), vgpo_verl.cpu, transformers, vllm; never
 vgpo_verl.plugin's trainer glue.
 """
+
+
+def main(argv=None) -> int:
+    """The `vgpo-evaluate` console script (setup.py), kept at this name across the re-layout so installed
+    scripts keep working; the command itself is vgpo_verl.evaluate.cli (imported on call: this package stays light)."""
+    from vgpo_verl.evaluate.cli import main as command
+
+    return command(argv)

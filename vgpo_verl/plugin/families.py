@@ -54,6 +54,7 @@ FAMILY_TABLE = {
 }
 FAMILIES = tuple(FAMILY_TABLE)
 
+
 def family_of(config) -> Family:
     """The Family of an HF config; ValueError naming the model_type if it is none of FAMILIES."""
     model_type = getattr(config, "model_type", None)

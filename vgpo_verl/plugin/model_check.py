@@ -72,8 +72,8 @@ def meta_model(hf_config, trust_remote_code: bool = False):
 
 def config_problems(hf_config, estimator: str, layer: int = -1, trust_remote_code: bool = False) -> list[str]:
     """What `estimator` cannot work with in this HF config, one line each (empty: fine)."""
-    from vgpo_verl.plugin.families import FAMILIES
     from vgpo_verl.methods.scoring import LAYER_HELP, find_text_decoder, scoreable_outputs, visual_token_ids
+    from vgpo_verl.plugin.families import FAMILIES
 
     model_type = getattr(hf_config, "model_type", None)
     found = []
