@@ -52,6 +52,23 @@ def test_a_text_only_model_is_refused_naming_model_type_and_the_missing_ids(tmp_
     assert model_problems(run_config(path, "entropy_shaping")) == []  # reads verl's entropy only
 
 
+def test_a_text_only_hf_config_path_next_to_a_vlm_path_is_refused_naming_that_key(tmp_path):
+    """verl builds the model from hf_config_path when it is set: that is the config checked and named."""
+    (tmp_path / "vlm").mkdir()
+    vlm = config_only(tmp_path / "vlm", tiny_config("qwen2_5_vl"))
+    text_only = transformers.Qwen2Config(num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+                                         num_attention_heads=2, num_key_value_heads=1, vocab_size=128,
+                                         architectures=["Qwen2ForCausalLM"])
+    (tmp_path / "text").mkdir()
+    text = config_only(tmp_path / "text", text_only)
+    cfg = run_config(vlm)
+    assert model_problems(cfg) == []
+    OmegaConf.update(cfg, "actor_rollout_ref.model.hf_config_path", str(text), force_add=True)
+    (line,) = model_problems(cfg)
+    assert line.startswith(f"actor_rollout_ref.model.hf_config_path={text}: model_type=qwen2: config.json names no "
+                           "image_token_id"), line
+
+
 def test_a_decoder_the_scorer_cannot_find_is_refused(tmp_path):
     """GPT-2 keeps its blocks in `h` and its norm in `ln_f`: no module with `layers` and `norm` to hook."""
     gpt2 = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=128, architectures=["GPT2LMHeadModel"])

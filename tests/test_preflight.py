@@ -97,6 +97,28 @@ def test_plugin_reaches_the_workers_by_entry_point_or_external_lib(plugins, exte
         assert found[0].startswith(f"VERL_USE_EXTERNAL_PLUGINS={plugins}") and "external_lib=vgpo_verl" in found[0]
 
 
+@pytest.mark.parametrize("modules, refused", [
+    ("vgpo_verl.plugin", False),  # what examples/slurm/run_vgpo.slurm sets when entry points are off
+    ("other_lib,vgpo_verl", False),
+    ("vgpo_verl_extras", True),
+    ("", True),
+])
+def test_the_modules_fallback_counts_as_reaching_the_workers(modules, refused):
+    environ = {"VERL_USE_EXTERNAL_PLUGINS": "none", "VERL_USE_EXTERNAL_MODULES": modules}
+    found = preflight.problems(config(), "verl.trainer.main_ppo", environ=environ, engine_key=NVIDIA)
+    assert bool(found) == refused, found
+
+
+def test_the_modules_fallback_loads_the_plugin_in_a_fresh_process():
+    """What the check above trusts: with entry points off, VERL_USE_EXTERNAL_MODULES alone registers vgpo."""
+    env = {**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "none", "VERL_USE_EXTERNAL_MODULES": "vgpo_verl.plugin"}
+    code = ("from verl.trainer.ppo import core_algos\n"
+            "print(core_algos.get_adv_estimator_fn('vgpo').__name__)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "compute_vgpo_advantage"
+
+
 @pytest.mark.parametrize("estimator, strategy_refused", [("vgpo", True), ("vppo", True), ("entropy_shaping", False)])
 def test_each_method_gets_only_the_checks_its_table_row_implies(estimator, strategy_refused):
     """Entropy shaping reads verl's own entropy, which every engine writes: Megatron and AMD are fine for

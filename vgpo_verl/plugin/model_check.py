@@ -113,12 +113,13 @@ def model_problems(config: Any) -> list[str]:
     estimator = str(config_value(config, "algorithm.adv_estimator", ""))
     if estimator not in NEEDS_DECODER + NEEDS_PIXEL_ROWS:
         return []
-    path = str(config_value(config, "actor_rollout_ref.model.hf_config_path", None)
-               or config_value(config, "actor_rollout_ref.model.path", ""))
+    key = ("actor_rollout_ref.model.hf_config_path"
+           if config_value(config, "actor_rollout_ref.model.hf_config_path", None) else "actor_rollout_ref.model.path")
+    path = str(config_value(config, key, ""))
     trust_remote_code = bool(config_value(config, "actor_rollout_ref.model.trust_remote_code", False))
     if not path:
         return []  # verl itself refuses a run without a model
-    where = f"actor_rollout_ref.model.path={path}"
+    where = f"{key}={path}"
     try:
         hf_config = load_local_config(path, trust_remote_code)
     except ValueError as error:

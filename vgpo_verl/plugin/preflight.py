@@ -39,6 +39,7 @@ writes; see the table in vgpo_verl.plugin.method_table):
   methods; a `trainer.v1.trainer_mode` we do not know is let through with a warning;
 - the plugin reaching the TaskRunner and workers (all: the estimator and the trainer wiring live in
   the plugin): VERL_USE_EXTERNAL_PLUGINS=none (or a list without `vgpo`) needs
+  VERL_USE_EXTERNAL_MODULES naming vgpo_verl.plugin (the Slurm script's fallback) or
   `actor_rollout_ref.model.external_lib=vgpo_verl` (that module, or a list naming it).
 """
 
@@ -199,14 +200,13 @@ def problems(config: Any, entry: str | None, environ: dict[str, str] | None = No
             "algorithm.rollout_correction.bypass_mode=false."
         )
 
-    plugins = env.get("VERL_USE_EXTERNAL_PLUGINS", "auto").strip().lower()
-    plugin_off = plugins == "none" or (plugins != "auto" and PLUGIN_ENTRY_POINT not in
-                                       {p.strip() for p in plugins.split(",")})
-    if plugin_off and not _external_lib_loads_plugin(config_value(config, "actor_rollout_ref.model.external_lib", None)):
+    if not plugin_reaches_workers(config, env):
+        plugins = env.get("VERL_USE_EXTERNAL_PLUGINS", "auto").strip().lower()
         found.append(
             f"VERL_USE_EXTERNAL_PLUGINS={plugins}: verl will not load vgpo-verl's entry point in the workers, "
             f"so {est} would have no scoring engine there; set actor_rollout_ref.model.external_lib=vgpo_verl "
-            f"(or add {PLUGIN_ENTRY_POINT!r} to VERL_USE_EXTERNAL_PLUGINS)."
+            f"(or VERL_USE_EXTERNAL_MODULES=vgpo_verl.plugin, or add {PLUGIN_ENTRY_POINT!r} to "
+            "VERL_USE_EXTERNAL_PLUGINS)."
         )
     found.extend(model_problems(config))
     return found
@@ -234,6 +234,19 @@ def _engine_problems(config: Any, est: str, env: dict[str, str], engine_key: tup
             f"{', '.join(map(str, SCORING_ENGINE_KEYS))} only; {hint}."
         )
     return found
+
+
+def plugin_reaches_workers(config: Any, env: dict[str, str]) -> bool:
+    """Whether `import verl` in a worker with environment `env` loads vgpo_verl.plugin, by any of verl's
+    three ways: the `verl.plugins` entry point (VERL_USE_EXTERNAL_PLUGINS: auto, or a list naming ours),
+    the modules verl imports first (VERL_USE_EXTERNAL_MODULES, split on commas as verl splits it), or
+    `actor_rollout_ref.model.external_lib`."""
+    plugins = env.get("VERL_USE_EXTERNAL_PLUGINS", "auto").strip().lower()
+    if plugins == "auto" or PLUGIN_ENTRY_POINT in {p.strip() for p in plugins.split(",")}:
+        return True
+    modules = env.get("VERL_USE_EXTERNAL_MODULES", "")
+    return (_external_lib_loads_plugin(modules.split(",") if modules else [])
+            or _external_lib_loads_plugin(config_value(config, "actor_rollout_ref.model.external_lib", None)))
 
 
 def _external_lib_loads_plugin(external_lib: Any) -> bool:
