@@ -257,9 +257,9 @@ def test_main_ppo_other_estimator_passes_our_check_and_legacy_filter_groups_warn
     ("vppo", "algorithm.vppo.top_share", 1.4, "algorithm.vppo.top_share=1.4: must be a number in [0, 1]"),
     ("vppo", "algorithm.vppo.top_p", 0.4, "algorithm.vppo: unknown key(s) ['top_p']"),
     ("entropy_shaping", "algorithm.entropy_shaping.kappa", 0.5, "algorithm.entropy_shaping.kappa=0.5"),
-    ("vppo", "algorithm.vppo.image_mean", 0.5, "algorithm.vppo.image_mean=0.5: must be null or a list of 3 numbers"),
+    ("vppo", "algorithm.vppo.image_mean", 0.5, "algorithm.vppo.image_mean=0.5: must be null or a list of 3 finite numbers"),
     ("vppo", "algorithm.vppo.image_std", [0.5, 0.5],
-     "algorithm.vppo.image_std=[0.5, 0.5]: must be null or a list of 3 numbers"),
+     "algorithm.vppo.image_std=[0.5, 0.5]: must be null or a list of 3 finite numbers"),
     ("vppo", "algorithm.vppo.image_mean", [0.5, 0.5, 0.5], "algorithm.vppo.image_mean and image_std: set both"),
     ("vppo", "algorithm.rollout_correction.bypass_mode", True, "set algorithm.rollout_correction.bypass_mode=false."),
     ("entropy_shaping", "algorithm.rollout_correction.bypass_mode", True, "bypass_mode=false"),
@@ -271,6 +271,18 @@ def test_comparison_methods_are_checked_at_start_up(estimator, key, value, expec
     found = preflight.problems(config(**{"algorithm.adv_estimator": estimator, key: value}), "verl.trainer.main_ppo",
                                environ={}, engine_key=NVIDIA)
     assert len(found) == 1 and expected in found[0], found
+
+
+@pytest.mark.parametrize("override", ["[nan,0.5,0.5]", "[0.5,inf,0.5]", "[0.5,0.5,-inf]"])
+def test_a_non_finite_normalisation_from_the_command_line_is_refused(override):
+    """Hydra's own parser reads `nan` and `inf` in a list: the black rows would be NaN or infinite."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    (parsed,) = OverridesParser.create().parse_overrides([f"algorithm.vppo.image_std={override}"])
+    cfg = config(**{"algorithm.adv_estimator": "vppo", "algorithm.vppo.image_mean": [0.5, 0.5, 0.5],
+                    "algorithm.vppo.image_std": parsed.value()})
+    (found,) = preflight.problems(cfg, "verl.trainer.main_ppo", environ={}, engine_key=NVIDIA)
+    assert found.startswith("algorithm.vppo.image_std=[") and "3 finite numbers" in found, found
 
 
 def test_the_cpu_demo_passes_the_checks():

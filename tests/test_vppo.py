@@ -119,7 +119,11 @@ def test_scores_ignore_padding_and_stay_in_range():
     ({"image_mean": [0.5] * 3, "image_std": [0.5, 0.0, 0.5]}, "positive"), ({"top_p": 0.4}, "unknown key.*top_p"),
     # the review's cases: a std that does not fit the mean, a scalar (was a raw TypeError)
     ({"image_mean": [0.48, 0.46, 0.41], "image_std": [0.27, 0.26]}, r"image_std=\[0.27, 0.26\]: must be null or a list of 3"),
-    ({"image_mean": 0.5, "image_std": 0.5}, "image_mean=0.5: must be null or a list of 3 numbers"),
+    ({"image_mean": 0.5, "image_std": 0.5}, "image_mean=0.5: must be null or a list of 3 finite numbers"),
+    ({"image_mean": [0.5] * 4, "image_std": [0.5] * 3}, r"image_mean=\[0.5, 0.5, 0.5, 0.5\]: must be null or a list of 3"),
+    ({"image_mean": [float("nan"), 0.5, 0.5], "image_std": [0.5] * 3}, r"image_mean=\[nan, 0.5, 0.5\]: .* 3 finite"),
+    ({"image_mean": [0.5] * 3, "image_std": [0.5, float("inf"), 0.5]}, r"image_std=\[0.5, inf, 0.5\]: .* 3 finite"),
+    ({"image_mean": [0.5] * 3, "image_std": [0.5, float("-inf"), 0.5]}, r"image_std=\[0.5, -inf, 0.5\]"),
     ({"image_mean": "0.5", "image_std": [0.5] * 3}, "image_mean='0.5'"),
 ])
 def test_config_errors_name_the_key(bad, match):

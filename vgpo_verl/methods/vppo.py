@@ -108,9 +108,10 @@ def _check_channels(name: str, value: Any) -> None:
     if value is None:
         return
     if (isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable)
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
             or len(list(value)) != IMAGE_CHANNELS):
-        raise ValueError(f"VPPOConfig.{name}={value!r}: must be null or a list of {IMAGE_CHANNELS} numbers, "
+        # NaN or inf (Hydra parses `nan` and `inf`) would make the black rows NaN or infinite
+        raise ValueError(f"VPPOConfig.{name}={value!r}: must be null or a list of {IMAGE_CHANNELS} finite numbers, "
                          "one per RGB channel (the image processor's normalisation, e.g. Qwen2.5-VL's "
                          "image_mean [0.48145466, 0.4578275, 0.40821073])")
 
