@@ -56,6 +56,30 @@ def test_a_record_checks_every_file_and_its_size(tmp_path):
     assert "did not finish" in problem(_checkpoint(tmp_path, 2, record=False))
 
 
+@pytest.mark.parametrize("content, why", [
+    ('{"step": 2, "files": null}', '"files" is None, not an object of file sizes'),
+    ('{"step": 2}', '"files" is None'),
+    ('{"step": 2, "files": ["data.pt"]}', '"files" is [\'data.pt\'], not an object'),
+    ('{"step": 2, "files": {"data.pt": "8"}}', '"files"[\'data.pt\'] is \'8\', not a size in bytes'),
+    ('{"step": 2, "files": {"data.pt": true}}', "is True, not a size"),
+    ('[1, 2]', "holds list [1, 2], not an object"),
+    ('null', "holds NoneType None"),
+])
+def test_any_malformed_record_is_a_named_problem_and_the_marker_moves_on(tmp_path, caplog, content, why):
+    """A record of any shape (a hand edit, a foreign file) gives the reason, never a raw exception."""
+    _checkpoint(tmp_path, 1)
+    (_checkpoint(tmp_path, 2) / RECORD).write_text(content)
+    found = problem(step_folder(tmp_path, 2))
+    assert found.startswith(f"{RECORD} unreadable (") and why in found, found
+    _tracker(tmp_path, "2")
+    with caplog.at_level(logging.WARNING, logger="vgpo_verl"):
+        assert settle_tracker(tmp_path) == 1
+    assert f"global_step_2: {RECORD} unreadable" in caplog.text
+    (step_folder(tmp_path, 1) / RECORD).write_bytes(b"\xff\xfe")  # not even text: nothing complete is left
+    with pytest.raises(RuntimeError, match="no checkpoint under .* is known complete"):
+        settle_tracker(tmp_path)
+
+
 def test_a_marker_naming_a_complete_checkpoint_is_kept(tmp_path):
     _checkpoint(tmp_path, 1)
     _checkpoint(tmp_path, 2)

@@ -107,10 +107,10 @@ def problem(folder: pathlib.Path) -> str | None:
     """Why `folder` is not a complete checkpoint, or None when its record checks out."""
     record = pathlib.Path(folder) / RECORD
     try:
-        files = json.loads(record.read_text())["files"]
+        files = _recorded_files(record)
     except FileNotFoundError:
         return f"no {RECORD} (its save did not finish)"
-    except (ValueError, KeyError, TypeError) as error:
+    except ValueError as error:
         return f"{RECORD} unreadable ({error})"
     for name, size in files.items():
         path = pathlib.Path(folder) / name
@@ -119,6 +119,23 @@ def problem(folder: pathlib.Path) -> str | None:
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, {size} when saved"
     return None
+
+
+def _recorded_files(record: pathlib.Path) -> dict[str, int]:
+    """The {relative path: size} a record lists; ValueError naming what is wrong with any other content
+    (a record is read after kills and by hand edits: no shape of it may crash a restart)."""
+    try:
+        content = json.loads(record.read_text())
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not text: {error}") from error
+    files = content.get("files") if isinstance(content, dict) else None
+    if not isinstance(files, dict):
+        raise ValueError(f'"files" is {files!r}, not an object of file sizes' if isinstance(content, dict)
+                         else f"holds {type(content).__name__} {content!r}, not an object")
+    for name, size in files.items():
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f'"files"[{name!r}] is {size!r}, not a size in bytes')
+    return files
 
 
 def _steps(checkpoint_dir: pathlib.Path) -> list[int]:
