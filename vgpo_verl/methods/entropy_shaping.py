@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import torch
 
 from vgpo_verl.methods.knobs import knob as _knob
-from vgpo_verl.methods.knobs import knob_values
+from vgpo_verl.methods.knobs import from_knobs, raise_problems
 
 
 @dataclass(frozen=True)
@@ -47,22 +47,23 @@ class EntropyShapingConfig:
     kappa: float = _knob(2.0, "clip: the bonus never exceeds |A_t| / kappa (>= 1, so A never changes sign)")
 
     def __post_init__(self):
+        """Every problem at once (KnobErrors)."""
+        problems = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"EntropyShapingConfig.{f.name}={value!r}: must be a finite number")
-        if self.alpha < 0:
-            raise ValueError(f"EntropyShapingConfig.alpha={self.alpha!r}: must be >= 0 (0 = GRPO)")
-        if self.kappa < 1:
-            raise ValueError(
-                f"EntropyShapingConfig.kappa={self.kappa!r}: must be >= 1, or the bonus could flip a negative advantage"
-            )
+                problems.append(f"EntropyShapingConfig.{f.name}={value!r}: must be a finite number")
+            elif f.name == "alpha" and value < 0:
+                problems.append(f"EntropyShapingConfig.alpha={value!r}: must be >= 0 (0 = GRPO)")
+            elif f.name == "kappa" and value < 1:
+                problems.append(f"EntropyShapingConfig.kappa={value!r}: must be >= 1, or the bonus could flip a "
+                                "negative advantage")
+        raise_problems(problems)
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None) -> EntropyShapingConfig:
-        """Build from `algorithm.entropy_shaping` (dict or DictConfig); unknown keys are errors."""
-        values = knob_values(cls, mapping, "entropy_shaping")
-        return cls(**values)
+        """Build from `algorithm.entropy_shaping` (dict or DictConfig); KnobErrors lists every problem."""
+        return from_knobs(cls, mapping, "entropy_shaping")
 
 
 class EntropyShaping(NamedTuple):

@@ -30,16 +30,38 @@ def config_class(key: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def knob_values(config_class: type, mapping: Mapping[str, Any] | None, key: str,
-                passthrough: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The keys of `algorithm.<key>` (a dict or an OmegaConf DictConfig; None = all defaults) as keyword
-    arguments of `config_class`. Unknown keys are a ValueError naming them and what is allowed;
-    `passthrough` keys are allowed and left out (they belong to someone else, e.g. the trainer)."""
+class KnobErrors(ValueError):
+    """Every problem of one config block at once (a user fixes them in one go); str(): one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def raise_problems(problems: list[str | None]) -> None:
+    """Raise KnobErrors with the problems found (None entries are checks that passed)."""
+    found = [problem for problem in problems if problem]
+    if found:
+        raise KnobErrors(found)
+
+
+def from_knobs(config_class: type, mapping: Mapping[str, Any] | None, key: str,
+               passthrough: tuple[str, ...] = ()) -> Any:
+    """`config_class` built from `algorithm.<key>` (a dict or an OmegaConf DictConfig; None = all defaults).
+
+    KnobErrors lists every problem at once: unknown keys (naming what is allowed) and every bad value
+    of the known ones. `passthrough` keys are allowed and left out (they belong to someone else, e.g.
+    the trainer)."""
     if mapping is None:
-        return {}
+        return config_class()
     known = {f.name for f in dataclasses.fields(config_class)}
     values = {str(k): mapping[k] for k in mapping.keys() if str(k) not in passthrough}
     unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"algorithm.{key}: unknown key(s) {unknown}; allowed: {sorted(known | set(passthrough))}")
-    return values
+    problems = [f"algorithm.{key}: unknown key(s) {unknown}; allowed: {sorted(known | set(passthrough))}"
+                ] if unknown else []
+    try:
+        config = config_class(**{name: value for name, value in values.items() if name in known})
+    except KnobErrors as error:
+        problems += error.problems
+    raise_problems(problems)
+    return config

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from vgpo_verl.methods.knobs import knob as _knob
-from vgpo_verl.methods.knobs import knob_values
+from vgpo_verl.methods.knobs import from_knobs, raise_problems
 from vgpo_verl.methods.scoring import LAYER_HELP
 
 EPS = 1e-8  # the fork's epsilon in every min-max normalisation
@@ -64,47 +64,53 @@ class VGPOConfig:
     layer: int = _knob(-1, LAYER_HELP)
 
     def __post_init__(self):
+        """Every problem at once (KnobErrors); a value of the wrong type gets no range check."""
+        problems, typed = [], set()
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.type == "bool" and not isinstance(value, bool):
-                raise ValueError(f"VGPOConfig.{f.name}={value!r}: must be true or false")
-            if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ValueError(f"VGPOConfig.{f.name}={value!r}: must be a number")
-            if f.type == "float" and not math.isfinite(value):
-                raise ValueError(f"VGPOConfig.{f.name}={value!r}: must be finite")
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int):
-            raise ValueError(f"VGPOConfig.layer={self.layer!r}: must be an integer ({LAYER_HELP})")
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("rho_norm", self.rho_norm, RHO_NORMS)
-        _choice("phi", self.phi, PHIS)
-        _within("beta", self.beta, 0.0, math.inf)
-        _within("gamma", self.gamma, 0.0, 1.0)
-        _within("kappa", self.kappa, 0.0, 1.0)
-        _within("exponent", self.exponent, 0.0, math.inf, low_open=True)
-        _within("step_ratio", self.step_ratio, 0.0, 1.0)
-        if not self.psi_min <= self.psi_max:
-            raise ValueError(f"VGPOConfig.psi_min={self.psi_min} must be <= psi_max={self.psi_max}")
-        if not self.alpha_min <= self.alpha_max:
-            raise ValueError(f"VGPOConfig.alpha_min={self.alpha_min} must be <= alpha_max={self.alpha_max}")
+                problems.append(f"VGPOConfig.{f.name}={value!r}: must be true or false")
+            elif f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                problems.append(f"VGPOConfig.{f.name}={value!r}: must be a number")
+            elif f.type == "float" and not math.isfinite(value):
+                problems.append(f"VGPOConfig.{f.name}={value!r}: must be finite")
+            elif f.name == "layer" and (isinstance(value, bool) or not isinstance(value, int)):
+                problems.append(f"VGPOConfig.layer={value!r}: must be an integer ({LAYER_HELP})")
+            else:
+                typed.add(f.name)
+        problems += [_choice("schedule", self.schedule, SCHEDULES), _choice("rho_norm", self.rho_norm, RHO_NORMS),
+                     _choice("phi", self.phi, PHIS)]
+        for key, low, high, low_open in (("beta", 0.0, math.inf, False), ("gamma", 0.0, 1.0, False),
+                                         ("kappa", 0.0, 1.0, False), ("exponent", 0.0, math.inf, True),
+                                         ("step_ratio", 0.0, 1.0, False)):
+            if key in typed:
+                problems.append(_within(key, getattr(self, key), low, high, low_open))
+        for low, high in (("psi_min", "psi_max"), ("alpha_min", "alpha_max")):
+            if {low, high} <= typed and not getattr(self, low) <= getattr(self, high):
+                problems.append(f"VGPOConfig.{low}={getattr(self, low)} must be <= {high}={getattr(self, high)}")
+        raise_problems(problems)
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None) -> VGPOConfig:
-        """Build from `algorithm.vgpo` (a dict or an OmegaConf DictConfig); unknown keys are errors.
+        """Build from `algorithm.vgpo` (a dict or an OmegaConf DictConfig); KnobErrors lists every
+        problem, unknown keys included.
 
         TRAINER_KEYS (the debugging dump's `dump_dir`) are accepted and left to the trainer wiring.
         """
-        return cls(**knob_values(cls, mapping, "vgpo", passthrough=TRAINER_KEYS))
+        return from_knobs(cls, mapping, "vgpo", passthrough=TRAINER_KEYS)
 
 
-def _choice(key, value, allowed):
+def _choice(key, value, allowed) -> str | None:
     if value not in allowed:
-        raise ValueError(f"VGPOConfig.{key}={value!r}: allowed values are {list(allowed)}")
+        return f"VGPOConfig.{key}={value!r}: allowed values are {list(allowed)}"
+    return None
 
 
-def _within(key, value, low, high, low_open=False):
+def _within(key, value, low, high, low_open=False) -> str | None:
     if value < low or value > high or (low_open and value == low):
         bracket = "(" if low_open else "["
-        raise ValueError(f"VGPOConfig.{key}={value!r}: must lie in {bracket}{low}, {high}]")
+        return f"VGPOConfig.{key}={value!r}: must lie in {bracket}{low}, {high}]"
+    return None
 
 
 class VGPOWeights(NamedTuple):

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import torch
 
 from vgpo_verl.methods.knobs import knob as _knob
-from vgpo_verl.methods.knobs import knob_values
+from vgpo_verl.methods.knobs import from_knobs, raise_problems
 
 DELTA_CLIP = 20.0
 SCORE_MAX = 10.0
@@ -65,55 +65,58 @@ class VPPOConfig:
     image_std: Any = _knob(None, "normalisation std of the pixel rows; None: the actor's image processor's")
 
     def __post_init__(self):
+        """Every problem at once (KnobErrors)."""
+        problems = []
         for name in ("token_filter", "trajectory_shaping"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"VPPOConfig.{name}={getattr(self, name)!r}: must be true or false")
+                problems.append(f"VPPOConfig.{name}={getattr(self, name)!r}: must be true or false")
         for name in ("top_share", "beta_min", "black_prob"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"VPPOConfig.{name}={value!r}: must be a number in [0, 1]")
+                problems.append(f"VPPOConfig.{name}={value!r}: must be a number in [0, 1]")
         for name in ("fork_minibatch_rows", "fork_microbatch_rows", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"VPPOConfig.{name}={value!r}: must be an integer >= 0")
+                problems.append(f"VPPOConfig.{name}={value!r}: must be an integer >= 0")
         if self.scaling_scope not in SCALING_SCOPES:
-            raise ValueError(f"VPPOConfig.scaling_scope={self.scaling_scope!r}: allowed values are {list(SCALING_SCOPES)}")
+            problems.append(f"VPPOConfig.scaling_scope={self.scaling_scope!r}: allowed values are "
+                            f"{list(SCALING_SCOPES)}")
         if self.scaling_scope == "fork" and not (self.fork_minibatch_rows and self.fork_microbatch_rows):
-            raise ValueError("VPPOConfig.scaling_scope='fork' needs fork_minibatch_rows and fork_microbatch_rows > 0 "
-                             "(the fork's PPO mini-batch and micro-batch sizes, in responses)")
-        for name in ("image_mean", "image_std"):
-            _check_channels(name, getattr(self, name))
+            problems.append("VPPOConfig.scaling_scope='fork' needs fork_minibatch_rows and fork_microbatch_rows > 0 "
+                            "(the fork's PPO mini-batch and micro-batch sizes, in responses)")
+        channels = {name: _channels_problem(name, getattr(self, name)) for name in ("image_mean", "image_std")}
+        problems += channels.values()
         if (self.image_mean is None) != (self.image_std is None):
-            raise ValueError("VPPOConfig.image_mean and image_std: set both or neither")
-        if self.image_std is not None and any(v <= 0 for v in self.image_std):
-            raise ValueError(f"VPPOConfig.image_std={self.image_std!r}: must be positive")
+            problems.append("VPPOConfig.image_mean and image_std: set both or neither")
+        elif self.image_std is not None and not channels["image_std"] and any(v <= 0 for v in self.image_std):
+            problems.append(f"VPPOConfig.image_std={self.image_std!r}: must be positive")
+        raise_problems(problems)
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None) -> VPPOConfig:
-        """Build from `algorithm.vppo` (dict or DictConfig); unknown keys are errors."""
-        values = knob_values(cls, mapping, "vppo")
+        """Build from `algorithm.vppo` (dict or DictConfig); KnobErrors lists every problem."""
+        values = dict(mapping) if mapping is not None else None
         for name in ("image_mean", "image_std"):
-            if values.get(name) is not None:
-                _check_channels(name, values[name])
-                values[name] = [float(v) for v in values[name]]
-        return cls(**values)
+            if values is not None and values.get(name) is not None and not _channels_problem(name, values[name]):
+                values[name] = [float(v) for v in values[name]]  # a Hydra ListConfig -> plain floats
+        return from_knobs(cls, values, "vppo")
 
 
 IMAGE_CHANNELS = 3  # every vision tower verl trains reads RGB patch rows, channel-major (vgpo_verl.methods.perturb)
 
 
-def _check_channels(name: str, value: Any) -> None:
-    """image_mean / image_std: null, or one number per RGB channel (else the perturbed forward would
-    fail, or silently mix channels, in the worker after a whole rollout)."""
+def _channels_problem(name: str, value: Any) -> str | None:
+    """image_mean / image_std: null, or one finite number per RGB channel (else the perturbed forward
+    would fail, or silently mix channels or make the black rows NaN, in the worker after a rollout)."""
     if value is None:
-        return
+        return None
     if (isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable)
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
             or len(list(value)) != IMAGE_CHANNELS):
-        # NaN or inf (Hydra parses `nan` and `inf`) would make the black rows NaN or infinite
-        raise ValueError(f"VPPOConfig.{name}={value!r}: must be null or a list of {IMAGE_CHANNELS} finite numbers, "
-                         "one per RGB channel (the image processor's normalisation, e.g. Qwen2.5-VL's "
-                         "image_mean [0.48145466, 0.4578275, 0.40821073])")
+        return (f"VPPOConfig.{name}={value!r}: must be null or a list of {IMAGE_CHANNELS} finite numbers, one per "
+                "RGB channel (the image processor's normalisation, e.g. Qwen2.5-VL's image_mean "
+                "[0.48145466, 0.4578275, 0.40821073])")
+    return None
 
 
 class VPPOWeights(NamedTuple):

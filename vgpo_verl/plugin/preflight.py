@@ -181,8 +181,8 @@ def problems(config: Any, entry: str | None, environ: dict[str, str] | None = No
     if validate is not None:
         try:
             validate(config_value(config, "algorithm"))
-        except ValueError as error:
-            found.append(str(error))
+        except ValueError as error:  # one problem per line: a config block lists all of its own at once
+            found.extend(str(error).splitlines())
 
     env = worker_environment(config, environ)
     if _NEEDS_ENGINE.get(estimator, True):
