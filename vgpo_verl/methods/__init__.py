@@ -5,7 +5,7 @@
 - `perturb`: VPPO's blackened image (pixel rows of each family's patch layout);
 - `vppo`, `entropy_shaping`: the comparison methods' advantages;
 - `knobs`: the config dataclasses' registry (`CONFIG_CLASSES`, `config_class`), shared field (`knob`) and
-  reader (`knob_values`).
+  reader (`from_knobs`, every problem at once: `KnobErrors`).
 
 May import: torch, numpy, the standard library and each other. Nothing of verl, Ray, vLLM or
 transformers, nothing else of vgpo_verl (the contracts in .importlinter fail a change that does).
