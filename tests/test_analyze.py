@@ -186,9 +186,11 @@ def command_inputs(tmp_path, monkeypatch):
      "error: --checkpoint {tmp}/nowhere does not exist"),
     (["--out", "{tmp}/o", "--checkpoint", "a={ckpt}", "--checkpoint", "a={ckpt}", "--data", "{data}"],
      "error: --checkpoint label 'a' is given twice"),
-    (["--out", "{tmp}/o", "--checkpoint", "{ckpt}", "--data", "{data}", "--layer", "2"],
-     "error: --layer 2 is not a layer of {ckpt} (2 decoder layers); use -1 (the final norm's output, the default) "
-     "or a layer in -2..1"),
+    (["--out", "{tmp}/o", "--checkpoint", "{ckpt}", "--data", "{data}", "--layer", "3"],
+     "error: --layer 3 is not a layer of {ckpt} (2 decoder layers); use -1 (the final norm's output, the default) "
+     "or a layer in -3..2"),
+    (["--out", "{tmp}/o", "--checkpoint", "{ckpt}", "--data", "{data}", "--layer", "-4"],
+     "error: --layer -4 is not a layer of {ckpt} (2 decoder layers)"),
     (["--out", "{tmp}/o", "--replot", "{tmp}/responses.jsonl", "--checkpoint", "{ckpt}"],
      "error: --replot redoes the plot from stored responses; it takes no --checkpoint or --data"),
     (["--out", "{tmp}/o", "--replot", "{tmp}/nowhere.jsonl"], "error: --replot {tmp}/nowhere.jsonl does not exist"),
@@ -199,6 +201,16 @@ def test_command_mistakes_are_one_line_before_any_model(command_inputs, capsys, 
     line = usage_error(capsys, an.main, *[arg.format(**command_inputs) for arg in argv])
     assert line.startswith("python -m vgpo_verl.analyze: ") and expected.format(**command_inputs) in line
     assert not (command_inputs["tmp"] / "o").exists()
+
+
+@pytest.mark.parametrize("layer", [-3, -1, 2])
+def test_every_layer_the_training_side_allows_is_allowed(command_inputs, layer):
+    """One range (vgpo_verl.methods.scoring.layer_range): -(n+1)..n on a decoder of n layers, as --help,
+    docs/methods.md and the start-up check say."""
+    from vgpo_verl.methods.scoring import layer_range
+
+    an.check_layer(layer, str(command_inputs["ckpt"]))
+    assert layer in layer_range(2)
 
 
 def test_a_bug_is_not_a_usage_error(command_inputs, monkeypatch):

@@ -412,11 +412,13 @@ def check_layer(layer: int, checkpoint: str) -> None:
     config_path = pathlib.Path(checkpoint).expanduser() / "config.json"
     if layer == -1 or not config_path.is_file():
         return
+    from vgpo_verl.methods.scoring import layer_range, layer_range_text
+
     config = json.loads(config_path.read_text())
     n_layers = config.get("text_config", {}).get("num_hidden_layers", config.get("num_hidden_layers"))
-    if n_layers is not None and not -n_layers <= layer < n_layers:
+    if n_layers is not None and layer not in layer_range(n_layers):
         raise UsageError(f"--layer {layer} is not a layer of {checkpoint} ({n_layers} decoder layers)",
-                         f"use -1 (the final norm's output, the default) or a layer in {-n_layers}..{n_layers - 1}")
+                         f"use -1 (the final norm's output, the default) or a layer in {layer_range_text(n_layers)}")
 
 
 def load_prompts(args) -> list[Prompt]:

@@ -257,6 +257,16 @@ def find_text_decoder(model: torch.nn.Module) -> tuple[str, torch.nn.Module] | N
     return found
 
 
+def layer_range(num_decoder_layers: int) -> range:
+    """The `layer` values a decoder of n layers has: -(n+1)..n (LAYER_HELP), the one range every check uses."""
+    return range(-(num_decoder_layers + 1), num_decoder_layers + 1)
+
+
+def layer_range_text(num_decoder_layers: int) -> str:
+    allowed = layer_range(num_decoder_layers)
+    return f"{allowed[0]}..{allowed[-1]}"
+
+
 def scoreable_outputs(decoder: torch.nn.Module) -> list[torch.nn.Module]:
     """[decoder layer 0, ..., decoder layer n-1, final norm]: the modules `layer` indexes."""
     return [*decoder.layers, decoder.norm]
@@ -279,9 +289,9 @@ def resolve_layer(model: torch.nn.Module, layer: int = -1) -> torch.nn.Module:
             "VGPO scoring supports the families of vgpo_verl.plugin.families and HF causal LMs"
         )
     outputs = scoreable_outputs(found[1])
-    if not -len(outputs) <= layer < len(outputs):
-        raise ValueError(f"VGPO layer={layer} is out of range for a decoder with {len(outputs) - 1} layers: "
-                         f"allowed {-len(outputs)}..{len(outputs) - 1} ({LAYER_HELP})")
+    if layer not in layer_range(len(found[1].layers)):
+        raise ValueError(f"VGPO layer={layer} is out of range for a decoder with {len(found[1].layers)} layers: "
+                         f"allowed {layer_range_text(len(found[1].layers))} ({LAYER_HELP})")
     return outputs[layer]
 
 

@@ -72,7 +72,7 @@ def meta_model(hf_config, trust_remote_code: bool = False):
 
 def config_problems(hf_config, estimator: str, layer: int = -1, trust_remote_code: bool = False) -> list[str]:
     """What `estimator` cannot work with in this HF config, one line each (empty: fine)."""
-    from vgpo_verl.methods.scoring import LAYER_HELP, find_text_decoder, scoreable_outputs, visual_token_ids
+    from vgpo_verl.methods.scoring import LAYER_HELP, find_text_decoder, layer_range, layer_range_text, visual_token_ids
     from vgpo_verl.plugin.families import FAMILIES
 
     model_type = getattr(hf_config, "model_type", None)
@@ -98,10 +98,10 @@ def config_problems(hf_config, estimator: str, layer: int = -1, trust_remote_cod
                          "(a module with a `layers` ModuleList and a `norm`, as in the families of "
                          "vgpo_verl.plugin.families)")
         else:
-            outputs = len(scoreable_outputs(decoder[1]))
-            if not -outputs <= layer < outputs:
-                found.append(f"algorithm.vgpo.layer={layer}: model_type={model_type} has {outputs - 1} decoder "
-                             f"layers ({decoder[0]}.layers), allowed {-outputs}..{outputs - 1} ({LAYER_HELP})")
+            layers = len(decoder[1].layers)
+            if layer not in layer_range(layers):
+                found.append(f"algorithm.vgpo.layer={layer}: model_type={model_type} has {layers} decoder "
+                             f"layers ({decoder[0]}.layers), allowed {layer_range_text(layers)} ({LAYER_HELP})")
     if not found and model_type not in FAMILIES:
         logger.warning("vgpo-verl: model_type=%s is not among the tested families (%s); %s runs, untested",
                        model_type, ", ".join(FAMILIES), estimator)
