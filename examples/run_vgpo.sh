@@ -3,14 +3,15 @@
 #
 #   examples/run_vgpo.sh vgpo_qwen2_5_vl_7b                       # the published run
 #   examples/run_vgpo.sh dapo_qwen2_5_vl_7b trainer.total_epochs=1  # overrides go to Hydra as they are
-#   examples/run_vgpo.sh --dry-run vgpo_qwen2_5_vl_3b               # print the command, run nothing
+#   examples/run_vgpo.sh vgpo_qwen2_5_vl_3b --dry-run               # print the command, run nothing
+#                                                                   # (--dry-run anywhere in the line)
 #
 # Environment: PYTHON (default python3), VGPO_RECIPES_DIR (default: this repo's recipes/).
 # Multi-node runs: examples/slurm/run_vgpo.slurm.
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 [--dry-run] <recipe> [hydra overrides...]" >&2
+    echo "usage: $0 <recipe> [hydra overrides...] [--dry-run]" >&2
     local recipe
     printf 'recipes:' >&2
     for recipe in "$RECIPES_DIR"/*.yaml; do
@@ -25,10 +26,11 @@ RECIPES_DIR="${VGPO_RECIPES_DIR:-$REPO_DIR/recipes}"
 PYTHON="${PYTHON:-python3}"
 
 DRY_RUN=0
-if [[ "${1:-}" == "--dry-run" ]]; then
-    DRY_RUN=1
-    shift
-fi
+ARGS=()
+for arg in "$@"; do  # no Hydra override is spelt --dry-run, so the flag may stand anywhere
+    if [[ "$arg" == "--dry-run" ]]; then DRY_RUN=1; else ARGS+=("$arg"); fi
+done
+set -- "${ARGS[@]+"${ARGS[@]}"}"
 [[ $# -ge 1 ]] || usage
 RECIPE="$1"
 shift
@@ -51,9 +53,13 @@ if [[ "$DRY_RUN" == 1 ]]; then
     exit 0
 fi
 
-# Fail here, not after model loading, if this Python cannot see the plugin.
-"$PYTHON" -c "import vgpo_verl.plugin" || {
-    echo "error: vgpo_verl is not importable by $PYTHON; pip install vgpo-verl in this environment" >&2
+# Fail here, not after model loading, if this Python's verl does not find the `vgpo` estimator: verl and the
+# installed plugin, as the Ray workers will import them (the current directory, maybe this checkout, left out).
+GUARD="import sys; sys.path = [p for p in sys.path if p not in ('', '.')]; "
+GUARD+="import verl.trainer.ppo.core_algos as c; assert 'vgpo' in c.ADV_ESTIMATOR_REGISTRY, 'vgpo-verl missing'"
+"$PYTHON" -c "$GUARD" || {
+    echo "error: $PYTHON cannot import verl with vgpo-verl's estimator; pip install verl and vgpo-verl" \
+         "(pip install -e . in this repository) in this environment" >&2
     exit 1
 }
 exec "${COMMAND[@]}"

@@ -254,14 +254,43 @@ def test_single_node_real_path_checks_the_plugin_then_trains(tmp_path, plugin_im
         env["NO_PLUGIN"] = "1"
     result = run([SINGLE, "dapo_qwen3_vl_8b", "trainer.total_epochs=1"], env=env)
     calls = log.read_text().splitlines()
-    assert calls[0].startswith("python -c import vgpo_verl.plugin")
+    assert calls[0].startswith("python -c import sys") and "'vgpo' in c.ADV_ESTIMATOR_REGISTRY" in calls[0]
     if plugin_importable:
         assert result.returncode == 0, result.stderr
         (train,) = calls[1:]
         assert "-m verl.trainer.main_ppo" in train and "--config-name dapo_qwen3_vl_8b trainer.total_epochs=1" in train
         assert train.endswith("VERL_USE_EXTERNAL_MODULES=vgpo_verl.plugin")
     else:
-        assert result.returncode == 1 and "not importable" in result.stderr and len(calls) == 1
+        assert result.returncode == 1 and "cannot import verl with vgpo-verl's estimator" in result.stderr
+        assert len(calls) == 1
+
+
+@pytest.mark.parametrize("where", [0, 1, 3])
+def test_dry_run_anywhere_in_the_line_runs_nothing(tmp_path, where):
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    log = tmp_path / "calls.log"
+    args = ["vgpo_qwen2_5_vl_3b", "trainer.total_epochs=1", "algorithm.vgpo.beta=0.5"]
+    args.insert(where, "--dry-run")
+    result = run([SINGLE, *args], env={"PYTHON": str(fake), "FAKE_LOG": str(log)})
+    assert result.returncode == 0, result.stderr
+    assert not log.exists(), "a dry run started python"
+    words = shlex.split(result.stdout.splitlines()[-1])
+    assert words[words.index("--config-name") + 1:] == ["vgpo_qwen2_5_vl_3b", "trainer.total_epochs=1",
+                                                        "algorithm.vgpo.beta=0.5"]
+
+
+def test_the_guard_refuses_a_python_without_verl_even_from_this_checkout(tmp_path):
+    """From the repository root `import vgpo_verl.plugin` works in any Python (the checkout is on its path):
+    the guard asks the installed verl for the estimator instead, and nothing is launched."""
+    bare = tmp_path / "bare"
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    python = bare / "bin" / "python"
+    assert subprocess.run([python, "-c", "import vgpo_verl.plugin"], cwd=REPO).returncode == 0  # the trap
+    result = run([SINGLE, "vgpo_qwen2_5_vl_3b", "trainer.total_epochs=1"], env={"PYTHON": str(python)})
+    assert result.returncode == 1 and "cannot import verl with vgpo-verl's estimator" in result.stderr
+    assert "ModuleNotFoundError: No module named 'verl'" in result.stderr
 
 
 AUTH_SRUN = """#!/usr/bin/env bash
