@@ -221,6 +221,8 @@ def test_a_bug_is_not_a_usage_error(command_inputs, monkeypatch):
     with pytest.raises(RuntimeError, match="planted bug"):
         an.main(["--out", str(command_inputs["tmp"] / "o"), "--checkpoint", str(command_inputs["ckpt"]),
                  "--data", str(command_inputs["data"]), "--layer", "-2"])
+    # nothing --replot could take for a whole run (it once left a 0-byte responses.jsonl)
+    assert not list((command_inputs["tmp"] / "o").glob("responses.jsonl*"))
 
 
 def test_the_real_entry_reports_a_mistake_in_one_line(tmp_path):

@@ -322,11 +322,14 @@ def tiny_setup(tmp_path_factory):
 
 
 def test_end_to_end_on_the_tiny_model(tiny_setup, tmp_path):
-    """The real transformers generation path feeds the grader; results and samples agree."""
+    """The real transformers generation path feeds the grader; results and samples agree. Run as a user on a
+    CPU machine would, without --cpu: vLLM has no CUDA device, so transformers generates, with the PIL image
+    path (this install has no working torchvision; the fallback once died on `BaseVideoProcessor`)."""
     checkpoint, data = tiny_setup
-    run_module("vgpo_verl.evaluate", "--cpu", "--backend", "transformers", "--checkpoint", f"tiny={checkpoint}",
-               "--benchmark", f"shapes={data}", "--out", str(tmp_path), "--max-new-tokens", "6",
-               "--batch-size", "2", *TINY_PIXELS)
+    proc = run_module("vgpo_verl.evaluate", "--backend", "auto", "--checkpoint", f"tiny={checkpoint}",
+                      "--benchmark", f"shapes={data}", "--out", str(tmp_path), "--max-new-tokens", "6",
+                      "--batch-size", "2", *TINY_PIXELS)
+    assert "vLLM is not used: no CUDA device" in proc.stderr and "Generating with transformers instead" in proc.stderr
     results = json.loads((tmp_path / "tiny/results.json").read_text())
     assert results["backend"] == "transformers"
     greedy = results["benchmarks"]["shapes"]["greedy"]

@@ -432,19 +432,33 @@ def load_prompts(args) -> list[Prompt]:
 
 
 def analyze_all(args, checkpoints: dict[str, str], prompts: list[Prompt]) -> tuple[dict[str, dict], list[str]]:
-    """Every checkpoint (label -> path) in turn; writes responses.jsonl; returns the summaries and HTML sections."""
+    """Every checkpoint (label -> path) in turn; writes responses.jsonl; returns the summaries and HTML sections.
+
+    The responses go to responses.jsonl.partial, renamed when every checkpoint is done: a run that fails
+    leaves no file that --replot could take for a whole one."""
     summaries, html_parts = {}, []
-    with (args.out / "responses.jsonl").open("w", encoding="utf-8") as responses_sink:
-        for label, checkpoint in checkpoints.items():
-            summary, scores, rho, texts, tokenizer = analyze_checkpoint(label, checkpoint, prompts, args)
-            summaries[label] = summary
-            write_responses(label, checkpoint, scores, rho, texts, responses_sink)
-            if args.html:
-                html_parts.append(html_section(label, scores, rho, tokenizer, args.html))
-            logger.info("%s: late/early ratio similarity %.3f, rho %.3f over %d responses", label,
-                        summary["late_early_ratio"]["similarity"], summary["late_early_ratio"]["rho"],
-                        summary["n_responses"])
+    final = args.out / "responses.jsonl"
+    partial = final.with_name(final.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8") as responses_sink:
+            _analyze_into(args, checkpoints, prompts, responses_sink, summaries, html_parts)
+        partial.replace(final)
+    finally:
+        partial.unlink(missing_ok=True)
     return summaries, html_parts
+
+
+def _analyze_into(args, checkpoints: dict[str, str], prompts: list[Prompt], responses_sink, summaries: dict,
+                  html_parts: list[str]) -> None:
+    for label, checkpoint in checkpoints.items():
+        summary, scores, rho, texts, tokenizer = analyze_checkpoint(label, checkpoint, prompts, args)
+        summaries[label] = summary
+        write_responses(label, checkpoint, scores, rho, texts, responses_sink)
+        if args.html:
+            html_parts.append(html_section(label, scores, rho, tokenizer, args.html))
+        logger.info("%s: late/early ratio similarity %.3f, rho %.3f over %d responses", label,
+                    summary["late_early_ratio"]["similarity"], summary["late_early_ratio"]["rho"],
+                    summary["n_responses"])
 
 
 @cli.command(PROG)

@@ -62,6 +62,22 @@ def broken_companions() -> list[str]:
     return probe.stdout.split()
 
 
+def vision_without_torchvision() -> list[str]:
+    """Qwen-VL image processors on PIL in this process alone, where torchvision cannot be imported (absent,
+    or the CUDA build next to a CPU torch): the broken companions are hidden and vgpo_verl.cpu.vision is
+    installed. For transformers-only work (evaluate's and analyze's transformers backend) on a machine
+    without --cpu: nothing of verl's platform or of child processes changes. Returns the hidden modules.
+    Call it before transformers loads a processor."""
+    hidden = broken_companions()
+    for name in hidden:
+        sys.modules[name] = None  # the documented way to make `import name` fail cleanly
+    if "torchvision" in hidden:
+        from vgpo_verl.cpu import vision
+
+        vision.install()
+    return hidden
+
+
 def environment(hidden_modules: list[str]) -> dict[str, str]:
     """The environment variables that turn the CPU platform on in a process and its children."""
     from vgpo_verl.cpu.boot import ENV_ENABLED, ENV_HIDDEN_MODULES

@@ -220,5 +220,9 @@ def make_backend(kind: str, checkpoint: str, *, cpu: bool = False, batch_size: i
             vllm_kwargs.pop("gpu_memory_utilization", None)
         return VLLMBackend(checkpoint, max_images=max_images, **kwargs, **vllm_kwargs)
     if kind == "transformers":
+        if not cpu:  # (--cpu enabled the same and more above) a CPU install has no working torchvision
+            import vgpo_verl.cpu
+
+            vgpo_verl.cpu.vision_without_torchvision()
         return TransformersBackend(checkpoint, batch_size=batch_size, **kwargs)
     raise ValueError(f"--backend must be auto, vllm or transformers, not {kind!r}")
