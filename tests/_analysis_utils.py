@@ -39,6 +39,7 @@ def write_checkpoint_folder(directory: pathlib.Path, n_layers: int = 2) -> pathl
     (directory / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl",
                                                        "text_config": {"num_hidden_layers": n_layers}}))
     (directory / "model.safetensors").write_bytes(b"")
+    (directory / "preprocessor_config.json").write_text("{}")
     return directory
 
 

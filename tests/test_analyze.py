@@ -168,6 +168,7 @@ def command_inputs(tmp_path, monkeypatch):
     frame["images"] = [[]] * 2
     frame.to_parquet(tmp_path / "text_only.parquet")
     (tmp_path / "responses.jsonl").write_text('{"checkpoint": "a", "sample_id": "0"}\n')
+    (tmp_path / "notes.parquet").write_text("not a parquet file\n")
     return {"tmp": tmp_path, "ckpt": write_checkpoint_folder(tmp_path / "ckpt", n_layers=2),
             "data": tmp_path / "prompts.parquet"}
 
@@ -182,6 +183,8 @@ def command_inputs(tmp_path, monkeypatch):
      "error: --data {tmp}/nowhere.parquet does not exist; pass a verl-format parquet"),
     (["--out", "{tmp}/o", "--checkpoint", "{ckpt}", "--data", "{tmp}/text_only.parquet"],
      "error: --data {tmp}/text_only.parquet holds no prompt with an image"),
+    (["--out", "{tmp}/o", "--checkpoint", "{ckpt}", "--data", "{tmp}/notes.parquet"],
+     "error: {tmp}/notes.parquet is not a parquet file (ArrowInvalid: "),
     (["--out", "{tmp}/o", "--checkpoint", "{tmp}/nowhere", "--data", "{data}"],
      "error: --checkpoint {tmp}/nowhere does not exist"),
     (["--out", "{tmp}/o", "--checkpoint", "a={ckpt}", "--checkpoint", "a={ckpt}", "--data", "{data}"],

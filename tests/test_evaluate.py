@@ -193,6 +193,9 @@ def command_inputs(tmp_path):
     (actor / "huggingface").mkdir(parents=True)
     (actor / "huggingface" / "config.json").write_text("{}")
     (tmp_path / "notes.txt").write_text("")
+    (tmp_path / "notes.parquet").write_text("not a parquet file\n")
+    no_processor = write_checkpoint_folder(tmp_path / "no_processor")
+    (no_processor / "preprocessor_config.json").unlink()
     return {"tmp": tmp_path, "ckpt": write_checkpoint_folder(tmp_path / "ckpt"), "bench": tmp_path / "planted.parquet"}
 
 
@@ -215,6 +218,10 @@ def command_inputs(tmp_path):
      "error: --checkpoint {tmp}/global_step_1/actor/huggingface has config.json but no weights (*.safetensors)"),
     (["--out", "{tmp}/o", "--checkpoint", "a={ckpt}", "--checkpoint", "a={ckpt}", "--benchmark", "{bench}"],
      "error: --checkpoint label 'a' is given twice"),
+    (["--out", "{tmp}/o", "--checkpoint", "{tmp}/no_processor", "--benchmark", "{bench}"],
+     "error: --checkpoint {tmp}/no_processor has no preprocessor_config.json (the image processor); copy"),
+    (["--out", "{tmp}/o", "--checkpoint", "{ckpt}", "--benchmark", "{tmp}/notes.parquet"],
+     "error: {tmp}/notes.parquet is not a parquet file (ArrowInvalid: "),
     (["--out", "{tmp}/o", "--checkpoint", "{ckpt}", "--benchmark", "{tmp}/nowhere.parquet"],
      "error: --benchmark {tmp}/nowhere.parquet does not exist; pass a verl-format parquet"),
     (["--out", "{tmp}/o", "--checkpoint", "{ckpt}", "--benchmark", "{tmp}/questions.parquet"],

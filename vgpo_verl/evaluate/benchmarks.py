@@ -78,8 +78,13 @@ def load_benchmark(path: str | pathlib.Path, image_key: str = "images", max_samp
     row and column that is wrong."""
     import pandas as pd
 
+    import pyarrow as pa
+
     path = pathlib.Path(path)
-    frame = pd.read_parquet(path)
+    try:
+        frame = pd.read_parquet(path)
+    except (pa.ArrowException, OSError) as error:  # ArrowInvalid: "Parquet magic bytes not found", ...
+        raise UsageError(f"{path} is not a parquet file ({type(error).__name__}: {error})", BENCHMARK_FORMAT) from error
     for column in ("prompt", "reward_model") if require_answer else ("prompt",):
         if column not in frame.columns:
             raise UsageError(f"{path} has no column {column!r} (columns: {list(frame.columns)})", BENCHMARK_FORMAT)

@@ -38,6 +38,10 @@ MERGE_ACTOR = ("merge verl's actor shards into one model with `python -m verl.mo
                "--local_dir <global_step_N/actor> --target_dir <folder>` and pass that folder")
 
 
+# Where transformers reads a vision model's image processor from (the second: transformers 5's processor file).
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
 def check_checkpoint(checkpoint: str) -> None:
     """Refuses, before any model is loaded, a --checkpoint that is not a Hugging Face model: a path that
     is not there and not a hub id, a file, or a folder without config.json or weights (verl's actor
@@ -56,6 +60,10 @@ def check_checkpoint(checkpoint: str) -> None:
     if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
         raise UsageError(f"--checkpoint {checkpoint} has config.json but no weights (*.safetensors)",
                          f"verl saves only the config there unless checkpoint.save_contents has hf_model: {MERGE_ACTOR}")
+    if not any((path / name).is_file() for name in PROCESSOR_FILES):
+        raise UsageError(f"--checkpoint {checkpoint} has no preprocessor_config.json (the image processor)",
+                         "copy preprocessor_config.json (and chat_template.jinja if missing) from the base model "
+                         "the checkpoint was trained from")
 
 
 def check_pixels(min_pixels: int, max_pixels: int) -> None:
