@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -18,10 +19,11 @@ def usage_error(capsys, main, *argv) -> str:
     return _one_line(capsys.readouterr().err)
 
 
-def module_usage_error(module: str, *argv) -> str:
-    """The same through the real entry point, `python -m module argv` in a child process."""
+def module_usage_error(module: str, *argv, env: dict[str, str] | None = None) -> str:
+    """The same through the real entry point, `python -m module argv` in a child process (`env`: added to
+    this process's environment)."""
     proc = subprocess.run([sys.executable, "-m", module, *map(str, argv)], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env={**os.environ, **(env or {})})
     assert proc.returncode == 2, proc.stderr[-4000:]
     return _one_line(proc.stderr)
 

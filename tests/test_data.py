@@ -317,14 +317,30 @@ def test_a_crash_midway_leaves_the_earlier_split_as_it_was(tmp_path, monkeypatch
     (["geo3k", "--input", "{source}", "--answer-col", "solution"],
      "error: --answer-col 'solution' is not a column of the input; name one of ['answer', 'images', 'problem']"),
     (["geo3k", "--input", "{source}", "--image-col", "picture"], "error: --image-col 'picture' is not a column"),
+    (["geo3k", "--input", "{source}", "--out", "{tmp}/notes.txt/o"],
+     "error: cannot create {tmp}/notes.txt/o/geo3k (NotADirectoryError: Not a directory); pass an --out folder you"),
+    (["geo3k", "--input", "{tmp}/lone", "--split", "train"],
+     "error: --input {tmp}/lone has no file for split 'train' (found: ['test.jsonl'])"),
 ])
 def test_command_mistakes_are_one_line_and_write_nothing(tmp_path, capsys, argv, expected):
     source = write_geo3k_parquet(tmp_path / "geometry3k")
     (tmp_path / "notes.txt").write_text("not data")
+    (tmp_path / "lone").mkdir()  # a folder whose only file is another split's
+    (tmp_path / "lone" / "test.jsonl").write_text('{"problem": "<image>Find x.", "answer": "3", "images": []}\n')
     fill = {"source": source, "tmp": tmp_path}
     line = usage_error(capsys, cli.main, *[a.format(**fill) for a in argv], *(["--out", tmp_path / "o"] * ("--out" not in argv)))
     assert line.startswith("python -m vgpo_verl.data: ") and expected.format(**fill) in line
-    assert not [path for path in (tmp_path / "o").rglob("*") if path.is_file()]
+    assert not (tmp_path / "o").exists(), "a refused command leaves no folder, not even an empty one"
+
+
+def test_a_hub_that_cannot_be_reached_is_one_line_and_leaves_no_folder(tmp_path):
+    """No hub access (offline here, as on many training machines): one line naming what to do, at once."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_CACHE": str(tmp_path / "hf" / "ds")}
+    line = module_usage_error("vgpo_verl.data", "mmk12", "--out", tmp_path / "o", env=env)
+    assert line.startswith("python -m vgpo_verl.data: error: cannot load PAPOGalaxy/PAPO_MMK12_test (config None, "
+                           "split 'train') from the hub (ConnectionError: "), line
+    assert "save_to_disk" in line and "pass --input DIR" in line
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_missing_split_is_found_before_any_conversion(tmp_path, capsys):

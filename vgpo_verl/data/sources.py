@@ -62,7 +62,7 @@ def split_files(directory: Path, split: str, config: str | None = None) -> list[
         p for p in candidates
         if p.stem == split or p.stem.startswith(f"{split}-") or split in p.relative_to(directory).parts[:-1]
     ]
-    if not matching and len(candidates) == 1:
+    if not matching and len(candidates) == 1 and not _names_a_split(candidates[0].relative_to(directory)):
         matching = candidates  # a release with one data file under another name (TIGER-Lab's 39Krelease.parquet)
     if not matching:
         found = [str(p.relative_to(directory)) for p in candidates][:10]
@@ -77,6 +77,15 @@ def split_files(directory: Path, split: str, config: str | None = None) -> list[
             "copies of the data", "pass --input <one of them>, or --hf-config <folder>"
         )
     return matching
+
+
+# Split names a data file or folder can carry; a lone file named after one of them is that split only.
+SPLIT_NAMES = ("train", "test", "testmini", "validation", "val", "dev")
+
+
+def _names_a_split(relative: Path) -> bool:
+    stems = [relative.stem, *relative.parts[:-1]]
+    return any(stem == name or stem.startswith(f"{name}-") for stem in stems for name in SPLIT_NAMES)
 
 
 def _read_json(path: Path) -> Iterator[dict]:
@@ -117,8 +126,20 @@ def _undecoded_rows(dataset, batch_size: int) -> Iterator[dict]:
         yield from batch.to_pylist()
 
 
+HUB_FIX = ("where the hub is reachable, save the dataset (`datasets.load_dataset(NAME).save_to_disk(DIR)`, or "
+           "`hf download NAME --repo-type dataset --local-dir DIR`), copy DIR here and pass --input DIR")
+
+
 def read_hub(hf_name: str, hf_config: str | None, split: str, batch_size: int = 256) -> Iterator[dict]:
-    """Rows from the hub (needs network access); images undecoded like the local path."""
+    """Rows from the hub (needs network access); images undecoded like the local path.
+
+    The dataset is loaded now, not when the first row is read: a hub that cannot be reached, or a dataset
+    or split it does not have, is a UsageError before anything is written."""
     import datasets
 
-    yield from _undecoded_rows(datasets.load_dataset(hf_name, hf_config, split=split), batch_size)
+    try:
+        dataset = datasets.load_dataset(hf_name, hf_config, split=split)
+    except (OSError, ValueError) as error:  # ConnectionError, DatasetNotFoundError; ValueError: an unknown split
+        raise UsageError(f"cannot load {hf_name} (config {hf_config}, split {split!r}) from the hub "
+                         f"({type(error).__name__}: {error})", HUB_FIX) from error
+    return _undecoded_rows(dataset, batch_size)

@@ -114,7 +114,24 @@ def convert(
     render_prompt(prompt or spec.prompt, "")  # an unknown template fails before any row is read
     written_split = spec.output_split.get(split, split)
     output = Path(out_dir).expanduser() / spec.name / f"{written_split}.parquet"
-    output.parent.mkdir(parents=True, exist_ok=True)
+    created = [folder for folder in (output.parent, *output.parent.parents) if not folder.exists()]
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create {output.parent} ({type(error).__name__}: {error.strerror or error})",
+                         "pass an --out folder you can write to") from error
+    try:
+        return _write_split(spec, rows, output, written_split, pixels, image_root, columns, limit, batch_rows, prompt,
+                            fail_on_bad_rows)
+    finally:  # a split that failed before its first file leaves no empty folder behind
+        for folder in created:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+
+def _write_split(spec: DatasetSpec, rows: Iterable[dict], output: Path, written_split: str, pixels: tuple[int, int],
+                 image_root: str | Path | None, columns: Columns, limit: int | None, batch_rows: int,
+                 prompt: str | None, fail_on_bad_rows: bool) -> ConversionReport:
     report = ConversionReport(spec.name, written_split, output)
     images = ImageFiles(Path(image_root).expanduser() if image_root is not None else None)
     partial, bad_rows_partial = _partial(output), _partial(bad_rows_path(output))
