@@ -3,6 +3,7 @@ any other exception keeps its traceback."""
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -90,3 +91,16 @@ def test_a_bug_shows_its_traceback_from_the_real_entry():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr and "RuntimeError: planted bug" in proc.stderr
+
+
+@pytest.mark.parametrize("script, argv, expected", [
+    ("vgpo-data", [], "vgpo-data: error: no dataset named; name one (vgpo-data --list shows them)"),
+    ("vgpo-evaluate", ["--out", "o"], "vgpo-evaluate: error: no --checkpoint or no --benchmark given"),
+    ("vgpo-analyze", ["--out", "o"], "vgpo-analyze: error: no --checkpoint or no --data given"),
+    ("vgpo-doctor", ["--tiny", "llava"], "vgpo-doctor: error: argument --tiny: invalid choice"),
+])
+def test_a_console_script_calls_itself_by_its_own_name(tmp_path, script, argv, expected):
+    """`vgpo-data` is what the user typed: its errors and usage say so, not `python -m vgpo_verl.data`."""
+    proc = subprocess.run([str(pathlib.Path(sys.executable).with_name(script)), *argv], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith(expected), proc.stderr[-2000:]

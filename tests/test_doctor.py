@@ -35,7 +35,7 @@ def run_doctor(*argv, timeout=300):
 ])
 def test_a_usage_error_is_one_line_naming_the_flag_and_exit_2(capsys, argv, flag):
     line = usage_error(capsys, doctor.main, *argv)
-    assert line.startswith("vgpo-doctor: error: ") and flag in line, line
+    assert line.startswith("python -m vgpo_verl.doctor: error: ") and flag in line, line  # vgpo-doctor: test_cli
 
 
 def test_the_console_script_and_module_entry_give_the_same_one_line_error():

@@ -48,7 +48,7 @@ from vgpo_verl.evaluate.checks import check_checkpoint, check_pixels, named_path
 from vgpo_verl.evaluate.protocol import PAPER_MAX_PIXELS, PAPER_MIN_PIXELS
 
 logger = logging.getLogger("vgpo_verl.analyze")
-PROG = "python -m vgpo_verl.analyze"
+PROG = cli.prog("vgpo_verl.analyze", "vgpo-analyze")
 
 RHO_SCOPES = ("trajectory", "group")
 REPLOT_FIX = "pass the responses.jsonl an earlier run of this command wrote into its --out"

@@ -55,6 +55,12 @@ from typing import NoReturn, TypeVar
 USAGE_EXIT_CODE = 2  # argparse's, for every mistake of the user's
 
 
+def prog(module: str, script: str) -> str:
+    """How the running command calls itself in its usage and errors: `script` (a `vgpo-*` console script
+    of setup.py) when the process was started as that script, else `python -m <module>`."""
+    return script if pathlib.Path(sys.argv[0]).name == script else f"python -m {module}"
+
+
 class UsageError(ValueError):
     """A mistake in what the user gave: `what` is wrong (naming the flag or file), `what_to_do` about it."""
 

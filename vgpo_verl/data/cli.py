@@ -44,7 +44,7 @@ from vgpo_verl.data.rows import Columns
 from vgpo_verl.data.sources import read_hub, read_rows
 from vgpo_verl.data.writer import bad_rows_path, convert
 
-PROG = "python -m vgpo_verl.data"
+PROG = cli.prog("vgpo_verl.data", "vgpo-data")
 
 
 def _parser() -> cli.ArgumentParser:

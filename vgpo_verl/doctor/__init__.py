@@ -38,7 +38,7 @@ from vgpo_verl import cli
 from vgpo_verl.plugin.families import FAMILIES
 
 METHODS = ("vgpo", "vppo", "entropy_shaping")
-PROG = "vgpo-doctor"
+PROG = cli.prog("vgpo_verl.doctor", "vgpo-doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:

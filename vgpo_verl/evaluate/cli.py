@@ -37,7 +37,7 @@ from vgpo_verl.evaluate.protocol import (PAPER_GRADER, PAPER_MAX_MODEL_LEN, PAPE
 from vgpo_verl.evaluate.scoring import check_resume, evaluate_checkpoint
 from vgpo_verl.evaluate.tables import write_comparison
 
-PROG = "python -m vgpo_verl.evaluate"
+PROG = cli.prog("vgpo_verl.evaluate", "vgpo-evaluate")
 
 
 def protocol_settings(args, checkpoint: str) -> dict:
