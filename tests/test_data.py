@@ -260,6 +260,19 @@ def test_a_row_without_a_question_is_a_bad_row_of_that_kind(problem):
         convert_row(DATASETS["geo3k"], row, 0, "test", EVAL_PIXELS)
 
 
+@pytest.mark.parametrize("images, problem, reason", [
+    ([png_bytes()], "<image><image>Find x.", r"^marker mismatch: the question has 2 <image> markers for 1 images$"),
+    ([b"GIF89a-not-really"], "<image>Find x.",
+     r"^unreadable image: image 0 is in no format PIL reads \(17 bytes, starting b'GIF89a-n'\)$"),
+])
+def test_a_bad_row_says_what_is_wrong_in_the_users_terms(images, problem, reason):
+    from vgpo_verl.data.rows import convert_row
+
+    row = {"images": [{"bytes": data, "path": None} for data in images], "problem": problem, "answer": "3"}
+    with pytest.raises(BadRowError, match=reason):
+        convert_row(DATASETS["geo3k"], row, 0, "test", EVAL_PIXELS)
+
+
 def test_fail_on_bad_rows_leaves_no_parquet(tmp_path, capsys):
     """A refused split has its bad-rows list and no parquet, not even an earlier run's."""
     source = write_geo3k_parquet(tmp_path / "geometry3k")

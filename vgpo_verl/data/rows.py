@@ -1,8 +1,9 @@
 """One input row -> one row of verl's RLHFDataset, or a BadRowError that says why the row is unusable.
 
 A row without a question, without an answer, with unreadable choices, or with an image that is missing
-or does not decode is a bad row: its BadRowError's message starts with the kind ("no question", "no
-answer", "bad choices", "no image", "unreadable image"). ``vgpo_verl.data.writer`` lists bad rows
+or does not decode, or whose `<image>` markers do not match its images, is a bad row: its BadRowError's
+message starts with the kind ("no question", "no answer", "bad choices", "no image", "unreadable image",
+"marker mismatch"). ``vgpo_verl.data.writer`` lists bad rows
 instead of writing them.
 """
 
@@ -272,6 +273,9 @@ def _check_decodes(data: bytes, position: int) -> None:
             image.load()  # decodes every pixel: truncated files fail here, not in the middle of training
             if image.width < 1 or image.height < 1:
                 raise ValueError("empty image")
+    except Image.UnidentifiedImageError:  # its message names our in-memory buffer, not the image
+        raise BadRowError(f"unreadable image: image {position} is in no format PIL reads ({len(data)} bytes, "
+                          f"starting {data[:8]!r})") from None
     except Exception as error:  # PIL raises many types; each means this image cannot be used
         raise BadRowError(f"unreadable image: image {position} does not decode ({type(error).__name__}: {error})")
 
@@ -290,5 +294,5 @@ def _with_markers(text: str, images: list[bytes]) -> tuple[str, list[bytes]]:
     if markers == 0:
         return IMAGE_MARKER * len(images) + text, images
     if markers != len(images):
-        raise BadRowError(f"unreadable image: the question has {markers} <image> markers for {len(images)} images")
+        raise BadRowError(f"marker mismatch: the question has {markers} <image> markers for {len(images)} images")
     return text, images
