@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,6 +104,36 @@ def test_a_marker_naming_anything_else_moves_to_the_newest_complete_checkpoint(t
         assert settle_tracker(tmp_path) == 1
     assert (tmp_path / TRACKER).read_text() == "1"
     assert why in caplog.text and "resuming from" in caplog.text and "global_step_1" in caplog.text
+
+
+def test_of_several_complete_checkpoints_the_newest_is_resumed_and_other_folders_are_ignored(tmp_path, caplog):
+    for step in (1, 2, 4):
+        _checkpoint(tmp_path, step)
+    _checkpoint(tmp_path, 5, record=False)  # killed before our record
+    backup = tmp_path / "global_step_5_backup"  # a user's copy: not a step folder of verl's
+    shutil.copytree(step_folder(tmp_path, 4), backup)
+    _tracker(tmp_path, "5")
+    with caplog.at_level(logging.WARNING, logger="vgpo_verl"):
+        assert settle_tracker(tmp_path) == 4
+    assert (tmp_path / TRACKER).read_text() == "4" and "global_step_4" in caplog.text
+    assert checkpoints._steps(tmp_path) == [1, 2, 4, 5]
+
+
+def test_a_failed_rename_while_the_marker_is_rewritten_leaves_the_old_marker(tmp_path, monkeypatch):
+    _checkpoint(tmp_path, 1)
+    _checkpoint(tmp_path, 2, record=False)
+    _tracker(tmp_path, "2")
+
+    def killed_rename(src, dst):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(checkpoints.os, "replace", killed_rename)
+    with pytest.raises(OSError, match="no space left"):
+        settle_tracker(tmp_path)
+    assert (tmp_path / TRACKER).read_text() == "2"  # whole, the old one: the next start settles it again
+    assert not list(tmp_path.glob(".*.tmp"))
+    monkeypatch.undo()
+    assert settle_tracker(tmp_path) == 1
 
 
 def test_without_any_record_verl_decides_and_an_unreadable_marker_is_an_error(tmp_path):

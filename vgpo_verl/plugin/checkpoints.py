@@ -53,11 +53,14 @@ def write_atomically(path: pathlib.Path, text: str) -> None:
     """Replace `path` by `text` so that a reader, even after a kill or a crash, sees the old or the new content."""
     path = pathlib.Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after the rename there is nothing to remove; after a failure, no litter
     _fsync_dir(path.parent)
 
 
