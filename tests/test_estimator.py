@@ -64,6 +64,20 @@ def test_advantage_is_grpo_times_alpha_times_psi_through_verl():
     assert not torch.allclose(ours, grpo)
 
 
+@pytest.mark.parametrize("intra, inter", [(False, True), (True, False)])
+def test_one_level_alone_trains_its_own_weight(intra, inter):
+    """intra=false, inter=true is GRPO times alpha (psi = 1), and the other way round: neither is plain GRPO."""
+    rewards, mask, uid, similarity = _batch(seed=5)
+    has_visual = torch.ones(len(uid), dtype=torch.bool)
+    with estimator_inputs(visual_similarity=similarity, has_visual=has_visual):
+        ours = _verl_compute_advantage(rewards, mask, uid, "vgpo", _algo(intra=intra, inter=inter))
+    grpo, _ = compute_grpo_outcome_advantage(rewards, mask, uid)
+    psi, alpha = compute_vgpo_weights(similarity, mask, uid, VGPOConfig(intra=intra, inter=inter), has_visual)
+    assert torch.equal(psi, torch.ones_like(psi)) != intra and torch.equal(alpha, torch.ones_like(alpha)) != inter
+    torch.testing.assert_close(ours, grpo * alpha[:, None] * psi)
+    assert not torch.allclose(ours, grpo)
+
+
 def test_knobs_come_from_algorithm_vgpo():
     rewards, mask, uid, similarity = _batch(seed=5)
     hv = torch.ones(len(uid), dtype=torch.bool)
