@@ -78,6 +78,28 @@ def test_one_level_alone_trains_its_own_weight(intra, inter):
     assert not torch.allclose(ours, grpo)
 
 
+def test_entropy_shaping_metrics_leave_out_balance_batch_padding_rows():
+    """verl's balance-batch padding rows (is_padding) are no samples: a huge entropy there moves no metric."""
+    from vgpo_verl.plugin.estimator import compute_entropy_shaped_advantage
+
+    rewards, mask, uid, _ = _batch(seed=2)
+    entropy = torch.rand(mask.shape, generator=torch.Generator().manual_seed(2))
+    is_padding = torch.zeros(len(uid), dtype=torch.bool)
+    is_padding[-1] = True
+    config = OmegaConf.create({"entropy_shaping": {}})
+    metrics = {}
+    for name, padding, values in (("real", is_padding, entropy), ("planted", is_padding, entropy.clone())):
+        if name == "planted":
+            values[-1] = 1e3  # only the padding row changes
+        with estimator_inputs(entropy=values, is_padding=padding):
+            compute_entropy_shaped_advantage(rewards, mask, uid, config=config)
+        metrics[name] = pop_metrics()
+    assert metrics["planted"] == metrics["real"] and metrics["real"]
+    with estimator_inputs(entropy=values):  # without the tag the same row counts
+        compute_entropy_shaped_advantage(rewards, mask, uid, config=config)
+    assert pop_metrics() != metrics["real"]
+
+
 def test_knobs_come_from_algorithm_vgpo():
     rewards, mask, uid, similarity = _batch(seed=5)
     hv = torch.ones(len(uid), dtype=torch.bool)
