@@ -46,6 +46,41 @@ def test_pass_timer_counts_a_region_that_raises():
     assert timer.seconds() == {timing.SCORE: 2.0}
 
 
+class FakeCudaEvent:
+    """torch.cuda.Event as the timer uses it: record() stamps a time (here: a scripted one, in ms),
+    elapsed_time(end) is in milliseconds as CUDA's is, synchronize() is counted."""
+
+    stamps_ms: list[float] = []
+    synchronized: list["FakeCudaEvent"] = []
+
+    def __init__(self, enable_timing: bool):
+        assert enable_timing
+        self.ms = None
+
+    def record(self):
+        self.ms = FakeCudaEvent.stamps_ms.pop(0)
+
+    def elapsed_time(self, end: "FakeCudaEvent") -> float:
+        return end.ms - self.ms
+
+    def synchronize(self):
+        FakeCudaEvent.synchronized.append(self)
+
+
+def test_pass_timer_converts_cuda_event_milliseconds_to_seconds_and_waits_once_per_name(monkeypatch):
+    """The CUDA path's arithmetic on CPU (the GPU test below runs it on a device): regions of 250 ms and
+    1500 ms under one name, 40 ms under another, read after the pass."""
+    monkeypatch.setattr(torch.cuda, "Event", FakeCudaEvent)
+    FakeCudaEvent.stamps_ms, FakeCudaEvent.synchronized = [0.0, 250.0, 1000.0, 2500.0, 3000.0, 3040.0], []
+    timer = timing.PassTimer(cuda_events=True)
+    for name in (timing.SCORE, timing.SCORE, timing.AUG_FORWARD):
+        with timer.measure(name):
+            pass
+    assert FakeCudaEvent.synchronized == []  # nothing waits for the device while the pass runs
+    assert timer.seconds() == {timing.SCORE: pytest.approx(1.75), timing.AUG_FORWARD: pytest.approx(0.04)}
+    assert len(FakeCudaEvent.synchronized) == 2  # the last end event of each name, once
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA events need a CUDA device")
 def test_pass_timer_reads_cuda_events_after_the_pass():
