@@ -32,6 +32,7 @@ def run_doctor(*argv, timeout=300):
     (["--tiny", "qwen3_vl", "--lora-rank", "eight"], "--lora-rank"),
     (["--tiny", "qwen3_vl", "--model", "/tmp"], "--model"),
     ([], "--model --tiny"),
+    (["--tiny", "qwen3_vl", "--methods", ","], "--methods empty not among"),
 ])
 def test_a_usage_error_is_one_line_naming_the_flag_and_exit_2(capsys, argv, flag):
     line = usage_error(capsys, doctor.main, *argv)
@@ -83,3 +84,31 @@ def test_a_checkpoint_whose_processor_does_not_fit_its_vision_tower_fails(tmp_pa
     assert "scoring memory at hidden size 64: 2 MiB for one 8192-token float32 chunk" in result.stdout
     assert lines[-1].startswith(f"{tmp_path}: FAILED (1 of ")
     assert "the image processor cuts 16-px patches, the vision tower reads 14-px" in lines[-1]
+
+
+@pytest.mark.parametrize("shift, verdict", [(0.0, "qwen3_vl: ok (3 checks"), (5e-3, "qwen3_vl: FAILED (1 of 3 checks: "
+                                                                                   "padded: vgpo scores differ")])
+def test_engine_scores_off_the_reference_make_the_doctor_say_failed(monkeypatch, capsys, shift, verdict):
+    """The comparison and the verdict, on outputs of known difference (the engine runs in the slow tests):
+    scores shifted by 5e-3, above the CPU tolerance of 1e-4, fail; the same outputs unshifted pass."""
+    import types
+
+    import torch
+
+    from vgpo_verl.doctor.checks import Doctor
+    from vgpo_verl.methods.scoring import HAS_VISUAL_KEY, SCORE_KEY
+
+    reference = types.SimpleNamespace(log_probs=torch.linspace(-2, -1, 5).double(),
+                                      scores=torch.linspace(-1, 1, 8).double(), has_visual=True)
+    sample = types.SimpleNamespace(response_len=3)
+    outputs = {"log_probs": [torch.cat([reference.log_probs, torch.zeros(1)]).float()],
+               SCORE_KEY: [(reference.scores[-3:] + shift).float()], HAS_VISUAL_KEY: [torch.tensor([True])]}
+
+    def run(self):
+        self._compare("padded", outputs, [sample], [reference])
+
+    monkeypatch.setattr(Doctor, "run", run)
+    status = doctor.main(["--tiny", "qwen3_vl", "--methods", "vgpo"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(verdict), last
+    assert status == (1 if shift else 0)
