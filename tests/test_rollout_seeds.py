@@ -56,3 +56,41 @@ def test_the_hook_adds_the_seed_only_when_asked(monkeypatch):
     assert AgentLoopWorker._run_agent_loop is run
     with pytest.raises(ValueError, match=r"rollout.custom.seed_per_sample='yes': must be true or false"):
         asyncio.run(run(_worker({"seed_per_sample": "yes"}), params, trajectory, agent_name="single"))
+
+
+@pytest.mark.parametrize("workers", [1, 3, 8])
+def test_a_prompts_samples_get_distinct_seeds_however_verl_cuts_the_batch(monkeypatch, workers):
+    """The legacy agent loop as verl runs it: AgentLoopManager cuts the batch with DataProto.chunk, one chunk
+    per worker, and each worker numbers rollout_n afresh (get_trajectory_info). 6 prompts x n=4 over 8
+    workers once gave a prompt 2-3 distinct seeds among its 4 samples; the slot is now counted over the batch."""
+    import numpy as np
+    from verl import DataProto
+    from verl.experimental.agent_loop.agent_loop import AgentLoopManager, AgentLoopWorker, get_trajectory_info
+
+    from vgpo_verl.plugin import rollout_seeds
+
+    received = []
+
+    async def run_agent_loop(self, sampling_params, trajectory, *, agent_name, **kwargs):
+        assert rollout_seeds.SLOT_KEY not in kwargs  # no agent loop is handed our column
+        received.append((trajectory["sample_index"], sampling_params["seed"]))
+
+    def generate_sequences(self, prompts):  # verl's dispatch, without Ray
+        for chunk in prompts.chunk(workers):
+            index = chunk.non_tensor_batch["index"].tolist()
+            for i, trajectory in enumerate(asyncio.run(get_trajectory_info(3, index, False))):
+                kwargs = {key: value[i] for key, value in chunk.non_tensor_batch.items()}
+                asyncio.run(AgentLoopWorker._run_agent_loop(self, {"temperature": 1.0}, trajectory, **kwargs))
+
+    monkeypatch.setattr(AgentLoopWorker, "_run_agent_loop", run_agent_loop)
+    monkeypatch.setattr(AgentLoopManager, "generate_sequences", generate_sequences)
+    rollout_seeds.install()
+    index = np.repeat(np.arange(100, 106), 4).astype(object)  # 6 prompts x n=4, as the trainer repeats them
+    batch = DataProto.from_dict(non_tensors={"index": index, "agent_name": np.array(["single"] * 24, dtype=object)})
+    AgentLoopManager.generate_sequences(_worker({"seed_per_sample": True}), batch)
+    seeds = {}
+    for prompt, seed in received:
+        seeds.setdefault(prompt, []).append(seed)
+    assert sorted(seeds) == list(range(100, 106))
+    for prompt, drawn in seeds.items():  # each prompt: its 4 slots' seeds, whatever the cut
+        assert drawn == [sample_seed(5, False, 3, prompt, slot) for slot in range(4)]
