@@ -306,6 +306,26 @@ def test_every_bad_knob_of_a_block_is_listed_at_once(estimator, overrides, expec
         assert sum(problem.startswith(line) for problem in found) == 1, (line, found)
 
 
+@pytest.mark.parametrize("estimator", ["vgpo", "grpo"])
+@pytest.mark.parametrize("where", ["driver", "runtime_env"])
+def test_a_stop_file_with_async_save_is_refused_for_every_estimator(estimator, where):
+    """The stop returns after a save verl records nowhere (async): the next start would begin at step 0."""
+    cfg = config(**{"algorithm.adv_estimator": estimator, "actor_rollout_ref.actor.checkpoint.async_save": True,
+                    "actor_rollout_ref.model.external_lib": "vgpo_verl"})
+    stop = {"VGPO_STOP_FILE": "/runs/a/stop_requested"}
+    environ = stop if where == "driver" else {}
+    if where == "runtime_env":  # how examples/slurm/run_vgpo.slurm hands it to the trainer
+        OmegaConf.update(cfg, "ray_kwargs.ray_init.runtime_env.env_vars", stop, force_add=True)
+    (found,) = preflight.problems(cfg, "verl.trainer.main_ppo", environ=environ, engine_key=NVIDIA)
+    assert found.startswith("actor_rollout_ref.actor.checkpoint.async_save=true with "
+                            "VGPO_STOP_FILE=/runs/a/stop_requested: ") and "restart from step 0" in found
+    OmegaConf.update(cfg, "actor_rollout_ref.actor.checkpoint.async_save", False)
+    assert preflight.problems(cfg, "verl.trainer.main_ppo", environ=environ, engine_key=NVIDIA) == []
+    async_only = config(**{"algorithm.adv_estimator": estimator, "actor_rollout_ref.actor.checkpoint.async_save": True,
+                           "actor_rollout_ref.model.external_lib": "vgpo_verl"})  # async without a stop file
+    assert preflight.problems(async_only, "verl.trainer.main_ppo", environ={}, engine_key=NVIDIA) == []
+
+
 def test_the_cpu_demo_passes_the_checks():
     """The demo's real overrides and CPU-platform environment (vgpo_verl.demo.run, vgpo_verl.cpu)."""
     from hydra import compose, initialize_config_module

@@ -9,8 +9,9 @@ Which estimators need the scores (the one registry; other estimators register he
 An estimator registered here gets every start-up check below; `validate` receives verl's `algorithm`
 config and raises ValueError naming the offending `algorithm.<...>` key. Estimators that reuse the
 flagged old-log-prob pass (the engine's scores) must register here, or a run with an unsupported
-strategy, device or bypass mode fails only after a whole rollout. Every other estimator is never
-refused (one warning below applies to all: filter_groups on a trainer that ignores it).
+strategy, device or bypass mode fails only after a whole rollout. Every other estimator is refused
+only for the stop path's async save (last below), and one warning applies to all: filter_groups on a
+trainer that ignores it.
 
 When: verl's three PPO entry points (verl.trainer.main_ppo, and the experimental
 fully_async_policy.fully_async_main and one_step_off_policy.main_ppo) all start with
@@ -41,6 +42,10 @@ writes; see the table in vgpo_verl.plugin.method_table):
   the plugin): VERL_USE_EXTERNAL_PLUGINS=none (or a list without `vgpo`) needs
   VERL_USE_EXTERNAL_MODULES naming vgpo_verl.plugin (the Slurm script's fallback) or
   `actor_rollout_ref.model.external_lib=vgpo_verl` (that module, or a list naming it).
+
+For every estimator (the stop path of long runs, vgpo_verl.plugin.preemption, serves them all): a stop
+file (VGPO_STOP_FILE, which the Slurm script sets) with `actor_rollout_ref.actor.checkpoint.async_save=true`
+is refused, since verl records no async save for `resume_mode=auto` to find.
 """
 
 from __future__ import annotations
@@ -172,9 +177,11 @@ def problems(config: Any, entry: str | None, environ: dict[str, str] | None = No
         engine_key: (device, vendor) the workers resolve; default from verl's platform and the env.
     """
     estimator = str(config_value(config, "algorithm.adv_estimator", ""))
+    env = worker_environment(config, environ)
+    stop_path = _stop_path_problems(config, env)  # our stop path serves every estimator
     if not requires_scoring_pass(estimator):
-        return []
-    found = []
+        return stop_path
+    found = list(stop_path)
     est = f"algorithm.adv_estimator={estimator}"
 
     validate = _SCORING_ESTIMATORS[estimator]
@@ -184,7 +191,6 @@ def problems(config: Any, entry: str | None, environ: dict[str, str] | None = No
         except ValueError as error:  # one problem per line: a config block lists all of its own at once
             found.extend(str(error).splitlines())
 
-    env = worker_environment(config, environ)
     if _NEEDS_ENGINE.get(estimator, True):
         found.extend(_engine_problems(config, est, env, engine_key))
 
@@ -210,6 +216,21 @@ def problems(config: Any, entry: str | None, environ: dict[str, str] | None = No
         )
     found.extend(model_problems(config))
     return found
+
+
+def _stop_path_problems(config: Any, env: dict[str, str]) -> list[str]:
+    """A stop file (vgpo_verl.plugin.preemption) with verl's async save: the stop returns after a save
+    whose latest_checkpointed_iteration.txt verl never writes (async), so the next start would begin at
+    step 0, and the Slurm script would requeue the job into a run from scratch."""
+    from vgpo_verl.plugin.preemption import STOP_FILE_VAR
+
+    stop_file = env.get(STOP_FILE_VAR, "").strip()
+    if stop_file and bool(config_value(config, "actor_rollout_ref.actor.checkpoint.async_save", False)):
+        return [f"actor_rollout_ref.actor.checkpoint.async_save=true with {STOP_FILE_VAR}={stop_file}: verl "
+                "records no async save as the checkpoint to resume from (latest_checkpointed_iteration.txt), so "
+                "a run stopped at a step boundary would restart from step 0 (and a Slurm requeue from scratch); "
+                f"set actor_rollout_ref.actor.checkpoint.async_save=false, or unset {STOP_FILE_VAR}."]
+    return []
 
 
 def _engine_problems(config: Any, est: str, env: dict[str, str], engine_key: tuple[str, str] | None) -> list[str]:
