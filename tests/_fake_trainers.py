@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import pathlib
 import time
 
@@ -30,6 +31,7 @@ class Workers:
     def __init__(self, ready: pathlib.Path | None = None, block_step: int | None = None):
         self.loaded: list[str] = []
         self.saved: list[int] = []
+        self.saved_paths: list[str] = []
         self.ready, self.block_step = ready, block_step
 
     def block(self) -> None:
@@ -45,6 +47,13 @@ class Workers:
                     f.flush()
                     self.block()  # half of the actor's files are on disk
         self.saved.append(global_step)
+        # verl's retention once the new files are written (BaseCheckpointManager.register_checkpoint, rank 0):
+        # beyond trainer.max_actor_ckpt_to_keep, the oldest actor folders go
+        self.saved_paths.append(local_path)
+        if max_ckpt_to_keep and len(self.saved_paths) > max_ckpt_to_keep:
+            for old in self.saved_paths[:-max_ckpt_to_keep]:
+                shutil.rmtree(old, ignore_errors=True)
+            self.saved_paths = self.saved_paths[-max_ckpt_to_keep:]
 
     def load_checkpoint(self, local_path, hdfs_path=None, del_local_after_load=False):
         self.loaded.append(local_path)

@@ -176,7 +176,9 @@ from _fake_trainers import Callback, Workers, v1_trainer, verl_config
 
 checkpoint_dir, where, ready = pathlib.Path(sys.argv[2]), sys.argv[3], pathlib.Path(sys.argv[4])
 workers = Workers(ready, block_step=2 if where == "actor files" else None)
-trainer = v1_trainer(verl_config(checkpoint_dir), workers, Callback(workers, 2 if where == "after the marker" else None))
+keep = ["trainer.max_actor_ckpt_to_keep=1"] if where.endswith("keeping one") else []
+trainer = v1_trainer(verl_config(checkpoint_dir, keep), workers,
+                     Callback(workers, 2 if where.startswith("after the marker") else None))
 if where == "marker write":
     real_open = builtins.open
 
@@ -201,7 +203,7 @@ for step in (1, 2):
 """
 
 
-KILL_POINTS = ("actor files", "marker write", "after the marker")
+KILL_POINTS = ("actor files", "marker write", "after the marker", "after the marker, keeping one")
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +233,40 @@ def killed_saves(tmp_path_factory):
     return {where: checkpoint_dir for where, (_, checkpoint_dir, _) in children.items()}
 
 
-@pytest.mark.parametrize("where", KILL_POINTS)
+def test_killed_before_our_record_with_one_checkpoint_kept_resumes_from_the_one_verl_finished(killed_saves, caplog):
+    """trainer.max_actor_ckpt_to_keep=1: verl's retention removed global_step_1/actor when step 2's actor
+    files landed, verl wrote data.pt and its marker, and the kill came in our flush-and-record step. Step 2
+    is whole (verl's marker came after all of its files): it is trusted, its record completed."""
+    checkpoint_dir = killed_saves["after the marker, keeping one"]
+    assert not (step_folder(checkpoint_dir, 1) / "actor").exists()
+    assert "is missing" in problem(step_folder(checkpoint_dir, 1))
+    assert "did not finish" in problem(step_folder(checkpoint_dir, 2))
+    workers = Workers()
+    trainer = v1_trainer(verl_config(checkpoint_dir), workers)
+    with caplog.at_level(logging.WARNING, logger="vgpo_verl"):
+        trainer._load_checkpoint()
+    assert trainer.global_steps == 2 and trainer.train_dataloader.position == 20
+    assert workers.loaded == [str(step_folder(checkpoint_dir, 2) / "actor")]
+    assert problem(step_folder(checkpoint_dir, 2)) is None  # recorded now: the next start needs no judgement
+    assert "only our record was cut short" in caplog.text
+
+
+def test_a_folder_written_after_the_marker_is_not_taken_for_finished(tmp_path):
+    """A re-save into a step folder, killed half-way, leaves the old marker naming it: files newer than
+    the marker are not verl's finished save, and nothing complete is left: the start refuses."""
+    _checkpoint(tmp_path, 1)
+    shutil.rmtree(step_folder(tmp_path, 1) / "actor")  # retention
+    folder = _checkpoint(tmp_path, 2, record=False)
+    _tracker(tmp_path, "2")
+    marker_time = (tmp_path / TRACKER).stat().st_mtime_ns
+    os.utime(folder / "data.pt", ns=(marker_time + 10**9, marker_time + 10**9))
+    with pytest.raises(RuntimeError, match="no checkpoint under .* is known complete"):
+        settle_tracker(tmp_path)
+    os.utime(folder / "data.pt", ns=(marker_time, marker_time))  # verl's order: files, then the marker
+    assert settle_tracker(tmp_path) == 2 and problem(folder) is None
+
+
+@pytest.mark.parametrize("where", KILL_POINTS[:3])
 def test_a_run_killed_mid_save_resumes_from_the_previous_complete_checkpoint(killed_saves, where):
     checkpoint_dir = killed_saves[where]
     assert problem(step_folder(checkpoint_dir, 1)) is None

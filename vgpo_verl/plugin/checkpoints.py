@@ -27,6 +27,12 @@ Added (installed by vgpo_verl.plugin; the record format is below):
   folder whose record does not check out (every file it lists present, with its size), or an
   unreadable marker, is rewritten (atomically) to the newest complete checkpoint, with a WARNING
   saying why. A directory where no folder carries a record (saved without this plugin) is left to verl.
+  When no complete checkpoint is left (`trainer.max_actor_ckpt_to_keep=1`: verl's retention removed the
+  previous actor folder as soon as the new one's files landed) and the marker names a folder without a
+  record whose every file is older than the marker, that folder is trusted: verl writes the marker
+  last, after its save returned on every rank, so only our record step was cut short (a kill of the
+  process; a node crash could still have lost unflushed pages). Its record is completed then. No
+  sequence of kills leaves a run that no restart can continue.
 - skipped with `actor_rollout_ref.actor.checkpoint.async_save` (verl then writes no marker either:
   the save is not finished when the call returns).
 
@@ -167,6 +173,17 @@ def read_tracker(checkpoint_dir: pathlib.Path) -> int | None:
     return int(text)
 
 
+def _finished_by_verl(folder: pathlib.Path, tracker: pathlib.Path) -> bool:
+    """Whether verl's marker was written after every file of `folder`, which has no record: verl writes
+    the marker last, once its save returned on every rank, so such a folder was saved whole and only our
+    flush-and-record step after it did not finish. A record that is there but wrong, or any file newer
+    than the marker (a re-save into the folder, killed half-way), is not trusted."""
+    if (folder / RECORD).exists() or not folder.is_dir():
+        return False
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return bool(files) and max(p.stat().st_mtime_ns for p in files) <= tracker.stat().st_mtime_ns
+
+
 def _recorded(checkpoint_dir: pathlib.Path) -> bool:
     return any((step_folder(checkpoint_dir, k) / RECORD).exists() for k in _steps(checkpoint_dir))
 
@@ -198,6 +215,14 @@ def settle_tracker(checkpoint_dir: pathlib.Path) -> int | None:
     else:
         why = f"is unreadable ({named})"
     chosen = latest_complete(checkpoint_dir) if recorded else None
+    if chosen is None and isinstance(named, int) and _finished_by_verl(step_folder(checkpoint_dir, named), tracker):
+        record_complete(step_folder(checkpoint_dir, named), named)
+        logger.warning("vgpo-verl: %s %s, and no other checkpoint is complete (verl's retention, "
+                       "trainer.max_actor_ckpt_to_keep, removed the older ones). verl wrote the marker after every "
+                       "file of that folder, so its save finished and only our record was cut short: its record is "
+                       "completed now and the run resumes from it. (After a node crash, rather than a killed "
+                       "process, its files may not all have reached the disk.)", tracker, why)
+        return named
     if chosen is None:
         raise RuntimeError(f"{tracker} {why}, and no checkpoint under {checkpoint_dir} is known complete (none "
                            f"carries a valid {RECORD}): write the step of a complete global_step_K folder into "
