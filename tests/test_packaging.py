@@ -32,6 +32,8 @@ def test_gpu_extra_is_verls_own_pinned_stack():
     provided = set(verl.metadata.get_all("Provides-Extra"))
     assert gpu[0].extras and gpu[0].extras <= provided, (gpu[0].extras, sorted(provided))
     assert "vllm" in gpu[0].extras  # verl's tested torch / vllm / transformers pins
+    assert "fsdp" in gpu[0].extras  # flash-attn and flash-linear-attention, which packed Qwen3.5 needs
+    assert any(r.startswith("flash-linear-attention==") and 'extra == "fsdp"' in r for r in verl.requires)
     assert str(gpu[0].specifier) == f"=={verl.version}", "pin the verl whose extras were read"
     pinned = [r for r in verl.requires if 'extra == "vllm"' in r and r.startswith("vllm")]
     assert pinned and "==" in pinned[0], pinned  # verl's vllm extra really pins a version

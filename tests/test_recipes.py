@@ -253,6 +253,33 @@ def test_command_line_overrides_win():
         compose_recipe("vgpo_qwen2_5_vl_7b", ["algorithm.vgpo.not_a_knob=1"])  # struct: typos fail
 
 
+def test_cluster_md_plus_rule_on_verls_config_and_on_a_recipe():
+    """docs/cluster.md: `+algorithm.vgpo.beta` on verl's own config, `algorithm.vgpo.beta` on a recipe; each
+    the other way round fails as the doc says."""
+    from hydra import initialize_config_module
+
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        plain = compose(config_name="ppo_trainer", overrides=["+algorithm.vgpo.beta=0.3"])
+        assert plain.algorithm.vgpo.beta == 0.3
+        with pytest.raises(Exception, match="vgpo"):
+            compose(config_name="ppo_trainer", overrides=["algorithm.vgpo.beta=0.3"])
+    assert compose_recipe("vgpo_qwen2_5_vl_7b", ["algorithm.vgpo.beta=0.3"]).algorithm.vgpo.beta == 0.3
+    with pytest.raises(Exception, match="Could not append to config. An item is already at 'algorithm.vgpo.beta'"):
+        compose_recipe("vgpo_qwen2_5_vl_7b", ["+algorithm.vgpo.beta=0.3"])
+    cluster = (REPO / "docs" / "cluster.md").read_text()
+    assert "+algorithm.vgpo.beta=0.3" in cluster and "An item is already at 'algorithm.vgpo.beta'" in cluster
+
+
+def test_reproduce_md_ablation_overrides_apply_to_a_recipe_as_written():
+    import re
+
+    text = (REPO / "docs" / "reproduce.md").read_text().split("## Ablations and switches", 1)[1].split("\n## ", 1)[0]
+    overrides = re.findall(r"`(algorithm\.vgpo\.\w+=\w+)`", text)
+    assert len(overrides) == 4
+    composed = compose_recipe("vgpo_qwen2_5_vl_7b", overrides).algorithm.vgpo
+    assert not any(composed[key] for key in ("intra", "inter", "compensation", "gate"))
+
+
 def test_estimator_is_a_command_line_choice():
     """`estimator=vgpo` on a DAPO recipe gives exactly the VGPO recipe (and back)."""
     switched = compose_recipe("dapo_qwen2_5_vl_3b", ["estimator=vgpo"])
