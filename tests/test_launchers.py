@@ -73,6 +73,19 @@ def slurm_dry_run(nodes, *extra, head_ip="10.0.0.1", env=None):
     return commands(result.stdout), result.stdout
 
 
+@pytest.mark.parametrize("allocated", ["4", "a100:4"])
+def test_gpus_per_node_follow_the_allocation(allocated):
+    """`sbatch --gpus-per-node=4` overrides the script's #SBATCH line: Ray and verl get 4, not a hard-coded 8."""
+    cmds, _ = slurm_dry_run(["a", "b"], "vgpo_qwen2_5_vl_7b", env={"SLURM_GPUS_PER_NODE": allocated})
+    starts = [words for words, _ in cmds if "start" in words]
+    assert len(starts) == 2 and all("--num-gpus=4" in words for words in starts)
+    (train,) = [" ".join(words) for words, _ in cmds if "verl.trainer.main_ppo" in words]
+    assert "trainer.n_gpus_per_node=4" in train
+    conflict = run([SLURM, "--dry-run", "--nodes", "a,b", "vgpo_qwen2_5_vl_7b"],
+                   env={"SLURM_JOB_NODELIST": "", "SLURM_GPUS_PER_NODE": allocated, "GPUS_PER_NODE": "8"})
+    assert conflict.returncode == 2 and "GPUS_PER_NODE=8 but the allocation has 4 GPUs per node" in conflict.stderr
+
+
 def test_four_node_dry_run_starts_one_head_and_three_workers():
     cmds, stdout = slurm_dry_run(FOUR_NODES, "vgpo_qwen2_5_vl_32b", "data.train_batch_size=256")
     heads = [(w, bg) for w, bg in cmds if "start" in w and "--head" in w]
