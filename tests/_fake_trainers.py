@@ -28,11 +28,11 @@ class Workers:
     """The actor worker group: `save_checkpoint` writes each rank's files as verl's FSDP checkpoint
     manager names them; `block(step, where)` makes the save of `step` stop there (for a kill)."""
 
-    def __init__(self, ready: pathlib.Path | None = None, block_step: int | None = None):
+    def __init__(self, ready: pathlib.Path | None = None, block_step: int | None = None, after_retention=False):
         self.loaded: list[str] = []
         self.saved: list[int] = []
         self.saved_paths: list[str] = []
-        self.ready, self.block_step = ready, block_step
+        self.ready, self.block_step, self.after_retention = ready, block_step, after_retention
 
     def block(self) -> None:
         self.ready.touch()
@@ -43,7 +43,7 @@ class Workers:
         for kind in ("model", "optim", "extra_state"):
             with open(os.path.join(local_path, f"{kind}_world_size_1_rank_0.pt"), "wb") as f:
                 f.write(os.urandom(1 << 16))
-                if kind == "optim" and global_step == self.block_step:
+                if kind == "optim" and global_step == self.block_step and not self.after_retention:
                     f.flush()
                     self.block()  # half of the actor's files are on disk
         self.saved.append(global_step)
@@ -54,6 +54,8 @@ class Workers:
             for old in self.saved_paths[:-max_ckpt_to_keep]:
                 shutil.rmtree(old, ignore_errors=True)
             self.saved_paths = self.saved_paths[-max_ckpt_to_keep:]
+        if global_step == self.block_step and self.after_retention:
+            self.block()  # the actor's files are whole, the older ones gone; data.pt and the marker not yet
 
     def load_checkpoint(self, local_path, hdfs_path=None, del_local_after_load=False):
         self.loaded.append(local_path)

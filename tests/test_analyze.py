@@ -228,6 +228,20 @@ def test_a_bug_is_not_a_usage_error(command_inputs, monkeypatch):
     assert not list((command_inputs["tmp"] / "o").glob("responses.jsonl*"))
 
 
+def test_a_finished_run_leaves_its_whole_responses_file(tmp_path, monkeypatch):
+    """analyze_all writes into responses.jsonl.partial and renames it once every checkpoint is done."""
+    import types
+
+    def analyzed(args, checkpoints, prompts, sink, summaries, html_parts):
+        sink.write('{"checkpoint": "a"}\n')
+        summaries["a"] = {}
+
+    monkeypatch.setattr(an, "_analyze_into", analyzed)
+    summaries, _ = an.analyze_all(types.SimpleNamespace(out=tmp_path), {"a": "ckpt"}, [])
+    assert summaries == {"a": {}} and (tmp_path / "responses.jsonl").read_text() == '{"checkpoint": "a"}\n'
+    assert not (tmp_path / "responses.jsonl.partial").exists()
+
+
 def test_the_real_entry_reports_a_mistake_in_one_line(tmp_path):
     line = module_usage_error("vgpo_verl.analyze", "--out", tmp_path / "o", "--replot", tmp_path / "nowhere.jsonl")
     assert line == (f"python -m vgpo_verl.analyze: error: --replot {tmp_path / 'nowhere.jsonl'} does not exist; "

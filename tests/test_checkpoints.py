@@ -175,7 +175,8 @@ import vgpo_verl
 from _fake_trainers import Callback, Workers, v1_trainer, verl_config
 
 checkpoint_dir, where, ready = pathlib.Path(sys.argv[2]), sys.argv[3], pathlib.Path(sys.argv[4])
-workers = Workers(ready, block_step=2 if where == "actor files" else None)
+workers = Workers(ready, block_step=2 if where.startswith("actor files") else None,
+                  after_retention=where == "actor files done, keeping one")
 keep = ["trainer.max_actor_ckpt_to_keep=1"] if where.endswith("keeping one") else []
 trainer = v1_trainer(verl_config(checkpoint_dir, keep), workers,
                      Callback(workers, 2 if where.startswith("after the marker") else None))
@@ -203,7 +204,8 @@ for step in (1, 2):
 """
 
 
-KILL_POINTS = ("actor files", "marker write", "after the marker", "after the marker, keeping one")
+KILL_POINTS = ("actor files", "marker write", "after the marker", "after the marker, keeping one",
+               "actor files done, keeping one")
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +253,18 @@ def test_killed_before_our_record_with_one_checkpoint_kept_resumes_from_the_one_
     assert "only our record was cut short" in caplog.text
 
 
+def test_killed_between_verls_retention_and_its_marker_with_one_kept_says_nothing_is_left(killed_saves):
+    """trainer.max_actor_ckpt_to_keep=1, killed after step 2's actor files (verl's retention has removed step
+    1's) but before data.pt and the marker: no checkpoint is whole. The start refuses, saying why and how to
+    go on; the start-up check warned of this (test_preflight)."""
+    checkpoint_dir = killed_saves["actor files done, keeping one"]
+    assert (checkpoint_dir / TRACKER).read_text() == "1" and not (step_folder(checkpoint_dir, 1) / "actor").exists()
+    with pytest.raises(RuntimeError, match=r"no complete checkpoint is left .*global_step_1 was complete, but its "
+                                           r"files were deleted by verl's retention .*delete .* to train from "
+                                           r"scratch, and keep 2 checkpoints \(trainer.max_actor_ckpt_to_keep=2\)"):
+        settle_tracker(checkpoint_dir)
+
+
 def test_a_folder_written_after_the_marker_is_not_taken_for_finished(tmp_path):
     """A re-save into a step folder, killed half-way, leaves the old marker naming it: files newer than
     the marker are not verl's finished save, and nothing complete is left: the start refuses."""
@@ -260,7 +274,7 @@ def test_a_folder_written_after_the_marker_is_not_taken_for_finished(tmp_path):
     _tracker(tmp_path, "2")
     marker_time = (tmp_path / TRACKER).stat().st_mtime_ns
     os.utime(folder / "data.pt", ns=(marker_time + 10**9, marker_time + 10**9))
-    with pytest.raises(RuntimeError, match="no checkpoint under .* is known complete"):
+    with pytest.raises(RuntimeError, match="no complete checkpoint is left .*deleted by verl's retention"):
         settle_tracker(tmp_path)
     os.utime(folder / "data.pt", ns=(marker_time, marker_time))  # verl's order: files, then the marker
     assert settle_tracker(tmp_path) == 2 and problem(folder) is None

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -334,12 +335,19 @@ def test_a_crash_midway_leaves_the_earlier_split_as_it_was(tmp_path, monkeypatch
      "error: cannot create {tmp}/notes.txt/o/geo3k (NotADirectoryError: Not a directory); pass an --out folder you"),
     (["geo3k", "--input", "{tmp}/lone", "--split", "train"],
      "error: --input {tmp}/lone has no file for split 'train' (found: ['test.jsonl'])"),
+    (["geo3k", "--input", "{tmp}/lone_named", "--split", "train"],
+     "error: --input {tmp}/lone_named has no file for split 'train' (found: ['geo3k_test.jsonl'])"),
+    (["geo3k", "--hf-name", "{source}", "--split", "nope"],
+     "error: --split 'nope': {source} (config None) has no such split; pass one of its splits with --split: "
+     "['test', 'train']"),
 ])
 def test_command_mistakes_are_one_line_and_write_nothing(tmp_path, capsys, argv, expected):
     source = write_geo3k_parquet(tmp_path / "geometry3k")
     (tmp_path / "notes.txt").write_text("not data")
     (tmp_path / "lone").mkdir()  # a folder whose only file is another split's
     (tmp_path / "lone" / "test.jsonl").write_text('{"problem": "<image>Find x.", "answer": "3", "images": []}\n')
+    (tmp_path / "lone_named").mkdir()  # ... under a longer name that carries the split as a word
+    (tmp_path / "lone_named" / "geo3k_test.jsonl").write_text((tmp_path / "lone" / "test.jsonl").read_text())
     fill = {"source": source, "tmp": tmp_path}
     line = usage_error(capsys, cli.main, *[a.format(**fill) for a in argv], *(["--out", tmp_path / "o"] * ("--out" not in argv)))
     assert line.startswith("python -m vgpo_verl.data: ") and expected.format(**fill) in line
@@ -353,6 +361,17 @@ def test_a_hub_that_cannot_be_reached_is_one_line_and_leaves_no_folder(tmp_path)
     assert line.startswith("python -m vgpo_verl.data: error: cannot load PAPOGalaxy/PAPO_MMK12_test (config None, "
                            "split 'train') from the hub (ConnectionError: "), line
     assert "save_to_disk" in line and "pass --input DIR" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_network_fails_at_once_without_hf_hub_offline(tmp_path):
+    """HF_HUB_OFFLINE unset and the hub unreachable (HF_ENDPOINT at a closed port, so even a machine with
+    network sees this): one quick request fails, before `datasets` retries for half a minute."""
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "", "HF_HOME": str(tmp_path / "hf")}
+    started = time.monotonic()
+    line = module_usage_error("vgpo_verl.data", "mmk12", "--out", tmp_path / "o", env=env)
+    assert "error: cannot reach PAPOGalaxy/PAPO_MMK12_test on the hub (ConnectError" in line and "--input DIR" in line
+    assert time.monotonic() - started < 25  # the child's imports, one refused connection: no retry loop
     assert not (tmp_path / "o").exists()
 
 

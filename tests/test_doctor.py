@@ -86,11 +86,14 @@ def test_a_checkpoint_whose_processor_does_not_fit_its_vision_tower_fails(tmp_pa
     assert "the image processor cuts 16-px patches, the vision tower reads 14-px" in lines[-1]
 
 
-@pytest.mark.parametrize("shift, verdict", [(0.0, "qwen3_vl: ok (3 checks"), (5e-3, "qwen3_vl: FAILED (1 of 3 checks: "
-                                                                                   "padded: vgpo scores differ")])
+_SCORES_DIFFER = "qwen3_vl: FAILED (1 of 3 checks: padded: vgpo scores differ"
+
+
+@pytest.mark.parametrize("shift, verdict", [(0.0, "qwen3_vl: ok (3 checks"), (5e-3, _SCORES_DIFFER),
+                                            (1.5e-4, _SCORES_DIFFER), (0.5e-4, "qwen3_vl: ok (3 checks")])
 def test_engine_scores_off_the_reference_make_the_doctor_say_failed(monkeypatch, capsys, shift, verdict):
     """The comparison and the verdict, on outputs of known difference (the engine runs in the slow tests):
-    scores shifted by 5e-3, above the CPU tolerance of 1e-4, fail; the same outputs unshifted pass."""
+    scores shifted by 5e-3, or just above the CPU tolerance of 1e-4, fail; unshifted or just below, they pass."""
     import types
 
     import torch
@@ -111,4 +114,4 @@ def test_engine_scores_off_the_reference_make_the_doctor_say_failed(monkeypatch,
     status = doctor.main(["--tiny", "qwen3_vl", "--methods", "vgpo"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith(verdict), last
-    assert status == (1 if shift else 0)
+    assert status == (1 if verdict == _SCORES_DIFFER else 0)

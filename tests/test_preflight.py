@@ -184,6 +184,17 @@ def test_trainer_kind_and_filter_groups_warning(entry, use_v1, kind):
     assert preflight.warnings_for(cfg, entry) == []
 
 
+@pytest.mark.parametrize("keep, save_freq, warned", [(1, 10, True), (2, 10, False), (1, -1, False), (None, 10, False)])
+def test_one_checkpoint_kept_is_warned_of(keep, save_freq, warned):
+    """verl's retention deletes the old checkpoint before the new one is whole: a kill then leaves none."""
+    cfg = config(**{"trainer.max_actor_ckpt_to_keep": keep, "trainer.save_freq": save_freq,
+                    "algorithm.filter_groups.enable": False})
+    found = [w for w in preflight.warnings_for(cfg, "verl.trainer.main_ppo") if "max_actor_ckpt_to_keep=1" in w]
+    assert bool(found) == warned
+    if warned:
+        assert "no checkpoint left to resume from" in found[0] and "max_actor_ckpt_to_keep=2" in found[0]
+
+
 def test_wrapped_auto_set_device_reads_the_calling_main():
     from verl.utils import device
 

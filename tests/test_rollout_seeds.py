@@ -94,3 +94,19 @@ def test_a_prompts_samples_get_distinct_seeds_however_verl_cuts_the_batch(monkey
     assert sorted(seeds) == list(range(100, 106))
     for prompt, drawn in seeds.items():  # each prompt: its 4 slots' seeds, whatever the cut
         assert drawn == [sample_seed(5, False, 3, prompt, slot) for slot in range(4)]
+
+
+def test_slots_count_each_prompts_samples_in_batch_order_whatever_the_order_of_prompts():
+    """A batch whose prompts interleave (verl's balance_batch reorders rows): slot k is the k-th sample of
+    its prompt in batch order, so the same batch gives the same slots every time."""
+    from vgpo_verl.plugin.rollout_seeds import slots_within_prompts
+
+    import random
+
+    index = [random.Random(k).choice("abcdefg") for k in range(300)]  # past the sizes numpy sorts by insertion
+    expected, seen = [], {}
+    for prompt in index:
+        expected.append(seen.get(prompt, 0))
+        seen[prompt] = expected[-1] + 1
+    assert slots_within_prompts(index).tolist() == expected
+    assert slots_within_prompts([7, 7, 3, 7, 3]).tolist() == [0, 1, 0, 2, 1]

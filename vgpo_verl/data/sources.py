@@ -9,6 +9,8 @@ or paths; ``vgpo_verl.data.rows`` reads and checks them).
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,7 +64,7 @@ def split_files(directory: Path, split: str, config: str | None = None) -> list[
         p for p in candidates
         if p.stem == split or p.stem.startswith(f"{split}-") or split in p.relative_to(directory).parts[:-1]
     ]
-    if not matching and len(candidates) == 1 and not _names_a_split(candidates[0].relative_to(directory)):
+    if not matching and len(candidates) == 1 and _split_names(candidates[0].relative_to(directory)) <= {split}:
         matching = candidates  # a release with one data file under another name (TIGER-Lab's 39Krelease.parquet)
     if not matching:
         found = [str(p.relative_to(directory)) for p in candidates][:10]
@@ -83,9 +85,10 @@ def split_files(directory: Path, split: str, config: str | None = None) -> list[
 SPLIT_NAMES = ("train", "test", "testmini", "validation", "val", "dev")
 
 
-def _names_a_split(relative: Path) -> bool:
-    stems = [relative.stem, *relative.parts[:-1]]
-    return any(stem == name or stem.startswith(f"{name}-") for stem in stems for name in SPLIT_NAMES)
+def _split_names(relative: Path) -> set[str]:
+    """The split names a file's path carries as words (`geo3k_test.parquet`, `test-00000-of-00001`, `val/x`)."""
+    words = {word for part in (relative.stem, *relative.parts[:-1]) for word in re.split(r"[-_.\s]+", part)}
+    return words & set(SPLIT_NAMES)
 
 
 def _read_json(path: Path) -> Iterator[dict]:
@@ -137,9 +140,38 @@ def read_hub(hf_name: str, hf_config: str | None, split: str, batch_size: int = 
     or split it does not have, is a UsageError before anything is written."""
     import datasets
 
+    if not (Path(hf_name).expanduser().is_dir() or _hub_offline()):
+        _reach_hub(hf_name)
     try:
+        # its splits first: an unknown one is named before anything is downloaded or generated
+        builder = datasets.load_dataset_builder(hf_name, hf_config)
+        splits = sorted(builder.config.data_files or builder.info.splits or {})
+        if splits and split not in splits:
+            raise UsageError(f"--split {split!r}: {hf_name} (config {hf_config}) has no such split",
+                             f"pass one of its splits with --split: {splits}")
         dataset = datasets.load_dataset(hf_name, hf_config, split=split)
-    except (OSError, ValueError) as error:  # ConnectionError, DatasetNotFoundError; ValueError: an unknown split
+    except (OSError, ValueError) as error:  # ConnectionError, DatasetNotFoundError, a config it does not have
+        if isinstance(error, UsageError):
+            raise
         raise UsageError(f"cannot load {hf_name} (config {hf_config}, split {split!r}) from the hub "
                          f"({type(error).__name__}: {error})", HUB_FIX) from error
     return _undecoded_rows(dataset, batch_size)
+
+
+HUB_PROBE_TIMEOUT_S = 10
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _reach_hub(hf_name: str) -> None:
+    """One quick request for the dataset's card before `datasets` starts: without network, `datasets`
+    retries for half a minute and logs every try; this fails in about a second, in one line."""
+    import httpx
+    import huggingface_hub
+
+    try:
+        huggingface_hub.HfApi().dataset_info(hf_name, timeout=HUB_PROBE_TIMEOUT_S)
+    except (OSError, httpx.HTTPError, huggingface_hub.errors.HfHubHTTPError) as error:
+        raise UsageError(f"cannot reach {hf_name} on the hub ({type(error).__name__}: {error})", HUB_FIX) from error

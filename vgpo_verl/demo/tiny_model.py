@@ -201,6 +201,9 @@ def build_tiny_vlm(out_dir) -> pathlib.Path:
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
 
-    print(build_tiny_vlm(sys.argv[1] if len(sys.argv) > 1 else "/tmp/vgpo_tiny_vlm"))
+    parser = argparse.ArgumentParser(prog="python -m vgpo_verl.demo.tiny_model",
+                                     description="Build the demo's tiny random Qwen2.5-VL; prints its folder.")
+    parser.add_argument("folder", nargs="?", default="/tmp/vgpo_tiny_vlm", help="where (default: %(default)s)")
+    print(build_tiny_vlm(parser.parse_args().folder))

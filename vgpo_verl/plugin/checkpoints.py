@@ -31,8 +31,10 @@ Added (installed by vgpo_verl.plugin; the record format is below):
   previous actor folder as soon as the new one's files landed) and the marker names a folder without a
   record whose every file is older than the marker, that folder is trusted: verl writes the marker
   last, after its save returned on every rank, so only our record step was cut short (a kill of the
-  process; a node crash could still have lost unflushed pages). Its record is completed then. No
-  sequence of kills leaves a run that no restart can continue.
+  process; a node crash could still have lost unflushed pages). Its record is completed then. With
+  two or more checkpoints kept, no sequence of kills leaves a run that no restart can continue. With
+  one, verl deletes the old checkpoint before the new one is whole: a kill in that window leaves none,
+  which no code can undo. The start-up check warns of it, and the refusal then says so and how to go on.
 - skipped with `actor_rollout_ref.actor.checkpoint.async_save` (verl then writes no marker either:
   the save is not finished when the call returns).
 
@@ -224,6 +226,16 @@ def settle_tracker(checkpoint_dir: pathlib.Path) -> int | None:
                        "process, its files may not all have reached the disk.)", tracker, why)
         return named
     if chosen is None:
+        emptied = [k for k in _steps(checkpoint_dir) if (step_folder(checkpoint_dir, k) / RECORD).exists()
+                   and not (step_folder(checkpoint_dir, k) / "actor").exists()]
+        if emptied:  # recorded once, its actor folder gone since: verl's retention ran before the next save was whole
+            raise RuntimeError(
+                f"{tracker} {why}, and no complete checkpoint is left under {checkpoint_dir}: "
+                f"{step_folder(checkpoint_dir, emptied[-1]).name} was complete, but its files were deleted by "
+                "verl's retention (trainer.max_actor_ckpt_to_keep=1 removes it as soon as the next save's actor "
+                "files land) and the next save did not finish. Nothing can be resumed: delete "
+                f"{tracker} to train from scratch, and keep 2 checkpoints (trainer.max_actor_ckpt_to_keep=2) in "
+                "runs that can be killed")
         raise RuntimeError(f"{tracker} {why}, and no checkpoint under {checkpoint_dir} is known complete (none "
                            f"carries a valid {RECORD}): write the step of a complete global_step_K folder into "
                            f"{tracker}, or delete it to train from scratch")

@@ -289,6 +289,13 @@ def warnings_for(config: Any, entry: str | None) -> list[str]:
             "whose rewards are all equal. Use verl.trainer.main_ppo with trainer.use_v1=true (the default) "
             "to filter, or set algorithm.filter_groups.enable=false to silence this."
         )
+    keep = config_value(config, "trainer.max_actor_ckpt_to_keep", None)
+    if keep == 1 and int(config_value(config, "trainer.save_freq", -1) or -1) > 0:
+        out.append(
+            "trainer.max_actor_ckpt_to_keep=1: verl deletes the previous checkpoint as soon as the next save's "
+            "actor files are written, before that save is whole; a run killed in between (preemption, a time "
+            "limit, a crash) has no checkpoint left to resume from. Keep 2 (trainer.max_actor_ckpt_to_keep=2)."
+        )
     estimator = str(config_value(config, "algorithm.adv_estimator", ""))
     mode = str(config_value(config, "trainer.v1.trainer_mode", "sync"))
     if requires_scoring_pass(estimator) and kind == "v1" and mode not in KNOWN_V1_MODES:
