@@ -34,7 +34,7 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 FLOORS = ("methods", "plugin")
 # What may sit at the top of vgpo_verl besides the floors and the tool packages.
 TOP_MODULES = {"cli", "reward", "knobs", "analyze"}
-TOOL_PACKAGES = {"demo", "doctor", "data", "evaluate", "cpu"}
+TOOL_PACKAGES = {"demo", "doctor", "data", "evaluate", "cpu", "report"}
 
 
 def _lint(package_parent: Path) -> subprocess.CompletedProcess:
@@ -142,7 +142,7 @@ def test_every_top_level_module_is_on_a_floor():
     assert others == forbidden, "methods is forbidden every other module of vgpo_verl"
 
 
-@pytest.mark.parametrize("module", ["demo", "doctor", "data", "evaluate", "analyze", "knobs"])
+@pytest.mark.parametrize("module", ["demo", "doctor", "data", "evaluate", "analyze", "knobs", "report"])
 def test_each_tool_answers_help_as_a_module(module):
     proc = subprocess.run([sys.executable, "-m", f"vgpo_verl.{module}", "--help"], capture_output=True, text=True,
                           timeout=300)

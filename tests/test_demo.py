@@ -99,6 +99,54 @@ def test_demo_leaves_no_process_behind(demo_run):
     assert not leftovers
 
 
+def _our_keys(values: dict) -> set[str]:
+    return {k for k in values if k.startswith(("vgpo/", "timing_s/vgpo_")) or k == "perf/our_share_of_step"}
+
+
+@pytest.mark.slow
+def test_demo_logs_every_key_and_the_chart_to_wandb_and_tensorboard(checkpointed_demo):
+    """trainer.logger=[console,file,wandb,tensorboard], W&B offline: each holds every vgpo/*, timing_s/vgpo_*
+    and perf/our_share_of_step key of each step (as verl's file logger has them), and the forgetting chart
+    (vgpo_verl.plugin.tracking, the demo charts every step): W&B's table, TensorBoard's image."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vgpo_verl.plugin.tracking import CHART_KEY
+    from vgpo_verl.report.runs import read_wandb_run
+
+    _, run_dir, _, _ = checkpointed_demo
+    (invocation,) = sorted(run_dir.glob("runs/*"))
+    metrics = invocation_metrics(run_dir)
+    (wandb_run,) = sorted(invocation.glob("wandb/offline-run-*"))
+    in_wandb = read_wandb_run(next(wandb_run.glob("run-*.wandb")))
+    events = EventAccumulator(str(invocation / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    steps = list(range(1, STEPS + 1))
+    for step in steps:
+        ours = _our_keys(metrics[step])
+        assert {"vgpo/psi_mean", "timing_s/vgpo_score", "perf/our_share_of_step"} <= ours
+        assert {k: in_wandb[step].get(k) for k in ours} == pytest.approx({k: metrics[step][k] for k in ours})
+    for key in set().union(*(_our_keys(metrics[step]) for step in steps)):
+        assert [e.step for e in events.Scalars(key)] == steps, key
+    assert [image.step for image in events.Images(CHART_KEY)] == steps
+    tables = sorted(wandb_run.glob("files/media/table/vgpo/forgetting_curve_table_*.table.json"))
+    assert len(tables) == STEPS
+    # W&B's service connection closed with the run (vgpo_verl.plugin.tracking), not by its atexit hook
+    assert "Connection lost" not in (invocation / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_demo_ends_with_its_report_page(checkpointed_demo):
+    from PIL import Image
+
+    _, run_dir, proc, _ = checkpointed_demo
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("report (PNG)")]
+    page = pathlib.Path(line.split(None, 2)[2])
+    assert page.parent.parent == run_dir / "runs" and page.name == "report.png"
+    with Image.open(page) as image:
+        assert image.size == (1600, 900)
+    assert "W&B (offline)" in proc.stdout and "TensorBoard" in proc.stdout
+
+
 @pytest.mark.slow
 def test_demo_run_dir_holds_a_complete_checkpoint_per_step(checkpointed_demo):
     _, run_dir, proc, _ = checkpointed_demo

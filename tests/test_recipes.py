@@ -111,7 +111,8 @@ def test_pair_differs_only_in_the_estimator(model):
     dapo = flatten(OmegaConf.to_container(compose_recipe(f"dapo_{model}"), resolve=False))
     vgpo = flatten(OmegaConf.to_container(compose_recipe(f"vgpo_{model}"), resolve=False))
     differing = {key for key in dapo.keys() | vgpo.keys() if dapo.get(key, "<absent>") != vgpo.get(key, "<absent>")}
-    estimator_keys = {"algorithm.adv_estimator"} | {k for k in differing if k.startswith("algorithm.vgpo.")}
+    estimator_keys = {"algorithm.adv_estimator", "trainer.method_tag"} | {
+        k for k in differing if k.startswith("algorithm.vgpo.")}
     assert differing == estimator_keys, f"{model}: the pair also differs in {sorted(differing - estimator_keys)}"
     assert (dapo["algorithm.adv_estimator"], vgpo["algorithm.adv_estimator"]) == ("grpo", "vgpo")
     # Experiment names still tell the runs apart once resolved.
@@ -125,7 +126,8 @@ def test_comparison_recipe_differs_from_dapo_only_in_the_estimator(model, method
     dapo = flatten(OmegaConf.to_container(compose_recipe(f"dapo_{model}"), resolve=False))
     other = flatten(OmegaConf.to_container(compose_recipe(f"{method}_{model}"), resolve=False))
     differing = {key for key in dapo.keys() | other.keys() if dapo.get(key, "<absent>") != other.get(key, "<absent>")}
-    estimator_keys = {"algorithm.adv_estimator"} | {k for k in differing if k.startswith(f"algorithm.{method}.")}
+    estimator_keys = {"algorithm.adv_estimator", "trainer.method_tag"} | {
+        k for k in differing if k.startswith(f"algorithm.{method}.")}
     assert differing == estimator_keys, f"{model}: also differs in {sorted(differing - estimator_keys)}"
     assert other["algorithm.adv_estimator"] == method
     assert compose_recipe(f"dapo_{model}", [f"estimator={method}"]) == compose_recipe(f"{method}_{model}")
@@ -301,7 +303,7 @@ def test_main_ppo_entry_point_composes_the_recipe():
     assert result.returncode == 0, result.stderr[-3000:]
     printed = OmegaConf.create(result.stdout[result.stdout.index("actor_rollout_ref:"):])
     assert printed.algorithm.adv_estimator == "vgpo" and printed.algorithm.vgpo.kappa == 0.4
-    assert printed.trainer.total_epochs == 3 and printed.trainer.experiment_name == "qwen2_5_vl_7b_vgpo"
+    assert printed.trainer.total_epochs == 3 and printed.trainer.experiment_name == "qwen2_5_vl_7b_vgpo_beta0.3_gamma0.5_kappa0.4"
 
 
 class _TextTokenizer:
@@ -350,3 +352,26 @@ def test_reward_manager_gives_accuracy_and_no_overlong_penalty():
     penalised = compose_recipe("vgpo_qwen2_5_vl_7b", ["reward.reward_kwargs.overlong_buffer_cfg.enable=true"])
     scored = _score_one_response(penalised, r"\boxed{30}", full_length)
     assert scored["reward_score"] < 1.0 and scored["reward_extra_info"]["acc"] == 1.0
+
+
+@pytest.mark.parametrize("recipe", ALL_RECIPES)
+def test_recipe_logs_to_wandb_named_by_model_method_and_knobs(recipe):
+    """As verl's examples: console + W&B, project vgpo; the run's name is the model, the method and its key
+    knobs (resolved, so a knob set on the command line names a run of its own)."""
+    cfg = compose_recipe(recipe)
+    assert list(cfg.trainer.logger) == ["console", "wandb"] and cfg.trainer.project_name == "vgpo"
+    model = next(m for m in MODELS if recipe.endswith("_" + m))
+    method = recipe[: -len(model) - 1]
+    algo = cfg.algorithm
+    tag = {
+        "dapo": "grpo",
+        "vgpo": f"vgpo_beta{algo.get('vgpo', {}).get('beta')}_gamma{algo.get('vgpo', {}).get('gamma')}"
+                f"_kappa{algo.get('vgpo', {}).get('kappa')}",
+        "vppo": f"vppo_top{algo.get('vppo', {}).get('top_share')}_betamin{algo.get('vppo', {}).get('beta_min')}",
+        "entropy_shaping": f"entropy_shaping_alpha{algo.get('entropy_shaping', {}).get('alpha')}"
+                           f"_kappa{algo.get('entropy_shaping', {}).get('kappa')}",
+    }[method]
+    assert cfg.trainer.experiment_name == f"{model}_{tag}"
+    if method == "vgpo":
+        changed = compose_recipe(recipe, ["algorithm.vgpo.kappa=0.35"]).trainer.experiment_name
+        assert changed == f"{model}_{tag}".replace(f"kappa{algo.vgpo.kappa}", "kappa0.35")

@@ -4,7 +4,8 @@ Builds the tiny Qwen2.5-VL, its warm start (minutes of supervised fine-tuning, s
 the shapes task if missing (under .cache/demo in the repo), runs verl's `main_ppo` with
 `algorithm.adv_estimator=vgpo` from the warm start for 2 steps plus one validation, shows its
 progress, and ends with a summary: per step the reward, verl's advantage range, the `vgpo/` and
-`rollout_corr/` metrics; wall time, peak memory and where the logs are. Exit code: verl's, or 1 if
+`rollout_corr/` metrics; wall time, peak memory and where the logs are (verl's jsonl, W&B offline,
+TensorBoard), and the run's one-page report (report.png, vgpo_verl.report). Exit code: verl's, or 1 if
 the run did not produce what the summary needs.
 
 `--steps N --run-dir DIR`: N steps, a checkpoint after each into DIR; the same command with a larger
@@ -134,11 +135,22 @@ def main(argv: list[str] | None = None) -> int:
     text, complete = render_summary(
         metrics, steps=args.steps, estimator=args.estimator, exit_code=code, wall_s=wall_s,
         peak_memory_bytes=memory.peak_bytes, run_dir=run_dir, resumed_from=resumed_from,
+        page=_report_page(run_dir) if metrics else None,
     )
     print(text, flush=True)
     if code != 0:
         return code
     return 0 if complete else 1
+
+
+def _report_page(run_dir: pathlib.Path) -> pathlib.Path | None:
+    """The run's page (python -m vgpo_verl.report) next to its metrics.jsonl; None if it logged no step."""
+    from vgpo_verl.report import report
+
+    try:
+        return report(run_dir / "metrics.jsonl")
+    except cli.UsageError:
+        return None
 
 
 if __name__ == "__main__":

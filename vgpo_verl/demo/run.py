@@ -33,6 +33,10 @@ RESPONSES_PER_PROMPT = 4
 STEPS = 2
 MAX_PROMPT_TOKENS = 128  # chat template + question (~30) + 16 image tokens
 MAX_RESPONSE_TOKENS = 32
+LOGGERS = ("console", "file", "wandb", "tensorboard")
+CHART_EVERY = 1
+WANDB_FOLDER = "wandb"  # under the run directory: W&B's offline runs (wandb/offline-run-*)
+TENSORBOARD_FOLDER = "tensorboard"
 
 
 def overrides(model_dir: pathlib.Path, train: pathlib.Path, val: pathlib.Path, estimator: str,
@@ -101,7 +105,8 @@ def overrides(model_dir: pathlib.Path, train: pathlib.Path, val: pathlib.Path, e
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
         "+ray_kwargs.ray_init.include_dashboard=false",
         # trainer: one CPU "GPU", `steps` steps (as many epochs as they take: verl's loop also ends when
-        # the epochs run out), validation after the last one, metrics to console + jsonl
+        # the epochs run out), validation after the last one; metrics to the console, a jsonl (the
+        # summary and the report page read it), W&B offline and TensorBoard (run_environment's folders)
         "trainer.device=cpu",
         "trainer.nnodes=1",
         "trainer.n_gpus_per_node=1",
@@ -110,9 +115,11 @@ def overrides(model_dir: pathlib.Path, train: pathlib.Path, val: pathlib.Path, e
         "trainer.val_before_train=false",
         f"trainer.test_freq={steps}",
         "trainer.save_freq=-1",
-        "trainer.logger=[console,file]",
+        f"trainer.logger=[{','.join(LOGGERS)}]",
         "trainer.project_name=vgpo_demo",
-        "trainer.experiment_name=tiny_qwen2_5_vl_shapes",
+        f"trainer.experiment_name=tiny_qwen2_5_vl_shapes_{estimator}",
+        # the forgetting chart (vgpo_verl.plugin.tracking) at every step: the demo has only a few
+        *([f"+algorithm.vgpo.focus_chart_every={CHART_EVERY}"] if estimator == "vgpo" else []),
     ]
 
 
@@ -127,6 +134,12 @@ def run_environment(run_dir: pathlib.Path, run_id: str) -> dict[str, str]:
         {
             RUN_ID_VAR: run_id,
             "VERL_FILE_LOGGER_PATH": str(run_dir / "metrics.jsonl"),
+            # W&B offline (nothing leaves the machine; `wandb sync` uploads it later), no console capture
+            "WANDB_MODE": "offline",
+            "WANDB_DIR": str(run_dir),
+            "WANDB_CONSOLE": "off",
+            "WANDB_SILENT": "true",
+            "TENSORBOARD_DIR": str(run_dir / TENSORBOARD_FOLDER),
             "XDG_CACHE_HOME": str(cache),
             "VLLM_CACHE_ROOT": str(cache / "vllm"),
             "TRITON_CACHE_DIR": str(cache / "triton"),

@@ -43,13 +43,15 @@ def focus_line(values: dict[str, float]) -> str | None:
 
 
 def render_summary(metrics, steps: int, estimator: str, exit_code: int, wall_s: float,
-                   peak_memory_bytes: int, run_dir: pathlib.Path, resumed_from: int = 0) -> tuple[str, bool]:
+                   peak_memory_bytes: int, run_dir: pathlib.Path, resumed_from: int = 0,
+                   page: pathlib.Path | None = None) -> tuple[str, bool]:
     """The summary text, and whether the run shows everything the demo promises.
 
     Complete means: verl exited 0, training steps resumed_from + 1 .. `steps` (and no other) were
     logged with a reward, a validation ran, and for our estimators (vgpo_verl.plugin.method_table) every step
     has the method's metrics (`vgpo/`, `entropy/`, `vppo/`); for vgpo also no response lacking a
     visual token. `resumed_from`: the checkpoint's step this run continued from (0: a fresh run).
+    `page`: the run's report page (vgpo_verl.report), None if none was written.
     """
     from vgpo_verl.plugin.method_table import method_of
 
@@ -106,6 +108,9 @@ def render_summary(metrics, steps: int, estimator: str, exit_code: int, wall_s: 
     lines.append(f"peak memory (PSS)   {peak_memory_bytes / 2**30:.1f} GiB, all processes of the run")
     lines.append(f"logs                {run_dir / 'train.log'}")
     lines.append(f"metrics (jsonl)     {run_dir / 'metrics.jsonl'}")
+    for label, path in logger_folders(run_dir).items():
+        lines.append(f"{label:<20}{path}")
+    lines.append(f"report (PNG)        {page if page is not None else '(none: no step was logged)'}")
     if problems:
         lines.append("INCOMPLETE: " + "; ".join(problems))
     lines.append("=" * 72)
@@ -124,3 +129,16 @@ def our_cost(values: dict[str, float]) -> str | None:
     if SHARE_KEY in values:
         text += f", {100 * values[SHARE_KEY]:.2f} % of the step"
     return text
+
+
+def logger_folders(run_dir: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Where the run's W&B offline run (the newest) and TensorBoard events are, those that exist."""
+    from vgpo_verl.demo.run import TENSORBOARD_FOLDER, WANDB_FOLDER
+
+    found = {}
+    wandb_runs = sorted((run_dir / WANDB_FOLDER).glob("offline-run-*"))
+    if wandb_runs:
+        found["W&B (offline)"] = wandb_runs[-1]
+    if (run_dir / TENSORBOARD_FOLDER).is_dir():
+        found["TensorBoard"] = run_dir / TENSORBOARD_FOLDER
+    return found

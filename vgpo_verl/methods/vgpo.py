@@ -62,6 +62,8 @@ class VGPOConfig:
     alpha_min: float = _knob(0.9, "lower clip of alpha")
     alpha_max: float = _knob(2.0, "upper clip of alpha")
     layer: int = _knob(-1, LAYER_HELP)
+    focus_chart_every: int = _knob(10, "steps between forgetting-curve charts in W&B / TensorBoard (0: none); "
+                                       "read by the logger hook (vgpo_verl.plugin.tracking), not the weighting")
 
     def __post_init__(self):
         """Every problem at once (KnobErrors); a value of the wrong type gets no range check."""
@@ -76,6 +78,9 @@ class VGPOConfig:
                 problems.append(f"VGPOConfig.{f.name}={value!r}: must be finite")
             elif f.name == "layer" and (isinstance(value, bool) or not isinstance(value, int)):
                 problems.append(f"VGPOConfig.layer={value!r}: must be an integer ({LAYER_HELP})")
+            elif f.name == "focus_chart_every" and (isinstance(value, bool) or not isinstance(value, int)
+                                                    or value < 0):
+                problems.append(f"VGPOConfig.focus_chart_every={value!r}: must be an integer >= 0 (0: no chart)")
             else:
                 typed.add(f.name)
         problems += [_choice("schedule", self.schedule, SCHEDULES), _choice("rho_norm", self.rho_norm, RHO_NORMS),

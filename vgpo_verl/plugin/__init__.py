@@ -10,11 +10,12 @@ only, so every failure here is logged at WARNING, naming what failed.
 Its modules: `estimator` and `method_table` (our estimators in verl's registry, and what each needs
 from the old-log-prob pass), `engine` (the scoring FSDP engine), `trainer_wiring` (the trainers'
 old-log-prob and advantage steps), `preflight` and `model_check` (start-up checks in the driver),
-`checkpoints`, `preemption`, `rollout_seeds`, `timing`, `dump`, `families` (the family table),
+`checkpoints`, `preemption`, `rollout_seeds`, `timing`, `dump`, `tracking` (the forgetting chart in
+W&B / TensorBoard), `families` (the family table),
 `config_value`, `_import_hooks`.
 
 May import: verl, Ray, torch, transformers, vgpo_verl.methods. Never the tools above it (demo, doctor,
-data, evaluate, analyze, cpu, cli, knobs, reward): the contracts in .importlinter say so.
+data, evaluate, analyze, cpu, cli, knobs, reward, report): the contracts in .importlinter say so.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ POST_IMPORT_HOOKS: dict[str, str | tuple[str, ...]] = {
     "verl.trainer.ppo.v1": "vgpo_verl.plugin.preemption:install_v1",
     # opt-in per-sample rollout seeds (actor_rollout_ref.rollout.custom.seed_per_sample)
     "verl.experimental.agent_loop.agent_loop": "vgpo_verl.plugin.rollout_seeds:install",
+    # the forgetting curve as a chart in W&B / TensorBoard, where the trainer holds verl's tracker
+    "verl.utils.tracking": "vgpo_verl.plugin.tracking:install",
     # every PPO entry point's first call in the driver: the start-up checks (preflight)
     "verl.utils.device": "vgpo_verl.plugin.preflight:install",
 }
