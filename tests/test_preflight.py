@@ -43,7 +43,8 @@ def test_supported_setup_passes():
     ("algorithm.vgpo.no_such_knob", 1, "algorithm.vgpo: unknown key(s) ['no_such_knob']"),
     ("actor_rollout_ref.actor.strategy", "megatron",
      "actor_rollout_ref.actor.strategy=megatron: algorithm.adv_estimator=vgpo scores in verl's FSDP actor engine only; "
-     "use model_engine=dp (verl's default) with actor_rollout_ref.actor.strategy=fsdp2"),
+     "use model_engine=dp (verl's default) with actor_rollout_ref.actor.strategy=fsdp2 (or fsdp) (Megatron: the "
+     "design, not run yet, is in docs/megatron.md)."),
     ("algorithm.rollout_correction.bypass_mode", True, "set algorithm.rollout_correction.bypass_mode=false."),
 ])
 def test_each_refusal_names_its_key_and_the_fix(key, value, expected):

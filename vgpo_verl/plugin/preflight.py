@@ -238,9 +238,10 @@ def _engine_problems(config: Any, est: str, env: dict[str, str], engine_key: tup
     found = []
     strategy = str(config_value(config, "actor_rollout_ref.actor.strategy", ""))
     if strategy not in SCORING_STRATEGIES:
+        megatron = " (Megatron: the design, not run yet, is in docs/megatron.md)" if strategy == "megatron" else ""
         found.append(
             f"actor_rollout_ref.actor.strategy={strategy}: {est} scores in verl's FSDP actor engine only; "
-            "use model_engine=dp (verl's default) with actor_rollout_ref.actor.strategy=fsdp2 (or fsdp)."
+            f"use model_engine=dp (verl's default) with actor_rollout_ref.actor.strategy=fsdp2 (or fsdp){megatron}."
         )
     device, vendor = engine_key if engine_key is not None else resolved_engine_key(env)
     if (device, vendor) not in SCORING_ENGINE_KEYS:
