@@ -90,3 +90,27 @@ def test_prepare_resumes_from_the_newest_complete_checkpoint(tmp_path):
     assert invocation.parent == tmp_path / "runs" and not invocation.exists()
     assert continuing.checkpoint_overrides(checkpoints) == [
         "trainer.save_freq=1", f"trainer.default_local_dir={checkpoints}", "trainer.resume_mode=auto"]
+
+
+def test_demo_runs_log_like_a_cluster_run_offline(tmp_path):
+    """Every demo run: verl's jsonl, W&B offline and TensorBoard in its run folder; the forgetting chart at
+    every step for vgpo (vgpo_verl.plugin.tracking), no vgpo block for other estimators."""
+    vgpo = demo_run.overrides(pathlib.Path("m"), pathlib.Path("t"), pathlib.Path("v"), "vgpo")
+    assert "trainer.logger=[console,file,wandb,tensorboard]" in vgpo
+    assert "+algorithm.vgpo.focus_chart_every=1" in vgpo
+    assert not [o for o in demo_run.overrides(pathlib.Path("m"), pathlib.Path("t"), pathlib.Path("v"), "grpo")
+                if "algorithm.vgpo" in o]
+    env = demo_run.run_environment(tmp_path, "run-id")
+    assert env["WANDB_MODE"] == "offline" and env["WANDB_DIR"] == str(tmp_path)
+    assert env["TENSORBOARD_DIR"] == str(tmp_path / "tensorboard") and env["VERL_FILE_LOGGER_PATH"].startswith(str(tmp_path))
+
+
+def test_the_summary_names_the_newest_wandb_run(tmp_path):
+    from vgpo_verl.demo.summary import logger_folders
+
+    assert logger_folders(tmp_path) == {}
+    for name in ("offline-run-20261207_090000-aaaa", "offline-run-20261207_100000-bbbb"):
+        (tmp_path / "wandb" / name).mkdir(parents=True)
+    (tmp_path / "tensorboard").mkdir()
+    assert logger_folders(tmp_path) == {"W&B (offline)": tmp_path / "wandb" / "offline-run-20261207_100000-bbbb",
+                                        "TensorBoard": tmp_path / "tensorboard"}

@@ -450,18 +450,23 @@ def test_a_signal_before_training_requeues_without_training(tmp_path):
     assert sum("main_ppo" in c for c in calls) == 1  # only the restart trained
 
 
+LOGGER_VARS = {"WANDB_MODE": "offline", "WANDB_ENTITY": "lab", "WANDB_DIR": "/shared/wandb", "WANDB_RUN_GROUP": "sweep1",
+               "WANDB_TAGS": "vgpo,7b", "WANDB_BASE_URL": "https://wandb.example.org", "TENSORBOARD_DIR": "/shared/tb"}
+
+
 def test_wandb_settings_reach_the_trainer_and_the_key_stays_off_the_command_line():
-    env = {"WANDB_MODE": "offline", "WANDB_ENTITY": "lab", "TENSORBOARD_DIR": "/shared/tb",
-           "WANDB_API_KEY": "s3cr3t-key", "SLURM_JOB_NAME": "vgpo 7b", "SLURM_JOB_ID": "4242"}
+    env = {**LOGGER_VARS, "WANDB_API_KEY": "s3cr3t-key", "SLURM_JOB_NAME": "vgpo 7b", "SLURM_JOB_ID": "4242"}
     cmds, stdout = slurm_dry_run(FOUR_NODES, "vgpo_qwen2_5_vl_32b", env=env)
     (train,) = [w for w, _ in cmds if "verl.trainer.main_ppo" in w]
     overrides = train[train.index("--config-name") + 2:]
     with initialize_config_dir(config_dir=train[train.index("--config-path") + 1], version_base=None):
         config = compose(config_name="vgpo_qwen2_5_vl_32b", overrides=overrides)
     env_vars = config.ray_kwargs.ray_init.runtime_env.env_vars
-    assert (env_vars.WANDB_MODE, env_vars.WANDB_ENTITY, env_vars.TENSORBOARD_DIR) == ("offline", "lab", "/shared/tb")
+    assert {name: env_vars[name] for name in LOGGER_VARS} == LOGGER_VARS
     # one W&B run per job, resumed by every requeued start (a name W&B accepts as a run id)
     assert (env_vars.WANDB_RUN_ID, env_vars.WANDB_RESUME) == ("vgpo_7b-4242", "allow")
     assert "s3cr3t-key" not in stdout and "WANDB_API_KEY: set" in stdout
-    _, unset = slurm_dry_run(FOUR_NODES, "vgpo_qwen2_5_vl_32b", env={"WANDB_API_KEY": ""})
-    assert "WANDB_API_KEY: not set" in unset and "WANDB_MODE" not in unset
+    unset = {name: "" for name in [*LOGGER_VARS, "WANDB_API_KEY", "WANDB_RUN_ID", "WANDB_RESUME"]}
+    _, stdout = slurm_dry_run(FOUR_NODES, "vgpo_qwen2_5_vl_32b", env=unset)  # whatever this shell exports
+    assert "WANDB_API_KEY: not set" in stdout
+    assert not any(f"env_vars.{name}=" in stdout for name in LOGGER_VARS)

@@ -373,5 +373,6 @@ def test_recipe_logs_to_wandb_named_by_model_method_and_knobs(recipe):
     }[method]
     assert cfg.trainer.experiment_name == f"{model}_{tag}"
     if method == "vgpo":
+        assert algo.vgpo.focus_chart_every == VGPOConfig.focus_chart_every  # the recipe states the default
         changed = compose_recipe(recipe, ["algorithm.vgpo.kappa=0.35"]).trainer.experiment_name
         assert changed == f"{model}_{tag}".replace(f"kappa{algo.vgpo.kappa}", "kappa0.35")

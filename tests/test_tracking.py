@@ -46,6 +46,7 @@ def test_chart_every_reads_the_vgpo_block_and_defaults_to_the_knob():
 def test_focus_chart_every_must_be_a_whole_number(bad):
     with pytest.raises(ValueError, match="focus_chart_every"):
         VGPOConfig(focus_chart_every=bad)
+    assert VGPOConfig(focus_chart_every=0).focus_chart_every == 0  # 0: no chart, as documented
 
 
 def test_wandb_and_tensorboard_get_every_key_and_the_chart(tmp_path, monkeypatch):
@@ -64,7 +65,7 @@ def test_wandb_and_tensorboard_get_every_key_and_the_chart(tmp_path, monkeypatch
         lines.setdefault(key, []).append((x, value))
     assert sorted(lines) == ["step 1", "step 2"]
     assert [v for _, v in sorted(lines["step 2"])] == pytest.approx([step_metrics(2)[f"{FOCUS}{k}"] for k in range(5)])
-    assert [x for x, _ in sorted(lines["step 1"])] == pytest.approx(charts.POSITIONS)
+    assert [x for x, _ in sorted(lines["step 1"])] == pytest.approx([0.1, 0.3, 0.5, 0.7, 0.9])  # each fifth's centre
 
     # TensorBoard, through its own reader: the same scalars, and the chart as an image at steps 1 and 2
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -99,3 +100,42 @@ def test_a_failing_chart_is_a_warning_not_a_failed_step(monkeypatch, tmp_path, c
         paths = log_run(tmp_path, monkeypatch, steps=1, every=1, loggers=("tensorboard", "file"))
     assert "forgetting-curve chart of step 1 failed" in caplog.text
     assert "critic/score/mean" in json.loads(paths["file"].read_text().splitlines()[0])["data"]
+
+
+def test_a_chart_step_keeps_every_metric_of_that_step_in_wandb(tmp_path, monkeypatch):
+    """The chart is logged at its step (not W&B's next one): a validation logged after it, at the same step,
+    is kept."""
+    paths = log_run(tmp_path, monkeypatch, steps=2, every=1, loggers=("wandb",))
+    logged = read_wandb_run(next(paths["wandb"].glob("run-*.wandb")))
+    assert logged[2]["val-core/shapes/acc/mean@1"] == 0.75 and logged[2]["critic/score/mean"] == pytest.approx(0.2)
+    assert len(list(paths["wandb"].glob("files/media/table/vgpo/forgetting_curve_table_*.table.json"))) == 2
+
+
+def test_a_log_call_for_other_backends_draws_no_chart():
+    """Tracking.log(..., backend=[...]) sends to those backends only; the chart follows the same filter."""
+    class Board:
+        writer = None  # touching it would fail
+
+    tracking = type("Tracking", (), {"logger": {"tensorboard": Board()}})()
+    charts.draw(tracking, 2, {1: [0.0] * 5}, backend=["console"])
+
+
+def test_the_config_is_read_when_verl_passes_it_by_position():
+    tracking = type("Tracking", (), {})()
+    tracking.logger = {"tensorboard": object()}
+    init = charts._wrap_init(lambda self, *args, **kwargs: None)
+    init(tracking, "project", "experiment", ["tensorboard"], {"algorithm": {"vgpo": {"focus_chart_every": 3}}})
+    assert tracking._vgpo_chart.every == 3
+
+
+def test_a_second_finish_does_not_tear_wandb_down_again(monkeypatch):
+    from verl.utils.tracking import Tracking
+
+    calls = []
+    fake_wandb = type("W", (), {"teardown": staticmethod(lambda: calls.append("teardown")),
+                                "finish": staticmethod(lambda exit_code=0: calls.append("finish"))})
+    tracking = Tracking.__new__(Tracking)
+    tracking.logger, tracking._finished = {"wandb": fake_wandb}, False
+    tracking.finish()
+    tracking.finish()  # what verl's __del__ does, perhaps at interpreter shutdown
+    assert calls == ["finish", "teardown"]

@@ -128,9 +128,9 @@ def _wrap_log(original):
 
 def _wrap_finish(original):
     def finish(self, *args, **kwargs):
-        wandb = getattr(self, "logger", {}).get("wandb")
+        wandb = None if getattr(self, "_finished", False) else getattr(self, "logger", {}).get("wandb")
         original(self, *args, **kwargs)
-        if wandb is not None:
+        if wandb is not None:  # the first finish only (verl's __del__ calls it again, maybe at shutdown)
             # close W&B's service connection now, while its process lives: left to W&B's atexit hook, the
             # trainer's Ray actor may outlive that process and print a "Connection lost" traceback at exit
             try:

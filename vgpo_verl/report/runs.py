@@ -27,7 +27,7 @@ RECORD_HEADER = struct.Struct("<IHB")  # crc32 of (type byte + payload), payload
 BLOCK_BYTES = 32768
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 WHAT_TO_PASS = ("pass verl's file-logger output (a .jsonl of {\"step\", \"data\"} lines, e.g. the demo's "
-                "metrics.jsonl), or a W&B offline run folder (wandb/offline-run-*)")
+                "metrics.jsonl), a W&B offline run folder (wandb/offline-run-*), or a demo run folder")
 
 
 def read_run(path: pathlib.Path) -> tuple[Metrics, pathlib.Path]:
@@ -37,7 +37,8 @@ def read_run(path: pathlib.Path) -> tuple[Metrics, pathlib.Path]:
     if not path.exists():
         raise UsageError(f"RUN {path} does not exist", WHAT_TO_PASS)
     if path.is_dir():
-        found = sorted(path.glob("run-*.wandb")) or sorted(path.glob("metrics.jsonl"))
+        found = (sorted(path.glob("run-*.wandb")) or sorted(path.glob("metrics.jsonl"))
+                 or sorted(path.glob("offline-run-*/run-*.wandb"))[-1:])  # W&B's folder: its newest run
         if not found:
             raise UsageError(f"RUN {path} holds neither a W&B run file (run-*.wandb) nor metrics.jsonl",
                              WHAT_TO_PASS)
@@ -63,8 +64,8 @@ def read_file_logger(path: pathlib.Path) -> Metrics:
             continue
         try:
             record = json.loads(line)
-            step, data = int(record["step"]), record["data"]
-            if not isinstance(data, dict):
+            step, data = record["step"], record["data"]
+            if not isinstance(data, dict) or isinstance(step, bool) or not isinstance(step, int):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
             raise UsageError(f"RUN {path}, line {number}: not a line of verl's file logger "
