@@ -262,6 +262,32 @@ def test_v1_estimator_receives_own_position_scores_and_metrics_reach_the_trainer
     torch.testing.assert_close(adv, expected_adv)
 
 
+@pytest.mark.parametrize("trigger_step", [0, 2])
+def test_v1_separate_async_scores_pi_old_in_the_trainers_actor(v1, trigger_step):
+    """trainer.v1.trainer_mode=separate_async (GPU only in verl 0.9.1: it needs an nccl/nixl/mooncake checkpoint
+    engine): its decoupled old-log-prob pass swaps pi_old's weights into the trainer's actor worker group and
+    calls PPOTrainer._compute_old_log_prob, the method we wrap, so the scores come from the actor's forward on
+    pi_old (not from the rollout pool) and reach the estimator."""
+    from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
+
+    make_trainer, batch, _ = v1
+    trainer = object.__new__(PPOTrainerSeparateAsync)
+    trainer.__dict__.update(make_trainer("vgpo").__dict__)
+    trainer.local_trigger_step = trigger_step
+    events, workers = [], trainer.actor_rollout_wg
+    workers.save_model_to_cpu = lambda n: events.append(("save", n))
+    workers.restore_model_from_cpu = lambda n: events.append(("restore", n))
+    workers.clear_cpu_model = lambda n: events.append(("clear", n))
+    compute = workers.compute_log_prob
+    workers.compute_log_prob = lambda b: events.append(("forward", b.extra_info.get(SCORE_FLAG))) or compute(b)
+    _, metrics = run_steps(trainer, batch)
+    scored = [("forward", True)]  # the old-log-prob pass, flagged; the reference pass follows unflagged
+    expected = ([("save", 0)] + scored if trigger_step == 0 else
+                [("save", 2), ("restore", 0)] + scored + [("restore", 2), ("clear", 2)])
+    assert events[:len(expected)] == expected
+    assert metrics["vgpo/no_visual_fraction"] == pytest.approx(1 - sum(HAS_VISUAL) / len(HAS_VISUAL))
+
+
 @pytest.mark.parametrize("layer", [0, 1, -2])
 def test_v1_vgpo_layer_knob_reaches_the_scoring_pass(v1, layer):
     """algorithm.vgpo.layer travels to the engine's flag (test_engine checks the engine scores that layer)."""
