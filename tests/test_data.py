@@ -375,6 +375,16 @@ def test_no_network_fails_at_once_without_hf_hub_offline(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_hf_name_loads_through_datasets_as_the_folder_converts(tmp_path):
+    """--hf-name goes through `datasets` (the builder that names the splits, then its split): a local dataset
+    folder gives the rows --input gives."""
+    source = write_geo3k_parquet(tmp_path / "geometry3k")
+    assert convert_main("geo3k", "--hf-name", source, "--split", "test", "--out", tmp_path / "hub") == 0
+    assert convert_main("geo3k", "--input", source, "--split", "test", "--out", tmp_path / "folder") == 0
+    rows = [pq.read_table(tmp_path / kind / "geo3k" / "test.parquet").to_pylist() for kind in ("hub", "folder")]
+    assert len(rows[0]) == 3 and rows[0] == rows[1]
+
+
 def test_a_missing_split_is_found_before_any_conversion(tmp_path, capsys):
     source = write_geo3k_parquet(tmp_path / "geometry3k")
     line = usage_error(capsys, cli.main, "geo3k", "--input", source, "--out", tmp_path / "o",

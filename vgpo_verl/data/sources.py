@@ -149,10 +149,11 @@ def read_hub(hf_name: str, hf_config: str | None, split: str, batch_size: int = 
         if splits and split not in splits:
             raise UsageError(f"--split {split!r}: {hf_name} (config {hf_config}) has no such split",
                              f"pass one of its splits with --split: {splits}")
-        dataset = datasets.load_dataset(hf_name, hf_config, split=split)
+        builder.download_and_prepare()  # what load_dataset does next, on the builder already resolved
+        dataset = builder.as_dataset(split=split)
+    except UsageError:
+        raise
     except (OSError, ValueError) as error:  # ConnectionError, DatasetNotFoundError, a config it does not have
-        if isinstance(error, UsageError):
-            raise
         raise UsageError(f"cannot load {hf_name} (config {hf_config}, split {split!r}) from the hub "
                          f"({type(error).__name__}: {error})", HUB_FIX) from error
     return _undecoded_rows(dataset, batch_size)

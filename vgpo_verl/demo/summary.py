@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import pathlib
 
+# the live forgetting curve (vgpo_verl.methods.vgpo.vgpo_metrics): one line per step instead of one per bin
+from vgpo_verl.plugin.tracking import FOCUS_PREFIX
+
 REWARD_KEY = "critic/score/mean"
 ADVANTAGE_KEYS = ("critic/advantages/max", "critic/advantages/min")
 # rollout (vLLM) vs actor agreement on the same tokens, images included: verl's rollout_corr/ metrics
@@ -12,8 +15,6 @@ ROLLOUT_CORR_KEYS = ("rollout_corr/kl", "rollout_corr/k3_kl", "rollout_corr/log_
 STEP_TIME_KEY = "timing_s/step"
 NO_VISUAL_KEY = "vgpo/no_visual_fraction"
 VAL_PREFIX = "val-core/"
-# the live forgetting curve (vgpo_verl.methods.vgpo.vgpo_metrics): one line per step instead of one per bin
-FOCUS_PREFIX = "vgpo/focus_by_position/bin_"
 
 
 def read_metrics(path: pathlib.Path) -> dict[int, dict[str, float]]:

@@ -11,12 +11,12 @@ import math
 import pathlib
 
 from vgpo_verl.methods.vgpo import FOCUS_BINS
+from vgpo_verl.plugin.timing import SHARE_KEY
+from vgpo_verl.plugin.tracking import FOCUS_PREFIX
 
 REWARD_KEY = "critic/score/mean"
 VAL_PREFIX = "val-core/"
-FOCUS_PREFIX = "vgpo/focus_by_position/bin_"
 GATE_KEY = "vgpo/gate_pass_rate"
-SHARE_KEY = "perf/our_share_of_step"  # vgpo_verl.plugin.timing.SHARE_KEY
 
 
 def series(metrics: dict[int, dict[str, float]], key: str) -> tuple[list[int], list[float]]:
