@@ -6,7 +6,8 @@ accuracy, the visual focus by response position over steps (the forgetting curve
 ranges of psi and alpha, the gate pass rate, and our code's share of each step. Modules: ``runs`` (the
 readers), ``page`` (the picture), ``__main__`` (the command).
 
-May import: vgpo_verl.cli, vgpo_verl.methods (constants), matplotlib, wandb (its protobuf records).
+May import: vgpo_verl.cli, vgpo_verl.methods and vgpo_verl.plugin (their metric keys), matplotlib, wandb (its
+protobuf records).
 """
 
 from __future__ import annotations
