@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+VEOMNI := veomni==0.1.12
 
 .PHONY: install test test-quick demo bench clean
 
@@ -20,6 +21,9 @@ $(STAMP): setup.py constraints.txt
 	@for pkg in torchvision torchaudio torchcodec; do \
 	  $(BIN)/python -c "import $$pkg" >/dev/null 2>&1 || $(BIN)/python -m pip uninstall -y -q $$pkg; \
 	done
+	@# VeOmni for tests/test_veomni.py, beside the venv: its pins (datasets<=2.21) would downgrade verl's stack,
+	@# and importing it patches transformers' attention, so only that test's ranks put it on their path.
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/veomni $(VEOMNI)
 	touch $@
 
 test: $(STAMP)

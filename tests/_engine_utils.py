@@ -15,7 +15,7 @@ from vgpo_verl.doctor.verl_run import free_port
 def engine_worker(rank: int, world_size: int, port: int, model_dir: str, samples: list, runs: list,
                   out_path: str) -> None:
     """One rank: for each run (remove_padding, sp, dynamic_bsz, max_token_len, legacy_layout, flags,
-    optionally its own model_dir, samples and `lora` fields of HFModelConfig), verl's engine.infer_batch;
+    optionally its own model_dir, samples, `lora` fields of HFModelConfig and `backend`), verl's engine.infer_batch;
     rank 0 saves {run name: {"outputs": {key: [per-sample tensors]}, "engine_class", "scoring_hooks"
     (hooks installed), "scored_modules" (their modules' names), "timings" (the pass's `timing_s/` metrics)}}.
 
@@ -29,23 +29,24 @@ def engine_worker(rank: int, world_size: int, port: int, model_dir: str, samples
     try:
         import transformers
 
-        import vgpo_verl.plugin.engine
+        import vgpo_verl.plugin.scoring_engine
 
         scoring_hooks = []
-        original_capture = vgpo_verl.plugin.engine.HiddenStateCapture
+        original_capture = vgpo_verl.plugin.scoring_engine.HiddenStateCapture
 
         def recording_capture(*args, **kwargs):  # records every hook the engine installs and its module's name
             capture = original_capture(*args, **kwargs)
             scoring_hooks.append(next(n for n, m in args[0].named_modules() if m is capture.module))
             return capture
 
-        vgpo_verl.plugin.engine.HiddenStateCapture = recording_capture
+        vgpo_verl.plugin.scoring_engine.HiddenStateCapture = recording_capture
         plain_models, engines, results = {}, {}, {}
         for run in runs:
             run_dir, run_samples = run.get("model_dir", model_dir), run.get("samples", samples)
             if run_dir not in plain_models:  # for position ids only
                 plain_models[run_dir] = transformers.AutoModelForImageTextToText.from_pretrained(run_dir)
-            key = (run_dir, run["remove_padding"], run.get("sp", 1), tuple(sorted(run.get("lora", {}).items())))
+            key = (run_dir, run["remove_padding"], run.get("sp", 1), tuple(sorted(run.get("lora", {}).items())), "cpu",
+                   run.get("backend", "fsdp2"))
             if key not in engines:
                 engines[key] = verl_run.build_engine(*key)
             batch = verl_run.build_batch(plain_models[run_dir], run_samples, run.get("legacy_layout", False),

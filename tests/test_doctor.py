@@ -18,8 +18,11 @@ from vgpo_verl.doctor.tiny_models import tiny_model
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_doctor(*argv, timeout=300):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+def run_doctor(*argv, timeout=300, env=None):
+    """`python -m vgpo_verl.doctor argv` in a child process; env["PYTHONPATH"] goes after the repository's."""
+    extra = (env or {}).get("PYTHONPATH", "")
+    env = {**os.environ, **(env or {}),
+           "PYTHONPATH": os.pathsep.join(p for p in [str(REPO), extra, os.environ.get("PYTHONPATH", "")] if p)}
     return subprocess.run([sys.executable, "-m", "vgpo_verl.doctor", *argv], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO)
 
@@ -33,6 +36,8 @@ def run_doctor(*argv, timeout=300):
     (["--tiny", "qwen3_vl", "--model", "/tmp"], "--model"),
     ([], "--model --tiny"),
     (["--tiny", "qwen3_vl", "--methods", ","], "--methods empty not among"),
+    (["--tiny", "qwen3_vl", "--engine", "veomni"], "--engine veomni: the veomni package is not installed"),
+    (["--tiny", "qwen3_vl", "--engine", "megatron"], "--engine"),
 ])
 def test_a_usage_error_is_one_line_naming_the_flag_and_exit_2(capsys, argv, flag):
     line = usage_error(capsys, doctor.main, *argv)

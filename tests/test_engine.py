@@ -175,12 +175,13 @@ def test_the_pass_reports_the_seconds_of_our_additions(ws1, run):
 def test_training_forward_is_never_scored_even_with_the_flag(monkeypatch):
     """forward_only=False (update_actor) goes straight to verl's forward_step: no hook."""
     import vgpo_verl.plugin.engine as engine_module
+    import vgpo_verl.plugin.scoring_engine as scoring_module
     from verl.utils import tensordict_utils as tu
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
     calls = []
     monkeypatch.setattr(FSDPEngineWithLMHead, "forward_step", lambda self, mb, lf, fo: calls.append(fo) or ("loss", {}))
-    monkeypatch.setattr(engine_module, "HiddenStateCapture", lambda *a, **k: pytest.fail("hook installed"))
+    monkeypatch.setattr(scoring_module, "HiddenStateCapture", lambda *a, **k: pytest.fail("hook installed"))
     batch = tu.get_tensordict({"input_ids": torch.zeros(2, 3)}, non_tensor_dict={"vgpo_score": True})
     engine = object.__new__(engine_module.VGPOFSDPEngineWithLMHead)
     assert engine.forward_step(batch, loss_function=None, forward_only=False) == ("loss", {})
@@ -194,6 +195,7 @@ def test_the_pass_sums_our_seconds_over_its_micro_batches(monkeypatch, device):
     forward and our scorer are stand-ins; the timer's clock advances 1 s per reading, so every timed
     region lasts 1 s: per micro-batch the hook and the slicing of its scores, and the perturbed forward."""
     import vgpo_verl.plugin.engine as engine_module
+    import vgpo_verl.plugin.scoring_engine as scoring_module
     from verl.utils import tensordict_utils as tu
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
@@ -231,11 +233,11 @@ def test_the_pass_sums_our_seconds_over_its_micro_batches(monkeypatch, device):
         return {"model_output": {}, "loss": [], "metrics": {"mfu": 0.5}}
 
     monkeypatch.setattr(timing, "PassTimer", pass_timer)
-    monkeypatch.setattr(engine_module, "get_device_name", lambda: device)
-    monkeypatch.setattr(engine_module, "HiddenStateCapture", Capture)
-    monkeypatch.setattr(engine_module, "_MicroBatchScorer", Scorer)
-    monkeypatch.setattr(engine_module, "score_outputs", lambda *args: {"vgpo_visual_score": "scores"})
-    monkeypatch.setattr(engine_module, "response_lengths", lambda micro_batch: None)
+    monkeypatch.setattr(scoring_module, "get_device_name", lambda: device)
+    monkeypatch.setattr(scoring_module, "HiddenStateCapture", Capture)
+    monkeypatch.setattr(scoring_module, "_MicroBatchScorer", Scorer)
+    monkeypatch.setattr(scoring_module, "score_outputs", lambda *args: {"vgpo_visual_score": "scores"})
+    monkeypatch.setattr(scoring_module, "response_lengths", lambda micro_batch: None)
     monkeypatch.setattr(engine_module.VGPOFSDPEngineWithLMHead, "_perturbed_log_probs", lambda self, mb, lf: "aug")
     monkeypatch.setattr(FSDPEngineWithLMHead, "forward_step", lambda self, mb, lf, fo: ("loss", {"model_output": {}}))
     monkeypatch.setattr(FSDPEngineWithLMHead, "infer_batch", micro_batch_loop)

@@ -42,13 +42,17 @@ def test_supported_setup_passes():
     ("algorithm.vgpo.kappa", 1.5, "algorithm.vgpo.kappa=1.5: must lie in [0.0, 1.0]"),
     ("algorithm.vgpo.no_such_knob", 1, "algorithm.vgpo: unknown key(s) ['no_such_knob']"),
     ("actor_rollout_ref.actor.strategy", "megatron",
-     "actor_rollout_ref.actor.strategy=megatron: algorithm.adv_estimator=vgpo scores in verl's FSDP actor engine only; "
-     "use model_engine=dp (verl's default) with actor_rollout_ref.actor.strategy=fsdp2 (or fsdp) (Megatron: the "
-     "design, not run yet, is in docs/megatron.md)."),
+     "actor_rollout_ref.actor.strategy=megatron: algorithm.adv_estimator=vgpo scores in verl's FSDP and VeOmni actor "
+     "engines only; use model_engine=dp (verl's default) with actor_rollout_ref.actor.strategy=fsdp2 (or fsdp), or "
+     "model_engine=veomni (Megatron: the design, not run yet, is in docs/megatron.md)."),
+    ("actor_rollout_ref.actor.veomni.ulysses_parallel_size", 2,
+     "actor_rollout_ref.actor.veomni.ulysses_parallel_size=2: algorithm.adv_estimator=vgpo has not run under "
+     "VeOmni's sequence parallelism"),
     ("algorithm.rollout_correction.bypass_mode", True, "set algorithm.rollout_correction.bypass_mode=false."),
 ])
 def test_each_refusal_names_its_key_and_the_fix(key, value, expected):
-    found = preflight.problems(config(**{key: value}), "verl.trainer.main_ppo", environ={}, engine_key=NVIDIA)
+    over = {key: value, **({"actor_rollout_ref.actor.strategy": "veomni"} if ".veomni." in key else {})}
+    found = preflight.problems(config(**over), "verl.trainer.main_ppo", environ={}, engine_key=NVIDIA)
     assert len(found) == 1 and expected in found[0], found
 
 
@@ -135,6 +139,51 @@ def test_each_method_gets_only_the_checks_its_table_row_implies(estimator, strat
                                engine_key=("cuda", "amd"))
     assert sum("bypass_mode=false" in f for f in found) == 1
     assert sum("VERL_USE_EXTERNAL_PLUGINS=none" in f for f in found) == 1
+
+
+@pytest.mark.parametrize("estimator", ["vgpo", "vppo"])
+def test_veomni_is_a_scoring_strategy_with_sp_one(estimator):
+    cfg = config(**{"algorithm.adv_estimator": estimator, "actor_rollout_ref.actor.strategy": "veomni",
+                    "actor_rollout_ref.actor.veomni.ulysses_parallel_size": 1})
+    assert preflight.problems(cfg, "verl.trainer.main_ppo", environ={}, engine_key=NVIDIA) == []
+
+
+def _saved(tmp_path, family, fused):
+    from vgpo_verl.doctor.tiny_models import tiny_model
+
+    tiny_model(family).save_pretrained(tmp_path / family, save_original_format=not fused)
+    return str(tmp_path / family)
+
+
+@pytest.mark.parametrize("remove_padding, refused", [(False, True), (True, False)])
+def test_veomni_qwen3_5_runs_packed_only(tmp_path, remove_padding, refused):
+    cfg = config(**{"actor_rollout_ref.actor.strategy": "veomni",
+                    "actor_rollout_ref.model.path": _saved(tmp_path, "qwen3_5", fused=True),
+                    "actor_rollout_ref.model.use_remove_padding": remove_padding})
+    found = preflight.problems(cfg, "verl.trainer.main_ppo", environ={}, engine_key=NVIDIA)
+    assert found == ([f"actor_rollout_ref.model.use_remove_padding=false with model_type=qwen3_5 on VeOmni: VeOmni's "
+                      "Qwen3.5 decoder layers assert cu_seq_lens_q, which verl passes only for packed sequences; set "
+                      "actor_rollout_ref.model.use_remove_padding=true."] if refused else []), found
+
+
+@pytest.mark.parametrize("estimator", ["vgpo", "grpo"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_veomni_refuses_a_checkpoint_with_one_tensor_per_expert_for_every_estimator(tmp_path, estimator, fused):
+    """transformers 5 saves Qwen3.5-MoE as the hub stores it, one tensor per expert; VeOmni 0.1.12 has no
+    converter for it and would initialise the experts at random (tests/test_veomni.py saves them fused)."""
+    path = _saved(tmp_path, "qwen3_5_moe", fused)
+    cfg = config(**{"algorithm.adv_estimator": estimator, "actor_rollout_ref.actor.strategy": "veomni",
+                    "actor_rollout_ref.model.path": path})
+    found = preflight.problems(cfg, "verl.trainer.main_ppo", environ={}, engine_key=NVIDIA)
+    if fused:
+        assert found == []
+    else:
+        assert len(found) == 1 and found[0].startswith(
+            f"actor_rollout_ref.model.path={path}: its checkpoint stores one tensor per expert "
+            "(model.language_model.layers.0.mlp.experts.0."), found
+        assert "save_original_format=False" in found[0]
+    cfg.actor_rollout_ref.actor.strategy = "fsdp2"  # transformers fuses on load: FSDP is fine either way
+    assert preflight.problems(cfg, "verl.trainer.main_ppo", environ={}, engine_key=NVIDIA) == []
 
 
 def test_other_estimators_are_never_refused():

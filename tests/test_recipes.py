@@ -20,14 +20,15 @@ from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
 from verl.trainer.ppo.reward import get_custom_reward_fn, resolve_reward_manager_cls
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import omega_conf_to_dataclass, validate_config
-from verl.workers.config import FSDPActorConfig, RolloutConfig
+from verl.workers.config import FSDPActorConfig, RolloutConfig, VeOmniActorConfig
 from vgpo_verl.methods.vgpo import VGPOConfig
 from vgpo_verl.methods.entropy_shaping import EntropyShapingConfig
 from vgpo_verl.methods.vppo import VPPOConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
-MODELS = ["qwen2_5_vl_7b", "qwen2_5_vl_3b", "qwen2_5_vl_32b", "qwen3_vl_8b", "qwen3_vl_30b_a3b", "qwen3_5_27b"]
+MODELS = ["qwen2_5_vl_7b", "qwen2_5_vl_3b", "qwen2_5_vl_32b", "qwen3_vl_8b", "qwen3_vl_30b_a3b", "qwen3_5_27b",
+          "qwen3_vl_30b_a3b_veomni"]
 # The paper's comparison methods, paired with the 7B and 3B runs (estimator file only).
 COMPARISON_MODELS = ["qwen2_5_vl_7b", "qwen2_5_vl_3b"]
 METHOD_CONFIGS = {"entropy_shaping": EntropyShapingConfig, "vppo": VPPOConfig}
@@ -74,7 +75,7 @@ def test_recipe_composes_and_passes_verls_validation(name):
 
     # verl's dataclasses for the blocks we change (the model block is skipped: it downloads the tokenizer).
     actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
-    assert isinstance(actor, FSDPActorConfig)
+    assert isinstance(actor, VeOmniActorConfig if name.endswith("_veomni") else FSDPActorConfig)
     rollout = omega_conf_to_dataclass(config.actor_rollout_ref.rollout)
     assert isinstance(rollout, RolloutConfig)
     # verl 0.9.1's RewardManagerConfig cannot be instantiated (its __post_init__ calls a missing
@@ -229,7 +230,38 @@ VERL_EXAMPLE_SETTINGS = {
         "actor_rollout_ref.rollout.max_num_batched_tokens": 8192,
         "actor_rollout_ref.model.path": "Qwen/Qwen3.5-27B", "data.image_patch_size": 16,
     },
+    "qwen3_vl_30b_a3b_veomni": {  # examples/grpo_trainer/run_qwen3_vl_30b_moe_veomni.sh: engine and rollout
+        "model_engine": "veomni", "actor_rollout_ref.actor.strategy": "veomni",
+        "actor_rollout_ref.actor.veomni.param_offload": True, "actor_rollout_ref.actor.veomni.optimizer_offload": True,
+        "actor_rollout_ref.actor.veomni.enable_full_shard": True,
+        "actor_rollout_ref.actor.veomni.ulysses_parallel_size": 1,
+        "actor_rollout_ref.actor.veomni.expert_parallel_size": 1,
+        "actor_rollout_ref.actor.veomni.attn_implementation": "flash_attention_2",
+        "actor_rollout_ref.actor.veomni.moe_implementation": "fused",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 1, "actor_rollout_ref.actor.use_dynamic_bsz": True,
+        "actor_rollout_ref.actor.use_torch_compile": False,
+        "actor_rollout_ref.rollout.tensor_model_parallel_size": 2,
+        "actor_rollout_ref.rollout.gpu_memory_utilization": 0.8, "actor_rollout_ref.rollout.enforce_eager": True,
+        "actor_rollout_ref.rollout.enable_chunked_prefill": False,
+        "actor_rollout_ref.rollout.enable_prefix_caching": False,
+        "actor_rollout_ref.rollout.engine_kwargs.vllm.disable_mm_preprocessor_cache": True,
+        # the batch of the FSDP recipe for this model (the example's 16 prompts and 10 steps are a smoke test)
+        "data.train_batch_size": 512, "actor_rollout_ref.actor.ppo_mini_batch_size": 128,
+        "actor_rollout_ref.model.path": "Qwen/Qwen3-VL-30B-A3B-Instruct", "data.image_patch_size": 16,
+    },
 }
+
+
+def test_the_veomni_recipe_is_the_fsdp_one_on_verls_veomni_engine():
+    """The VeOmni pair differs from the FSDP pair of the same model only where an engine setting or the
+    VeOmni example's rollout differs: data, algorithm, reward and the actor's loss are the same."""
+    veomni, fsdp = compose_recipe("vgpo_qwen3_vl_30b_a3b_veomni"), compose_recipe("vgpo_qwen3_vl_30b_a3b")
+    assert veomni.data == fsdp.data and veomni.algorithm == fsdp.algorithm and veomni.reward == fsdp.reward
+    for key in ("ppo_mini_batch_size", "clip_ratio_low", "clip_ratio_high", "clip_ratio_c", "loss_agg_mode",
+                "use_kl_loss", "entropy_coeff", "optim.lr"):
+        assert OmegaConf.select(veomni.actor_rollout_ref.actor, key) == OmegaConf.select(fsdp.actor_rollout_ref.actor, key)
+    assert "fsdp_config" not in veomni.actor_rollout_ref.actor and veomni.actor_rollout_ref.ref.strategy == "veomni"
+    assert veomni.trainer.experiment_name.startswith("qwen3_vl_30b_a3b_veomni_vgpo_")
 
 
 @pytest.mark.parametrize("model", sorted(VERL_EXAMPLE_SETTINGS))

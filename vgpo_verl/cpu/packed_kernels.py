@@ -22,7 +22,8 @@ arguments. Without flash-linear-attention that is transformers' `torch_chunk_gat
 accepts `**kwargs` and ignores them: the packed sequences then run as one, each sample's recurrent
 state flowing into the next (a verl 0.9.1 defect on any machine without fla, seen here as 5e-5 score
 errors on a tiny random model). `varlen_chunk_gated_delta_rule` runs the torch rule per sequence, as
-fla's varlen kernel does.
+fla's varlen kernel does. VeOmni's Qwen3.5 layers also need fla's varlen causal conv1d:
+`varlen_causal_conv1d` (registered in VeOmni's kernel registry by vgpo_verl.cpu.veomni_kernels).
 
 Cost: one (heads, T, T) attention matrix per packed micro-batch of T tokens; for checks and tiny
 models, not for training at length. CPU only: the GPU path keeps flash-attn.
@@ -104,6 +105,29 @@ def varlen_chunk_gated_delta_rule(query, key, value, g, beta, cu_seqlens=None, c
         for a, b in zip(bounds[:-1], bounds[1:])
     ]
     return torch.cat(outputs, dim=1), None
+
+
+def varlen_causal_conv1d(x, weight, bias=None, activation=None, cu_seqlens=None, **unused):
+    """fla's `causal_conv1d` with `cu_seqlens`, in torch (VeOmni's Qwen3.5 pre-mixer slot): x (B, T, D),
+    weight (D, K), bias (D,) or None, cu_seqlens (S+1,) or None (each row one sequence); returns
+    ((B, T, D), None). Output t is sum_j weight[:, j] * x[t - K + 1 + j] over positions of t's own
+    sequence only (a packed sequence must not see the one before it), then the activation."""
+    length, width = x.shape[1], weight.shape[-1]
+    windows = torch.nn.functional.pad(x, (0, 0, width - 1, 0)).unfold(1, width, 1)  # (B, T, D, K)
+    positions = torch.arange(length, device=x.device)
+    starts = torch.zeros_like(positions)
+    if cu_seqlens is not None:
+        bounds = cu_seqlens.long().to(x.device)
+        starts = bounds[torch.searchsorted(bounds[1:], positions, right=True)]
+    source = positions[:, None] - width + 1 + torch.arange(width, device=x.device)  # (T, K)
+    out = torch.einsum("btdk,dk,tk->btd", windows, weight, (source >= starts[:, None]).to(x.dtype))
+    if bias is not None:
+        out = out + bias
+    if activation in ("silu", "swish"):
+        out = torch.nn.functional.silu(out)
+    elif activation is not None:
+        raise NotImplementedError(f"torch causal conv1d: activation {activation!r}")
+    return out, None
 
 
 def _keep_dtype(query, key, value, target_dtype=None):

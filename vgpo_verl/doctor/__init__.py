@@ -1,10 +1,11 @@
 """`python -m vgpo_verl.doctor` (console script `vgpo-doctor`): check a model before a cluster run.
 
-    vgpo-doctor --model PATH [--device cpu|cuda] [--lora-rank R] [--methods vgpo,vppo,entropy_shaping]
-    vgpo-doctor --tiny FAMILY [--lora-rank R] [--methods ...]      (FAMILY: see vgpo_verl.plugin.families)
+    vgpo-doctor --model PATH [--device cpu|cuda] [--engine fsdp2|veomni] [--lora-rank R] [--methods ...]
+    vgpo-doctor --tiny FAMILY [--engine ...] [--lora-rank R] [--methods ...]   (FAMILY: see vgpo_verl.plugin.families)
 
 In this one process, through verl's real actor engine (the one our plugin registers, FSDP2, world
-size 1), on synthetic prompts laid out like the family's processor output (one image, text only, two
+size 1; with --engine veomni verl's VeOmni engine, on CPU over 2 spawned gloo ranks since VeOmni
+materialises its model through FSDP2), on synthetic prompts laid out like the family's processor output (one image, text only, two
 images, a video): the padded and the packed (remove-padding, dynamic batch) layouts, each method's
 extra outputs compared with a plain-transformers recomputation of the same model (vgpo_verl.doctor.reference,
 run before verl patches the model classes). With --lora-rank, a random non-zero adapter goes through
@@ -38,6 +39,8 @@ from vgpo_verl import cli
 from vgpo_verl.plugin.families import FAMILIES
 
 METHODS = ("vgpo", "vppo", "entropy_shaping")
+ENGINES = ("fsdp2", "veomni")
+VEOMNI_INSTALL = "pip install --no-deps veomni==0.1.12 (docs/models.md, VeOmni)"
 PROG = cli.prog("vgpo_verl.doctor", "vgpo-doctor")
 
 
@@ -47,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--model", metavar="PATH", help="a local Hugging Face checkpoint directory")
     which.add_argument("--tiny", metavar="FAMILY", choices=FAMILIES, help=f"a tiny random model: {', '.join(FAMILIES)}")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--engine", default="fsdp2", choices=ENGINES,
+                        help="verl's actor engine: fsdp2 (model_engine=dp) or veomni (model_engine=veomni)")
     parser.add_argument("--lora-rank", type=cli.int_at_least(0), default=0, help="LoRA rank through verl's LoRA path (0: full model)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     return parser
@@ -67,6 +72,14 @@ def parse_args(argv) -> argparse.Namespace:
                                  "pass a Hugging Face checkpoint folder (for verl's actor shards: "
                                  "python -m verl.model_merger merge --backend fsdp ...)")
         args.model = str(folder.resolve())
+    if args.engine == "veomni":
+        import importlib.util
+
+        if importlib.util.find_spec("veomni") is None:
+            raise cli.UsageError("--engine veomni: the veomni package is not installed", VEOMNI_INSTALL)
+        if args.lora_rank:
+            raise cli.UsageError(f"--lora-rank {args.lora_rank} with --engine veomni: LoRA through verl's VeOmni "
+                                 "engine is not checked here", "use --engine fsdp2 for LoRA, or --lora-rank 0")
     if args.device == "cuda":
         import torch
 

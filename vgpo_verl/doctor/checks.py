@@ -6,6 +6,7 @@ import dataclasses
 import gc
 import json
 import os
+import sys
 
 import torch
 
@@ -65,11 +66,13 @@ class Doctor:
     def run(self) -> None:
         import transformers
 
-        from vgpo_verl.plugin.model_check import config_problems
+        from vgpo_verl.plugin.model_check import config_problems, veomni_checkpoint_problems
 
         model_dir = self._model_dir()
         hf_config = transformers.AutoConfig.from_pretrained(model_dir)
         refused = list(dict.fromkeys(line for method in self.args.methods for line in config_problems(hf_config, method)))
+        if self.args.engine == "veomni":
+            refused += veomni_checkpoint_problems({"actor_rollout_ref": {"model": {"path": model_dir}}})
         if not self.check(not refused, "refused at start-up"):
             for line in refused:
                 self.say(f"refused: {line}")
@@ -81,7 +84,7 @@ class Doctor:
             return
         lora = f", LoRA rank {self.args.lora_rank}" if self.args.lora_rank else ""
         self.say(f"model: {family.model_type} ({'tiny random, built offline' if self.args.tiny else model_dir}), "
-                 f"{self.args.device}{lora}, methods {','.join(self.args.methods)}")
+                 f"{self.args.device}, verl's {self.args.engine} engine{lora}, methods {','.join(self.args.methods)}")
         self.say(f"visual token ids: image {hf_config.image_token_id}, video {hf_config.video_token_id}")
         samples = self._samples(hf_config)
         normalisation = self._normalisation(model_dir, hf_config, family)
@@ -99,7 +102,8 @@ class Doctor:
         if self.args.model:
             return self.args.model
         model_dir = os.path.join(self.workdir, f"tiny_{self.args.tiny}")
-        tiny_model(self.args.tiny).save_pretrained(model_dir)
+        # VeOmni 0.1.12 loads fused experts only; transformers saves the hub's layout (one tensor per expert)
+        tiny_model(self.args.tiny).save_pretrained(model_dir, save_original_format=self.args.engine != "veomni")
         return model_dir
 
     def _samples(self, hf_config) -> list[Sample]:
@@ -175,31 +179,35 @@ class Doctor:
                           MEAN_KEY: normalisation[0], STD_KEY: normalisation[1]})
         return flags
 
+    def _layouts(self, hf_config) -> tuple:
+        if self.args.engine == "veomni" and hf_config.model_type in ("qwen3_5", "qwen3_5_moe"):
+            self.say("padded: not run (VeOmni's Qwen3.5 layers need packed sequences; refused at start-up)")
+            return tuple(layout for layout in LAYOUTS if layout[1])
+        return LAYOUTS
+
     def _engine_checks(self, model_dir, hf_config, samples, references, normalisation, adapter_dir) -> None:
-        import transformers
-
         from vgpo_verl.doctor import verl_run
-        from vgpo_verl.methods.scoring import resolve_layer
 
-        verl_run.init_process_group(self.args.device)
-        try:
-            with torch.device("meta"):  # get_rope_index reads the config only
-                positions_model = transformers.AutoModelForImageTextToText.from_config(hf_config)
-            lora = (("lora_rank", self.args.lora_rank), ("lora_adapter_path", adapter_dir)) if adapter_dir else ()
-            max_tokens = max(len(s.input_ids) for s in samples)  # dynamic batching then cuts several micro-batches
-            for layout, remove_padding, dynamic in LAYOUTS:
-                engine = verl_run.build_engine(model_dir, remove_padding, lora=lora, device=self.args.device)
-                if layout == LAYOUTS[0][0] and "vgpo" in self.args.methods:
-                    scored = resolve_layer(engine.module, -1)
-                    self.say("scored module (vgpo, layer -1): "
-                             + next(n for n, m in engine.module.named_modules() if m is scored))
-                batch = verl_run.build_batch(positions_model, samples, **self._flags(normalisation))
-                outputs, _ = verl_run.infer(engine, batch, remove_padding, dynamic, max_tokens)
-                self._compare(layout, outputs, samples, references)
-                del engine, batch
-                gc.collect()
-        finally:
-            torch.distributed.destroy_process_group()
+        lora = (("lora_rank", self.args.lora_rank), ("lora_adapter_path", adapter_dir)) if adapter_dir else ()
+        run = (model_dir, samples, self._layouts(hf_config), self._flags(normalisation))
+        options = {"lora": lora, "device": self.args.device, "backend": self.args.engine}
+        if self.args.engine == "veomni" and self.args.device == "cpu":  # VeOmni on CPU needs 2 ranks
+            try:
+                scored, results = verl_run.run_layouts_on_ranks(2, self.workdir, *run, **options)
+            except Exception:
+                with open(os.path.join(self.workdir, "rank0.log"), encoding="utf-8", errors="replace") as log:
+                    sys.stderr.write(log.read()[-20000:])  # the rank's own traceback
+                raise
+        else:
+            verl_run.init_process_group(self.args.device)
+            try:
+                scored, results = verl_run.run_layouts(*run, **options)
+            finally:
+                torch.distributed.destroy_process_group()
+        if "vgpo" in self.args.methods:
+            self.say(f"scored module (vgpo, layer -1): {scored}")
+        for layout, outputs in results.items():
+            self._compare(layout, outputs, samples, references)
 
     def _compare(self, layout, outputs, samples, references) -> None:
         from vgpo_verl.methods.perturb import AUG_LOG_PROBS_KEY

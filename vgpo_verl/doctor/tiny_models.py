@@ -30,6 +30,11 @@ def _mrope_section(rotary_dim: int) -> list[int]:
     return [half - 2 * (half // 3), half // 3, half // 3]
 
 
+# The experts' width: not hidden / 2. VeOmni's checkpoint converters tell the checkpoint's expert layout
+# ([E, H, 2I]) from transformers 5's ([E, 2I, H]) by shape alone, so with 2I == H it transposes a v5 tensor.
+MOE_INTERMEDIATE = 24
+
+
 def tiny_config(family: str, hidden: int = 64, layers: int = 2, heads: int = 4):
     """HF config of a tiny random model of `family` (one of FAMILIES) with the real processor geometry
     (patch size, temporal patch 2, merge 2, 3 channels), so pixel rows look like the real ones.
@@ -61,7 +66,7 @@ def tiny_config(family: str, hidden: int = 64, layers: int = 2, heads: int = 4):
         vision.update(intermediate_size=64, out_hidden_size=hidden, num_position_embeddings=64,
                       deepstack_visual_indexes=[0])
         if family == "qwen3_vl_moe":
-            text.update(moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1)
+            text.update(moe_intermediate_size=MOE_INTERMEDIATE, num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1)
         config_class = transformers.Qwen3VLConfig if family == "qwen3_vl" else transformers.Qwen3VLMoeConfig
         config = config_class(text_config=text, vision_config=vision, **TINY_TOKENS)
     elif family in ("qwen3_5", "qwen3_5_moe"):
@@ -72,7 +77,7 @@ def tiny_config(family: str, hidden: int = 64, layers: int = 2, heads: int = 4):
         vision.update(intermediate_size=64, out_hidden_size=hidden, num_position_embeddings=64)
         if family == "qwen3_5_moe":
             del text["intermediate_size"]
-            text.update(moe_intermediate_size=32, shared_expert_intermediate_size=32, num_experts=4,
+            text.update(moe_intermediate_size=MOE_INTERMEDIATE, shared_expert_intermediate_size=32, num_experts=4,
                         num_experts_per_tok=2)
         config_class = transformers.Qwen3_5Config if family == "qwen3_5" else transformers.Qwen3_5MoeConfig
         config = config_class(text_config=text, vision_config=vision, **TINY_TOKENS)

@@ -10,6 +10,7 @@ verl's flash-attention code on the torch kernels of vgpo_verl.cpu.packed_kernels
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 
@@ -47,19 +48,27 @@ def init_process_group(device: str, rank: int = 0, world_size: int = 1, port: in
     import vgpo_verl.plugin  # noqa: F401  (what verl's entry point does on `import verl`: registers our engine)
 
 
-def build_engine(model_dir: str, remove_padding: bool, sp: int = 1, lora: tuple = (), device: str = "cpu"):
+def build_engine(model_dir: str, remove_padding: bool, sp: int = 1, lora: tuple = (), device: str = "cpu",
+                 backend: str = "fsdp2"):
     """verl's actor engine for the model, resolved by verl's EngineRegistry as a worker would.
 
-    On CPU, fp32 throughout; packed layouts attend through vgpo_verl.cpu.packed_kernels, the padded
-    one through sdpa. On CUDA, verl's defaults: flash-attention 2 and bf16 compute over fp32 weights.
+    backend: "fsdp2", or "veomni" (verl's VeOmni engine; the `veomni` package must be importable).
+    On CPU, fp32 throughout; packed FSDP layouts attend through vgpo_verl.cpu.packed_kernels, the padded
+    one and VeOmni's through sdpa, VeOmni's experts through its eager loop and its Qwen3.5 linear
+    attention through vgpo_verl.cpu.veomni_kernels. On CUDA, verl's defaults:
+    flash-attention 2 and bf16 compute (over fp32 weights), VeOmni's fused experts.
     lora: (key, value) pairs of HFModelConfig's LoRA fields (lora_rank, lora_adapter_path,
     exclude_modules, ...): verl's own LoRA path (PEFT).
     """
-    from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
+    from verl.workers.config import HFModelConfig
     from verl.workers.config.checkpoint import CheckpointConfig
     from verl.workers.engine import EngineRegistry
 
     from vgpo_verl.cpu.packed_kernels import CPU_ATTENTION
+
+    if backend == "veomni":
+        return _build_veomni_engine(model_dir, remove_padding, sp, device)
+    from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig
 
     if device == "cpu":
         override = {"attn_implementation": CPU_ATTENTION if remove_padding or sp > 1 else "sdpa"}
@@ -78,6 +87,39 @@ def build_engine(model_dir: str, remove_padding: bool, sp: int = 1, lora: tuple 
         optimizer_config=FSDPOptimizerConfig(lr=1e-6), checkpoint_config=CheckpointConfig(),
     )
     engine.initialize()
+    return engine
+
+
+def _build_veomni_engine(model_dir: str, remove_padding: bool, sp: int, device: str):
+    """verl's VeOmni engine (build_engine's backend="veomni"). VeOmni builds on the meta device and
+    materialises through FSDP2, so on CPU it needs at least 2 ranks (with one it asks for a GPU); a
+    single CUDA rank builds on the GPU instead (VeOmni then skips FSDP)."""
+    import verl.workers.engine.veomni.transformer_impl as veomni_impl
+    from verl.workers.config import HFModelConfig, VeOmniEngineConfig, VeOmniOptimizerConfig
+    from verl.workers.config.checkpoint import CheckpointConfig
+    from verl.workers.engine import EngineRegistry
+
+    cpu = device == "cpu"
+    kernels = {"init_device": "cuda"} if not cpu and torch.distributed.get_world_size() == 1 else {}
+    if cpu:  # verl passes VeOmni only `enable`, whose param_dtype is bf16; fp32 here, as the FSDP engine's
+        from vgpo_verl.cpu import veomni_kernels
+
+        veomni_impl.MixedPrecisionConfig = functools.partial(veomni_impl.MixedPrecisionConfig, param_dtype="float32")
+        veomni_kernels.install()
+        kernels = {"attn_implementation": "sdpa", "moe_implementation": "eager",
+                   "causal_conv1d_implementation": veomni_kernels.KERNEL,
+                   "chunk_gated_delta_rule_implementation": veomni_kernels.KERNEL}
+    engine_config = VeOmniEngineConfig(strategy="veomni", forward_only=False, ulysses_parallel_size=sp,
+                                       use_torch_compile=False, mixed_precision=True, **kernels)
+    engine = EngineRegistry.new(
+        model_type="language_model", backend="veomni",
+        model_config=HFModelConfig(path=model_dir, load_tokenizer=False, use_remove_padding=remove_padding),
+        engine_config=engine_config, optimizer_config=VeOmniOptimizerConfig(lr=1e-6),
+        checkpoint_config=CheckpointConfig(),
+    )
+    engine.initialize()
+    if cpu:
+        engine._autocast_dtype = torch.float32  # FSDPEngineWithLMHead.forward_step's autocast, off as in fp32 FSDP
     return engine
 
 
@@ -148,3 +190,55 @@ def infer(engine, batch, remove_padding: bool, dynamic_bsz: bool = False, max_to
     output = infer_batch(engine, batch, remove_padding, dynamic_bsz, max_token_len, micro_batch_size)
     outputs = {k: [t.detach().cpu().clone() for t in v.unbind()] for k, v in output["model_output"].items()}
     return outputs, output["metrics"]
+
+
+def run_layouts(model_dir: str, samples: list[Sample], layouts, flags: dict, lora: tuple = (), device: str = "cpu",
+                backend: str = "fsdp2") -> tuple[str, dict]:
+    """In this process group (`init_process_group`): per (name, remove_padding, dynamic_bsz) layout, the
+    engine built, `samples` inferred with `flags`, dynamic batching cut at the longest sample. Returns
+    (the name of the module VGPO's layer -1 hooks, {layout name: per-sample outputs as `infer` gives})."""
+    import gc
+
+    import transformers
+
+    from vgpo_verl.methods.scoring import resolve_layer
+
+    with torch.device("meta"):  # get_rope_index reads the config only
+        positions_model = transformers.AutoModelForImageTextToText.from_config(
+            transformers.AutoConfig.from_pretrained(model_dir))
+    max_tokens = max(len(s.input_ids) for s in samples)  # dynamic batching then cuts several micro-batches
+    scored, results = "", {}
+    for layout, remove_padding, dynamic in layouts:
+        engine = build_engine(model_dir, remove_padding, lora=lora, device=device, backend=backend)
+        layer = resolve_layer(engine.module, -1)
+        scored = next(n for n, m in engine.module.named_modules() if m is layer)
+        batch = build_batch(positions_model, samples, **flags)
+        results[layout] = infer(engine, batch, remove_padding, dynamic, max_tokens)[0]
+        del engine, batch
+        gc.collect()
+    return scored, results
+
+
+def run_layouts_on_ranks(world_size: int, log_dir: str, *args, **kwargs) -> tuple[str, dict]:
+    """`run_layouts` on `world_size` spawned CPU gloo ranks (VeOmni on CPU needs 2); each rank's output
+    goes to `log_dir`/rank<r>.log; rank 0's result is returned."""
+    import torch.multiprocessing as mp
+
+    out_path = os.path.join(log_dir, "rank0_result.pt")
+    mp.spawn(_layouts_rank, args=(world_size, free_port(), log_dir, out_path, args, kwargs), nprocs=world_size,
+             join=True)
+    return torch.load(out_path)
+
+
+def _layouts_rank(rank: int, world_size: int, port: int, log_dir: str, out_path: str, args, kwargs) -> None:
+    with open(os.path.join(log_dir, f"rank{rank}.log"), "w") as log:
+        os.dup2(log.fileno(), 1)  # verl and VeOmni print and log at length: kept out of the caller's terminal
+        os.dup2(log.fileno(), 2)
+        torch.set_num_threads(1)
+        init_process_group("cpu", rank, world_size, port)
+        try:
+            result = run_layouts(*args, **kwargs)
+            if rank == 0:
+                torch.save(result, out_path)
+        finally:
+            torch.distributed.destroy_process_group()

@@ -8,7 +8,8 @@ the verl module it hooks is imported, so a process that never imports the traine
 only, so every failure here is logged at WARNING, naming what failed.
 
 Its modules: `estimator` and `method_table` (our estimators in verl's registry, and what each needs
-from the old-log-prob pass), `engine` (the scoring FSDP engine), `trainer_wiring` (the trainers'
+from the old-log-prob pass), `scoring_engine` (what our engines add to verl's), `engine` and
+`engine_veomni` (verl's FSDP and VeOmni engines with it), `trainer_wiring` (the trainers'
 old-log-prob and advantage steps), `preflight` and `model_check` (start-up checks in the driver),
 `checkpoints`, `preemption`, `rollout_seeds`, `timing`, `dump`, `tracking` (the forgetting chart in
 W&B / TensorBoard), `families` (the family table),
@@ -31,6 +32,8 @@ logger = logging.getLogger("vgpo_verl")
 POST_IMPORT_HOOKS: dict[str, str | tuple[str, ...]] = {
     "verl.trainer.ppo.core_algos": "vgpo_verl.plugin.estimator:register",
     "verl.workers.engine.fsdp.transformer_impl": "vgpo_verl.plugin.engine:register",
+    # where the `veomni` package is installed (verl imports its VeOmni engine only then)
+    "verl.workers.engine.veomni.transformer_impl": "vgpo_verl.plugin.engine_veomni:register",
     "verl.trainer.ppo.v1.utils": "vgpo_verl.plugin.trainer_wiring:install_multi_trajectories",
     "verl.trainer.ppo.v1.trainer_base": ("vgpo_verl.plugin.trainer_wiring:install_v1",
                                          "vgpo_verl.plugin.checkpoints:install_v1"),

@@ -19,8 +19,10 @@ fetched (the check is skipped with a logged note, and the workers meet the model
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from typing import Any
 
 from vgpo_verl.plugin.config_value import config_value
@@ -108,15 +110,68 @@ def config_problems(hf_config, estimator: str, layer: int = -1, trust_remote_cod
     return found
 
 
+def _actor_config_source(config: Any) -> tuple[str, str, bool]:
+    """(the key the actor's HF config comes from, its path, trust_remote_code), as verl reads them."""
+    key = ("actor_rollout_ref.model.hf_config_path"
+           if config_value(config, "actor_rollout_ref.model.hf_config_path", None) else "actor_rollout_ref.model.path")
+    return key, str(config_value(config, key, "")), bool(config_value(config, "actor_rollout_ref.model.trust_remote_code",
+                                                                      False))
+
+
+def actor_model_type(config: Any) -> str | None:
+    """The actor's model_type, read from its local config.json; None where it cannot be read without a
+    download (model_problems reports an unreadable one)."""
+    _, path, trust_remote_code = _actor_config_source(config)
+    try:
+        hf_config = load_local_config(path, trust_remote_code) if path else None
+    except ValueError:
+        return None
+    return getattr(hf_config, "model_type", None)
+
+
+PER_EXPERT_KEY = re.compile(r"\.mlp\.experts\.\d+\.")
+
+
+def checkpoint_keys(path: str) -> list[str]:
+    """The tensor names of the safetensors checkpoint in directory `path` (its index, else the headers of
+    its files: no tensor is read); [] where there is none."""
+    path = os.path.expanduser(path)
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            return list(json.load(f).get("weight_map", {}))
+    from safetensors import safe_open
+
+    keys = []
+    for name in sorted(os.listdir(path)) if os.path.isdir(path) else []:
+        if name.endswith(".safetensors"):
+            with safe_open(os.path.join(path, name), "pt") as f:
+                keys.extend(f.keys())
+    return keys
+
+
+def veomni_checkpoint_problems(config: Any) -> list[str]:
+    """A checkpoint with one tensor per expert under model_engine=veomni: VeOmni 0.1.12 loads fused expert
+    tensors only (its checkpoint converters exist for Qwen3-VL-MoE's fused layout, none for Qwen3.5-MoE),
+    logs each per-expert key as "Unexpected key" at INFO level and initialises the experts at random."""
+    path = str(config_value(config, "actor_rollout_ref.model.path", "") or "")
+    if not path or not os.path.isdir(os.path.expanduser(path)):
+        return []
+    per_expert = next((k for k in checkpoint_keys(path) if PER_EXPERT_KEY.search(k)), None)
+    if per_expert is None:
+        return []
+    return [f"actor_rollout_ref.model.path={path}: its checkpoint stores one tensor per expert ({per_expert}); "
+            "VeOmni 0.1.12 would skip them and train experts initialised at random. Save it with fused experts "
+            "first: transformers' AutoModelForImageTextToText.from_pretrained(path).save_pretrained(out, "
+            "save_original_format=False), then point actor_rollout_ref.model.path at `out`."]
+
+
 def model_problems(config: Any) -> list[str]:
     """Problems of `actor_rollout_ref.model` for `algorithm.adv_estimator`, each naming the path and model_type."""
     estimator = str(config_value(config, "algorithm.adv_estimator", ""))
     if estimator not in NEEDS_DECODER + NEEDS_PIXEL_ROWS:
         return []
-    key = ("actor_rollout_ref.model.hf_config_path"
-           if config_value(config, "actor_rollout_ref.model.hf_config_path", None) else "actor_rollout_ref.model.path")
-    path = str(config_value(config, key, ""))
-    trust_remote_code = bool(config_value(config, "actor_rollout_ref.model.trust_remote_code", False))
+    key, path, trust_remote_code = _actor_config_source(config)
     if not path:
         return []  # verl itself refuses a run without a model
     where = f"{key}={path}"

@@ -26,8 +26,11 @@ Each estimator gets only the checks its needs imply (`needs_engine` at registrat
 add outputs in the scoring engine, entropy_shaping reads only verl's own `entropy`, which every engine
 writes; see the table in vgpo_verl.plugin.method_table):
 - the estimator's own knobs (`algorithm.vgpo.*` through VGPOConfig for vgpo);
-- needs_engine only: `actor_rollout_ref.actor.strategy`: fsdp or fsdp2 (the scoring engine
-  subclasses verl's FSDP engine);
+- needs_engine only: `actor_rollout_ref.actor.strategy`: fsdp, fsdp2 or veomni (the scoring engines
+  subclass verl's FSDP and VeOmni engines); with veomni, `actor_rollout_ref.actor.veomni.ulysses_parallel_size`
+  1 (VeOmni's sequence parallelism has not run with the scores: its attention is a flash kernel) and,
+  for Qwen3.5, `actor_rollout_ref.model.use_remove_padding=true` (VeOmni's Qwen3.5 layers need the
+  packed sequence boundaries);
 - needs_engine only: the engine key the actor will resolve, (device, vendor) from verl's platform and the
   VERL_ENGINE_DEVICE / VERL_ENGINE_VENDOR overrides (driver environment, then
   `ray_kwargs.ray_init.runtime_env.env_vars`): the scoring engine is registered for ("cuda", "nvidia")
@@ -45,7 +48,9 @@ writes; see the table in vgpo_verl.plugin.method_table):
 
 For every estimator (the stop path of long runs, vgpo_verl.plugin.preemption, serves them all): a stop
 file (VGPO_STOP_FILE, which the Slurm script sets) with `actor_rollout_ref.actor.checkpoint.async_save=true`
-is refused, since verl records no async save for `resume_mode=auto` to find.
+is refused, since verl records no async save for `resume_mode=auto` to find. Also for every estimator,
+with `actor_rollout_ref.actor.strategy=veomni`: a local checkpoint storing one tensor per expert, which
+VeOmni 0.1.12 would skip (vgpo_verl.plugin.model_check.veomni_checkpoint_problems).
 """
 
 from __future__ import annotations
@@ -57,13 +62,13 @@ from collections.abc import Callable
 from typing import Any
 
 from vgpo_verl.plugin.config_value import config_value
-from vgpo_verl.plugin.model_check import model_problems
+from vgpo_verl.plugin.model_check import actor_model_type, model_problems, veomni_checkpoint_problems
 
 logger = logging.getLogger("vgpo_verl")
 
 # Engine keys (device, vendor) the scoring engine is registered under (vgpo_verl.plugin.engine registers them).
 SCORING_ENGINE_KEYS: tuple[tuple[str, str], ...] = (("cuda", "nvidia"),)
-SCORING_STRATEGIES = ("fsdp", "fsdp2")
+SCORING_STRATEGIES = ("fsdp", "fsdp2", "veomni")  # veomni: vgpo_verl.plugin.engine_veomni
 # Name of our entry point in the `verl.plugins` group (setup.py).
 PLUGIN_ENTRY_POINT = "vgpo"
 # verl's v1 trainer modes (verl/trainer/ppo/v1/trainer_{sync,colocate_async,separate_async}.py):
@@ -178,10 +183,12 @@ def problems(config: Any, entry: str | None, environ: dict[str, str] | None = No
     """
     estimator = str(config_value(config, "algorithm.adv_estimator", ""))
     env = worker_environment(config, environ)
-    stop_path = _stop_path_problems(config, env)  # our stop path serves every estimator
+    every_estimator = _stop_path_problems(config, env)  # our stop path serves every estimator
+    if str(config_value(config, "actor_rollout_ref.actor.strategy", "")) == "veomni":
+        every_estimator += veomni_checkpoint_problems(config)
     if not requires_scoring_pass(estimator):
-        return stop_path
-    found = list(stop_path)
+        return every_estimator
+    found = list(every_estimator)
     est = f"algorithm.adv_estimator={estimator}"
 
     validate = _SCORING_ESTIMATORS[estimator]
@@ -240,9 +247,12 @@ def _engine_problems(config: Any, est: str, env: dict[str, str], engine_key: tup
     if strategy not in SCORING_STRATEGIES:
         megatron = " (Megatron: the design, not run yet, is in docs/megatron.md)" if strategy == "megatron" else ""
         found.append(
-            f"actor_rollout_ref.actor.strategy={strategy}: {est} scores in verl's FSDP actor engine only; "
-            f"use model_engine=dp (verl's default) with actor_rollout_ref.actor.strategy=fsdp2 (or fsdp){megatron}."
+            f"actor_rollout_ref.actor.strategy={strategy}: {est} scores in verl's FSDP and VeOmni actor engines "
+            "only; use model_engine=dp (verl's default) with actor_rollout_ref.actor.strategy=fsdp2 (or fsdp), "
+            f"or model_engine=veomni{megatron}."
         )
+    if strategy == "veomni":
+        found.extend(_veomni_problems(config, est))
     device, vendor = engine_key if engine_key is not None else resolved_engine_key(env)
     if (device, vendor) not in SCORING_ENGINE_KEYS:
         where = f"trainer.device={config_value(config, 'trainer.device', '?')}, engine key ({device!r}, {vendor!r})"
@@ -254,6 +264,27 @@ def _engine_problems(config: Any, est: str, env: dict[str, str], engine_key: tup
         found.append(
             f"{where}: {est} needs the scoring engine, registered for "
             f"{', '.join(map(str, SCORING_ENGINE_KEYS))} only; {hint}."
+        )
+    return found
+
+
+def _veomni_problems(config: Any, est: str) -> list[str]:
+    """What the VeOmni scoring engine (vgpo_verl.plugin.engine_veomni) has not run with, or cannot."""
+    found = []
+    sp = config_value(config, "actor_rollout_ref.actor.veomni.ulysses_parallel_size", 1)
+    if int(sp or 1) > 1:
+        found.append(
+            f"actor_rollout_ref.actor.veomni.ulysses_parallel_size={sp}: {est} has not run under VeOmni's sequence "
+            "parallelism (its attention is a flash-attention kernel, untested with the scores); set it to 1, or "
+            "use actor_rollout_ref.actor.strategy=fsdp2 with actor_rollout_ref.actor.ulysses_sequence_parallel_size."
+        )
+    model_type = actor_model_type(config)
+    if model_type in ("qwen3_5", "qwen3_5_moe") and not bool(
+            config_value(config, "actor_rollout_ref.model.use_remove_padding", True)):
+        found.append(
+            f"actor_rollout_ref.model.use_remove_padding=false with model_type={model_type} on VeOmni: VeOmni's "
+            "Qwen3.5 decoder layers assert cu_seq_lens_q, which verl passes only for packed sequences; set "
+            "actor_rollout_ref.model.use_remove_padding=true."
         )
     return found
 
