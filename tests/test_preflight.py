@@ -290,12 +290,46 @@ def test_main_ppo_refuses_every_problem_at_once_before_ray():
     ("verl.experimental.fully_async_policy.fully_async_main", "fully_async"),
     ("verl.experimental.one_step_off_policy.main_ppo", "one_step_off"),
 ])
-def test_experimental_trainers_default_bypass_is_refused_with_its_reason(module, kind):
+def test_experimental_trainers_are_refused_with_their_reasons(module, kind):
     rc, out = start(module, "algorithm.adv_estimator=vgpo", "actor_rollout_ref.model.path=/nonexistent", cwd=SITE)
     assert rc != 0
+    assert f"{module}: algorithm.adv_estimator=vgpo is not run end to end by vgpo-verl" in out, out[-3000:]
     assert (f"algorithm.rollout_correction.bypass_mode=true (the experimental {kind} trainer's config sets it "
             "to true by default)") in out, out[-3000:]
     assert "ray init kwargs" not in out
+
+
+def test_torchtitan_is_refused_because_verl_trains_no_vlm_on_it():
+    """verl 0.9.1's TorchTitan engine maps text model types only and says it passes no images; when a
+    VLM family appears in its table, this test fails and the refusal must be revisited."""
+    import ast
+
+    from vgpo_verl.plugin.families import FAMILIES
+
+    titan = SITE / "verl" / "workers" / "engine" / "torchtitan"  # read, not imported: it needs torchtitan
+    table = next(node.value for node in ast.walk(ast.parse((titan / "utils.py").read_text()))
+                 if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_HF_MODEL_TYPE_TO_TORCHTITAN_NAME")
+    assert "qwen3" in ast.literal_eval(table) and not set(ast.literal_eval(table)) & set(FAMILIES)
+    assert "multimodal is not yet supported for Torchtitan engine" in (titan / "transformer_impl.py").read_text()
+    found = preflight.problems(config(**{"actor_rollout_ref.actor.strategy": "torchtitan"}), "verl.trainer.main_ppo",
+                               environ={}, engine_key=NVIDIA)
+    assert len(found) == 1 and "(TorchTitan: verl 0.9.1 trains no VLM on it" in found[0], found
+
+
+def test_the_reason_the_experimental_trainers_are_refused_still_holds():
+    """Their configs ask for the nccl checkpoint engine, which cannot load without a GPU: only verl's
+    colocated 'naive' engine registers here. When that changes, this test fails and they can be run."""
+    import yaml
+    from verl.checkpoint_engine import CheckpointEngineRegistry
+
+    for config in ("fully_async_policy/config/fully_async_ppo_trainer.yaml",
+                   "one_step_off_policy/config/one_step_off_ppo_trainer.yaml"):
+        text = yaml.safe_load((SITE / "verl" / "experimental" / config).read_text())
+        assert text["actor_rollout_ref"]["rollout"]["checkpoint_engine"]["backend"] == "nccl"
+    assert set(CheckpointEngineRegistry._registry) == {"naive"}
+    with pytest.raises(ImportError, match="cupy"):
+        import verl.checkpoint_engine.nccl_checkpoint_engine  # noqa: F401
+    assert "NCCLCheckpointEngine imports cupy" in preflight.EXPERIMENTAL_NOT_RUN  # the refusal names this cause
 
 
 def test_main_ppo_other_estimator_passes_our_check_and_legacy_filter_groups_warns_once():

@@ -38,9 +38,12 @@ writes; see the table in vgpo_verl.plugin.method_table):
   nvidia (verl's own fallback), so a CPU-only head node is not refused;
 - `algorithm.rollout_correction.bypass_mode`: must be false (bypass skips the old-log-prob pass; the
   experimental fully_async / one_step_off configs default it to true);
-- the trainer kind: v1 (`trainer.use_v1=true`, any of verl's trainer modes), the legacy trainer and
-  the experimental fully_async / one_step_off trainers run the wrapped old-log-prob and advantage
-  methods; a `trainer.v1.trainer_mode` we do not know is let through with a warning;
+- the trainer kind: v1 (`trainer.use_v1=true`, any of verl's trainer modes) and the legacy trainer
+  run the wrapped old-log-prob and advantage methods; a `trainer.v1.trainer_mode` we do not know is
+  let through with a warning. The experimental fully_async / one_step_off trainers are refused:
+  they call the same wrapped methods (tests/test_trainer_wiring.py), but they roll out on a separate
+  GPU pool and sync weights through a GPU checkpoint engine, so no run of ours holds them end to end
+  (EXPERIMENTAL_NOT_RUN);
 - the plugin reaching the TaskRunner and workers (all: the estimator and the trainer wiring live in
   the plugin): VERL_USE_EXTERNAL_PLUGINS=none (or a list without `vgpo`) needs
   VERL_USE_EXTERNAL_MODULES naming vgpo_verl.plugin (the Slurm script's fallback) or
@@ -69,6 +72,13 @@ logger = logging.getLogger("vgpo_verl")
 # Engine keys (device, vendor) the scoring engine is registered under (vgpo_verl.plugin.engine registers them).
 SCORING_ENGINE_KEYS: tuple[tuple[str, str], ...] = (("cuda", "nvidia"),)
 SCORING_STRATEGIES = ("fsdp", "fsdp2", "veomni")  # veomni: vgpo_verl.plugin.engine_veomni
+# What the refusal adds for verl's other engines (TorchTitan's reason: tests/test_preflight.py checks it holds).
+ENGINE_NOTES = {
+    "megatron": " (Megatron: the design, not run yet, is in docs/megatron.md)",
+    "torchtitan": (" (TorchTitan: verl 0.9.1 trains no VLM on it: its engine maps text model types only, "
+                   "verl/workers/engine/torchtitan/utils.py, and passes no images yet, 'multimodal is not yet "
+                   "supported for Torchtitan engine' in its transformer_impl.py)"),
+}
 # Name of our entry point in the `verl.plugins` group (setup.py).
 PLUGIN_ENTRY_POINT = "vgpo"
 # verl's v1 trainer modes (verl/trainer/ppo/v1/trainer_{sync,colocate_async,separate_async}.py):
@@ -83,6 +93,15 @@ ENTRY_POINTS: dict[str, str | None] = {
 }
 # Trainers without verl's DAPO dynamic sampling (only the v1 replay buffer implements filter_groups).
 IGNORES_FILTER_GROUPS = ("legacy", "fully_async", "one_step_off")
+# Why the experimental trainers are refused (checked by tests/test_preflight.py against verl as installed).
+EXPERIMENTAL_NOT_RUN = (
+    "is not run end to end by vgpo-verl in verl's experimental trainers: they roll out on a separate GPU pool "
+    "and sync weights through actor_rollout_ref.rollout.checkpoint_engine.backend=nccl (verl's "
+    "NCCLCheckpointEngine imports cupy and NCCL; without a GPU only the colocated 'naive' engine exists), so "
+    "no test here holds the old-log-prob pass it reads; use verl.trainer.main_ppo with "
+    "trainer.v1.trainer_mode=colocate_async (asynchronous rollout, run end to end) or separate_async "
+    "(separate pools, GPU only; its old-log-prob pass is tested on our engine), docs/cluster.md."
+)
 
 _SCORING_ESTIMATORS: dict[str, Callable[[Any], None] | None] = {}
 _NEEDS_ENGINE: dict[str, bool] = {}
@@ -201,8 +220,11 @@ def problems(config: Any, entry: str | None, environ: dict[str, str] | None = No
     if _NEEDS_ENGINE.get(estimator, True):
         found.extend(_engine_problems(config, est, env, engine_key))
 
+    kind = trainer_kind(config, entry)
+    if kind in ("fully_async", "one_step_off"):
+        found.append(f"{entry}: {est} {EXPERIMENTAL_NOT_RUN}")
+
     if bool(config_value(config, "algorithm.rollout_correction.bypass_mode", False)):
-        kind = trainer_kind(config, entry)
         default_note = (
             f" (the experimental {kind} trainer's config sets it to true by default)"
             if kind in ("fully_async", "one_step_off") else ""
@@ -245,11 +267,10 @@ def _engine_problems(config: Any, est: str, env: dict[str, str], engine_key: tup
     found = []
     strategy = str(config_value(config, "actor_rollout_ref.actor.strategy", ""))
     if strategy not in SCORING_STRATEGIES:
-        megatron = " (Megatron: the design, not run yet, is in docs/megatron.md)" if strategy == "megatron" else ""
         found.append(
             f"actor_rollout_ref.actor.strategy={strategy}: {est} scores in verl's FSDP and VeOmni actor engines "
             "only; use model_engine=dp (verl's default) with actor_rollout_ref.actor.strategy=fsdp2 (or fsdp), "
-            f"or model_engine=veomni{megatron}."
+            f"or model_engine=veomni{ENGINE_NOTES.get(strategy, '')}."
         )
     if strategy == "veomni":
         found.extend(_veomni_problems(config, est))
