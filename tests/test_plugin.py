@@ -14,7 +14,7 @@ def test_plain_import_verl_registers_vgpo_and_loads_nothing_heavy():
     proc = _run(
         "import sys, verl\n"
         "assert 'vgpo_verl.plugin' in sys.modules, 'entry point not loaded'\n"
-        "heavy = [m for m in ('vgpo_verl.methods.vgpo', 'vgpo_verl.plugin.estimator', 'vgpo_verl.plugin.engine', 'vgpo_verl.methods.scoring',"
+        "heavy = [m for m in ('vgpo_verl.methods.vgpo', 'vgpo_verl.plugin.estimator', 'vgpo_verl.plugin.engine', 'vgpo_verl.plugin.scoring_engine', 'vgpo_verl.methods.scoring',"
         " 'vgpo_verl.plugin.trainer_wiring') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "from verl.trainer.ppo.core_algos import get_adv_estimator_fn\n"

@@ -155,23 +155,51 @@ def _saved(tmp_path, family, fused):
     return str(tmp_path / family)
 
 
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_5_moe"])
 @pytest.mark.parametrize("remove_padding, refused", [(False, True), (True, False)])
-def test_veomni_qwen3_5_runs_packed_only(tmp_path, remove_padding, refused):
+def test_veomni_qwen3_5_runs_packed_only(tmp_path, family, remove_padding, refused):
     cfg = config(**{"actor_rollout_ref.actor.strategy": "veomni",
-                    "actor_rollout_ref.model.path": _saved(tmp_path, "qwen3_5", fused=True),
+                    "actor_rollout_ref.model.path": _saved(tmp_path, family, fused=True),
                     "actor_rollout_ref.model.use_remove_padding": remove_padding})
     found = preflight.problems(cfg, "verl.trainer.main_ppo", environ={}, engine_key=NVIDIA)
-    assert found == ([f"actor_rollout_ref.model.use_remove_padding=false with model_type=qwen3_5 on VeOmni: VeOmni's "
+    assert found == ([f"actor_rollout_ref.model.use_remove_padding=false with model_type={family} on VeOmni: VeOmni's "
                       "Qwen3.5 decoder layers assert cu_seq_lens_q, which verl passes only for packed sequences; set "
                       "actor_rollout_ref.model.use_remove_padding=true."] if refused else []), found
 
 
+def _cached_on_the_hub(tmp_path, monkeypatch, folder, repo_id="someorg/Tiny-MoE"):
+    """`folder` as a hub id's snapshot in a Hugging Face cache of its own (HF_HUB_CACHE)."""
+    import shutil
+
+    cache = tmp_path / "hub_cache"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / "0123abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    return repo_id
+
+
 @pytest.mark.parametrize("estimator", ["vgpo", "grpo"])
 @pytest.mark.parametrize("fused", [False, True])
-def test_veomni_refuses_a_checkpoint_with_one_tensor_per_expert_for_every_estimator(tmp_path, estimator, fused):
+@pytest.mark.parametrize("where", ["folder", "sharded", "home", "hub cache"])
+def test_veomni_refuses_a_checkpoint_with_one_tensor_per_expert_for_every_estimator(tmp_path, monkeypatch, estimator,
+                                                                                   fused, where):
     """transformers 5 saves Qwen3.5-MoE as the hub stores it, one tensor per expert; VeOmni 0.1.12 has no
-    converter for it and would initialise the experts at random (tests/test_veomni.py saves them fused)."""
-    path = _saved(tmp_path, "qwen3_5_moe", fused)
+    converter for it and would initialise the experts at random (tests/test_veomni.py saves them fused).
+    Read from a folder (one file, or shards with an index), under ~, or a hub id in the local cache."""
+    from vgpo_verl.doctor.tiny_models import tiny_model
+
+    model = tiny_model("qwen3_5_moe")
+    model.save_pretrained(tmp_path / "ckpt", save_original_format=not fused,
+                          **({"max_shard_size": "100KB"} if where == "sharded" else {}))
+    assert (tmp_path / "ckpt" / "model.safetensors.index.json").is_file() == (where == "sharded")
+    path = str(tmp_path / "ckpt")
+    if where == "home":
+        monkeypatch.setenv("HOME", str(tmp_path))
+        path = "~/ckpt"
+    elif where == "hub cache":
+        path = _cached_on_the_hub(tmp_path, monkeypatch, tmp_path / "ckpt")
     cfg = config(**{"algorithm.adv_estimator": estimator, "actor_rollout_ref.actor.strategy": "veomni",
                     "actor_rollout_ref.model.path": path})
     found = preflight.problems(cfg, "verl.trainer.main_ppo", environ={}, engine_key=NVIDIA)
@@ -184,6 +212,16 @@ def test_veomni_refuses_a_checkpoint_with_one_tensor_per_expert_for_every_estima
         assert "save_original_format=False" in found[0]
     cfg.actor_rollout_ref.actor.strategy = "fsdp2"  # transformers fuses on load: FSDP is fine either way
     assert preflight.problems(cfg, "verl.trainer.main_ppo", environ={}, engine_key=NVIDIA) == []
+
+
+def test_on_veomni_a_per_expert_checkpoint_and_the_stop_path_are_both_refused(tmp_path):
+    cfg = config(**{"algorithm.adv_estimator": "grpo", "actor_rollout_ref.actor.strategy": "veomni",
+                    "actor_rollout_ref.model.path": _saved(tmp_path, "qwen3_5_moe", fused=False),
+                    "actor_rollout_ref.actor.checkpoint.async_save": True})
+    found = preflight.problems(cfg, "verl.trainer.main_ppo", environ={"VGPO_STOP_FILE": "/tmp/stop"}, engine_key=NVIDIA)
+    assert [line.split(":")[0] for line in found] == ["actor_rollout_ref.actor.checkpoint.async_save=true with "
+                                                       "VGPO_STOP_FILE=/tmp/stop", "actor_rollout_ref.model.path=" +
+                                                       str(tmp_path / "qwen3_5_moe")], found
 
 
 def test_other_estimators_are_never_refused():
@@ -311,6 +349,8 @@ def test_torchtitan_is_refused_because_verl_trains_no_vlm_on_it():
                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_HF_MODEL_TYPE_TO_TORCHTITAN_NAME")
     assert "qwen3" in ast.literal_eval(table) and not set(ast.literal_eval(table)) & set(FAMILIES)
     assert "multimodal is not yet supported for Torchtitan engine" in (titan / "transformer_impl.py").read_text()
+    note = preflight.ENGINE_NOTES["torchtitan"]  # names the files read here
+    assert "verl/workers/engine/torchtitan/utils.py" in note and "its transformer_impl.py" in note
     found = preflight.problems(config(**{"actor_rollout_ref.actor.strategy": "torchtitan"}), "verl.trainer.main_ppo",
                                environ={}, engine_key=NVIDIA)
     assert len(found) == 1 and "(TorchTitan: verl 0.9.1 trains no VLM on it" in found[0], found

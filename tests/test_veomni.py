@@ -1,9 +1,9 @@
 """VGPO and VPPO through verl's real VeOmni engine (VeOmni's own MoE model implementations) on two CPU
-gloo ranks, tiny Qwen3-VL-MoE, padded and packed, against plain transformers; the backing of
-docs/models.md's VeOmni column.
+gloo ranks, tiny Qwen3-VL-MoE (padded and packed), Qwen3.5-MoE and Qwen2.5-VL (packed), against plain
+transformers; the backing of docs/models.md's VeOmni column.
 
 VeOmni is installed beside the test venv (`make install`: `pip install --no-deps --target .venv/veomni`,
-see docs/veomni.md for why not into it) and put on the path of the spawned ranks only: importing it
+docs/models.md#veomni says why not into it) and put on the path of the spawned ranks only: importing it
 patches transformers' attention process-wide, which the rest of the suite does not expect.
 """
 
@@ -33,7 +33,8 @@ def veomni_on_path():
 
 
 RUNS = {"qwen3_vl_moe": ("padded", "packed"),
-        "qwen3_5_moe": ("packed",)}  # VeOmni's Qwen3.5 layers assert packed boundaries: padded is refused (preflight)
+        "qwen3_5_moe": ("packed",),  # VeOmni's Qwen3.5 layers assert packed boundaries: padded is refused (preflight)
+        "qwen2_5_vl": ("packed",)}  # dense; VeOmni's Qwen2.5-VL needs the masks (without, it all-gathers over all ranks)
 
 
 def veomni_runs(family):
@@ -84,7 +85,36 @@ def test_veomni_scores_perturbed_log_probs_and_entropy_equal_plain_transformers(
     assert [h.tolist() for h in outputs["vgpo_has_visual"]] == [[True], [False], [True], [True]]
 
 
+@pytest.mark.parametrize("module, engine_class, backends", [
+    ("vgpo_verl.plugin.engine_veomni", "VGPOVeOmniEngineWithLMHead", ["veomni"]),
+    ("vgpo_verl.plugin.engine", "VGPOFSDPEngineWithLMHead", ["fsdp", "fsdp2"]),
+])
+def test_importing_an_engine_module_directly_registers_it(module, engine_class, backends):
+    """Imported first (before verl's engine package), the module's own hook fires before its class exists;
+    its last line registers it."""
+    import os
+    import subprocess
+
+    code = (f"import {module} as m\n"
+            "from verl.workers.engine.base import EngineRegistry\n"
+            "registry = EngineRegistry._engines['language_model']\n"
+            f"print([b for b in {backends!r} if registry[b].get(('cuda', 'nvidia')) is m.{engine_class}])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(VEOMNI_DIR)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(backends)
+    assert "VGPO is NOT available" not in proc.stderr
+
+
 # ------------------------------------------------------------------ the doctor
+
+
+def test_a_failing_rank_names_its_error(tmp_path):
+    """The doctor's last line names what failed in a rank, not torch's "Process 1 terminated" header."""
+    from vgpo_verl.doctor import verl_run
+
+    with pytest.raises(RuntimeError, match=r"^rank \d: FileNotFoundError: "):
+        verl_run.run_layouts_on_ranks(2, str(tmp_path / "missing"), "/no/such/model", [], [], {})
 
 
 def test_the_doctor_checks_qwen3_5_moe_through_verls_veomni_engine():

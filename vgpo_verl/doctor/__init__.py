@@ -40,7 +40,8 @@ from vgpo_verl.plugin.families import FAMILIES
 
 METHODS = ("vgpo", "vppo", "entropy_shaping")
 ENGINES = ("fsdp2", "veomni")
-VEOMNI_INSTALL = "pip install --no-deps veomni==0.1.12 (docs/models.md, VeOmni)"
+VEOMNI_INSTALL = ("pip install --no-deps veomni==0.1.12 (docs/models.md, VeOmni); in a clone after `make install` "
+                  "it is in .venv/veomni: PYTHONPATH=.venv/veomni")
 PROG = cli.prog("vgpo_verl.doctor", "vgpo-doctor")
 
 

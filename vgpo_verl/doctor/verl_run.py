@@ -225,8 +225,12 @@ def run_layouts_on_ranks(world_size: int, log_dir: str, *args, **kwargs) -> tupl
     import torch.multiprocessing as mp
 
     out_path = os.path.join(log_dir, "rank0_result.pt")
-    mp.spawn(_layouts_rank, args=(world_size, free_port(), log_dir, out_path, args, kwargs), nprocs=world_size,
-             join=True)
+    try:
+        mp.spawn(_layouts_rank, args=(world_size, free_port(), log_dir, out_path, args, kwargs), nprocs=world_size,
+                 join=True)
+    except mp.ProcessRaisedException as error:  # its message is the rank's traceback: name the error itself
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise RuntimeError(f"rank {error.error_index}: {lines[-1] if lines else error}") from error
     return torch.load(out_path)
 
 

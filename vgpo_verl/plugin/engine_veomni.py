@@ -10,9 +10,12 @@ One difference: verl builds the placeholder masks from token ids it hard-codes p
 (verl/workers/engine/veomni/utils.py, `VL_TYPE2INDEX`: 151655/151656 for Qwen-VL, 248056/248057 for
 Qwen3.5), and VeOmni's models scatter the vision features by those masks without checking them
 against the config. A checkpoint whose config names other ids would train with its images silently
-dropped (or fail in the deepstack merge). The masks are dropped here, so VeOmni's model derives them
-from its own config (`get_placeholder_mask`, all-gathering the ids under sequence parallelism), the
-ids our scorer reads too. For the released Qwen checkpoints both give the same masks.
+dropped (or fail in the deepstack merge). Here the masks are built from the config's
+`image_token_id` / `video_token_id` (the ids our scorer reads), from the same full-length input ids
+verl builds its masks from, before VeOmni's sequence-parallel slicing: for the released Qwen
+checkpoints they are verl's masks. (Dropping the masks instead, so that VeOmni's model derives them,
+breaks Qwen2.5-VL: its fallback all-gathers the ids over a sequence-parallel group that is None
+without SP, i.e. over every rank.)
 
 Registered for backend veomni under the engine keys of vgpo_verl.plugin.preflight (verl registers its
 own under the bare "cuda" / "npu" keys), when verl imports its VeOmni engine module, i.e. where the
@@ -27,7 +30,7 @@ import sys
 from vgpo_verl.plugin.scoring_engine import ScoringEngineMixin, register_scoring_engine
 
 BACKENDS = ("veomni",)
-PLACEHOLDER_MASKS = ("image_mask", "video_mask")
+PLACEHOLDER_MASKS = {"image_mask": "image_token_id", "video_mask": "video_token_id"}  # model input -> config id
 
 
 def register() -> None:
@@ -44,11 +47,13 @@ class VGPOVeOmniEngineWithLMHead(ScoringEngineMixin, VeOmniEngineWithLMHead):
     """verl's VeOmni LM engine with the scoring of ScoringEngineMixin; placeholder masks from the model's
     config (see the module docstring)."""
 
-    def prepare_model_inputs(self, micro_batch):
-        model_inputs, output_args = super().prepare_model_inputs(micro_batch)
-        for key in PLACEHOLDER_MASKS:
-            model_inputs.pop(key, None)
-        return model_inputs, output_args
+    def _apply_veomni_input_transforms(self, model_inputs, micro_batch):
+        input_ids = model_inputs["input_ids"]  # (1, N) packed or (bsz, L) padded: not yet sliced for SP
+        super()._apply_veomni_input_transforms(model_inputs, micro_batch)
+        config = self.module.config
+        for mask, token in PLACEHOLDER_MASKS.items():
+            if mask in model_inputs and getattr(config, token, None) is not None:  # verl set it: a VL model
+                model_inputs[mask] = input_ids == getattr(config, token)
 
 
 register()  # importing this module directly (not through the plugin's hook) registers it too

@@ -155,15 +155,31 @@ def veomni_checkpoint_problems(config: Any) -> list[str]:
     tensors only (its checkpoint converters exist for Qwen3-VL-MoE's fused layout, none for Qwen3.5-MoE),
     logs each per-expert key as "Unexpected key" at INFO level and initialises the experts at random."""
     path = str(config_value(config, "actor_rollout_ref.model.path", "") or "")
-    if not path or not os.path.isdir(os.path.expanduser(path)):
+    folder = _local_checkpoint(path) if path else None
+    if folder is None:
         return []
-    per_expert = next((k for k in checkpoint_keys(path) if PER_EXPERT_KEY.search(k)), None)
+    per_expert = next((k for k in checkpoint_keys(folder) if PER_EXPERT_KEY.search(k)), None)
     if per_expert is None:
         return []
     return [f"actor_rollout_ref.model.path={path}: its checkpoint stores one tensor per expert ({per_expert}); "
             "VeOmni 0.1.12 would skip them and train experts initialised at random. Save it with fused experts "
-            "first: transformers' AutoModelForImageTextToText.from_pretrained(path).save_pretrained(out, "
-            "save_original_format=False), then point actor_rollout_ref.model.path at `out`."]
+            "first, with its tokenizer and processor: in transformers, AutoModelForImageTextToText.from_pretrained"
+            "(path).save_pretrained(out, save_original_format=False) and AutoProcessor.from_pretrained(path)"
+            ".save_pretrained(out); then point actor_rollout_ref.model.path at `out`."]
+
+
+def _local_checkpoint(path: str) -> str | None:
+    """The local folder of a checkpoint: `path` itself (a directory), or a hub id's snapshot already in the
+    local Hugging Face cache (what the workers will load); None where neither is here (nothing is fetched)."""
+    expanded = os.path.expanduser(path)
+    if os.path.isdir(expanded):
+        return expanded
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(path, local_files_only=True)
+    except Exception:  # not a hub id, or not cached: the workers meet it as usual
+        return None
 
 
 def model_problems(config: Any) -> list[str]:

@@ -297,7 +297,9 @@ def _veomni_problems(config: Any, est: str) -> list[str]:
         found.append(
             f"actor_rollout_ref.actor.veomni.ulysses_parallel_size={sp}: {est} has not run under VeOmni's sequence "
             "parallelism (its attention is a flash-attention kernel, untested with the scores); set it to 1, or "
-            "use actor_rollout_ref.actor.strategy=fsdp2 with actor_rollout_ref.actor.ulysses_sequence_parallel_size."
+            "use FSDP's: model_engine=dp actor_rollout_ref.actor.strategy=fsdp2 "
+            "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size=N (not on a *_veomni recipe, "
+            "which selects the VeOmni engine itself)."
         )
     model_type = actor_model_type(config)
     if model_type in ("qwen3_5", "qwen3_5_moe") and not bool(
