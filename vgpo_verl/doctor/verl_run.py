@@ -60,15 +60,11 @@ def build_engine(model_dir: str, remove_padding: bool, sp: int = 1, lora: tuple 
     lora: (key, value) pairs of HFModelConfig's LoRA fields (lora_rank, lora_adapter_path,
     exclude_modules, ...): verl's own LoRA path (PEFT).
     """
-    from verl.workers.config import HFModelConfig
-    from verl.workers.config.checkpoint import CheckpointConfig
-    from verl.workers.engine import EngineRegistry
-
-    from vgpo_verl.cpu.packed_kernels import CPU_ATTENTION
-
     if backend == "veomni":
         return _build_veomni_engine(model_dir, remove_padding, sp, device)
-    from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig
+    from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
+
+    from vgpo_verl.cpu.packed_kernels import CPU_ATTENTION
 
     if device == "cpu":
         override = {"attn_implementation": CPU_ATTENTION if remove_padding or sp > 1 else "sdpa"}
@@ -82,10 +78,17 @@ def build_engine(model_dir: str, remove_padding: bool, sp: int = 1, lora: tuple 
         strategy="fsdp2", forward_only=False, ulysses_sequence_parallel_size=sp, model_dtype="fp32",
         mixed_precision=precision, use_torch_compile=False,
     )
-    engine = EngineRegistry.new(
-        model_type="language_model", backend="fsdp2", model_config=model_config, engine_config=engine_config,
-        optimizer_config=FSDPOptimizerConfig(lr=1e-6), checkpoint_config=CheckpointConfig(),
-    )
+    return _new_engine("fsdp2", model_config, engine_config, FSDPOptimizerConfig(lr=1e-6))
+
+
+def _new_engine(backend: str, model_config, engine_config, optimizer_config):
+    """The language-model engine verl's EngineRegistry resolves for `backend`, initialised (as a worker does)."""
+    from verl.workers.config.checkpoint import CheckpointConfig
+    from verl.workers.engine import EngineRegistry
+
+    engine = EngineRegistry.new(model_type="language_model", backend=backend, model_config=model_config,
+                                engine_config=engine_config, optimizer_config=optimizer_config,
+                                checkpoint_config=CheckpointConfig())
     engine.initialize()
     return engine
 
@@ -96,8 +99,6 @@ def _build_veomni_engine(model_dir: str, remove_padding: bool, sp: int, device: 
     single CUDA rank builds on the GPU instead (VeOmni then skips FSDP)."""
     import verl.workers.engine.veomni.transformer_impl as veomni_impl
     from verl.workers.config import HFModelConfig, VeOmniEngineConfig, VeOmniOptimizerConfig
-    from verl.workers.config.checkpoint import CheckpointConfig
-    from verl.workers.engine import EngineRegistry
 
     cpu = device == "cpu"
     kernels = {"init_device": "cuda"} if not cpu and torch.distributed.get_world_size() == 1 else {}
@@ -111,13 +112,8 @@ def _build_veomni_engine(model_dir: str, remove_padding: bool, sp: int, device: 
                    "chunk_gated_delta_rule_implementation": veomni_kernels.KERNEL}
     engine_config = VeOmniEngineConfig(strategy="veomni", forward_only=False, ulysses_parallel_size=sp,
                                        use_torch_compile=False, mixed_precision=True, **kernels)
-    engine = EngineRegistry.new(
-        model_type="language_model", backend="veomni",
-        model_config=HFModelConfig(path=model_dir, load_tokenizer=False, use_remove_padding=remove_padding),
-        engine_config=engine_config, optimizer_config=VeOmniOptimizerConfig(lr=1e-6),
-        checkpoint_config=CheckpointConfig(),
-    )
-    engine.initialize()
+    engine = _new_engine("veomni", HFModelConfig(path=model_dir, load_tokenizer=False, use_remove_padding=remove_padding),
+                         engine_config, VeOmniOptimizerConfig(lr=1e-6))
     if cpu:
         engine._autocast_dtype = torch.float32  # FSDPEngineWithLMHead.forward_step's autocast, off as in fp32 FSDP
     return engine
